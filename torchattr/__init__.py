@@ -1,0 +1,17 @@
+"""torchattr: functional attribution kernels for PyTorch, built on ``torch.func``.
+
+Every method is a pure function ``(model, inputs, target) -> attributions``.
+"""
+
+from torchattr.gradient import input_x_gradient, reduce_channels, saliency, smoothgrad
+from torchattr.integrated import integrated_gradients, quadrature
+
+__all__ = [
+    "input_x_gradient",
+    "integrated_gradients",
+    "quadrature",
+    "reduce_channels",
+    "saliency",
+    "smoothgrad",
+]
+__version__ = "0.1.0"

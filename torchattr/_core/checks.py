@@ -1,0 +1,95 @@
+"""Argument validation. Every error names the argument and says what was expected.
+
+Checks that need the tensors' values (NaN/inf, target ranges) synchronise with the device once per
+call; they are skipped while ``torch.compile`` traces, where data-dependent branches cannot exist.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchattr._core.inputs import InputSpec
+
+
+def tracing() -> bool:
+    """True while torch.compile traces the caller (no data-dependent checks, no warnings)."""
+    return torch.compiler.is_compiling()
+
+
+def check_gradient_inputs(tensors: tuple[Tensor, ...], spec: InputSpec) -> int:
+    """Validate inputs of a gradient method; return the common batch size B.
+
+    Inputs must be floating point, have a leading batch dimension of the same size and hold only
+    finite values.
+    """
+    names = spec.names()
+    for name, t in zip(names, tensors):
+        if not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(
+                f"{name} has dtype {t.dtype}: gradient methods need floating-point inputs. "
+                "Integer ids (codes, tokens) are attributed through their embedding layer; "
+                "pass float features, or attribute the embedding output instead."
+            )
+        if t.ndim == 0:
+            raise ValueError(f"{name} is a scalar: expected a batch, shape [B, ...]")
+    batch = tensors[0].shape[0]
+    for name, t in zip(names, tensors):
+        if t.shape[0] != batch:
+            raise ValueError(
+                f"{name} has batch size {t.shape[0]} but {names[0]} has {batch}: "
+                "all inputs must share the leading batch dimension"
+            )
+    check_finite(tensors, names)
+    return batch
+
+
+def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise if any tensor holds NaN or inf (one device synchronisation for all of them)."""
+    if tracing():
+        return
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+    for name, good in zip(names, ok):
+        if not good:
+            raise ValueError(f"{name} contains NaN or inf values: attributions would be meaningless")
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """None (everything at once) or a positive number of rows per model call."""
+    if chunk_size is None:
+        return None
+    return check_positive_int(chunk_size, "chunk_size")
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError listing them."""
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"unknown {name} {value!r}: expected one of {listed}")
+    return value
+
+
+def warn_if_training(model: Callable[..., Any]) -> None:
+    """Warn once per call when any submodule is in training mode (dropout, batch statistics)."""
+    if tracing() or not isinstance(model, torch.nn.Module):
+        return
+    if any(m.training for m in model.modules()):
+        warnings.warn(
+            "model is in training mode: dropout and batch statistics make attributions random "
+            "and mix samples; call model.eval() first",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,160 @@
+"""Target conventions: which scalar score of each row is explained.
+
+``target`` may be
+
+* ``None``: the argmax of the model's output per sample (the logit of single-logit models);
+* an ``int``: that class for every sample;
+* a LongTensor ``[B]``: one class per sample;
+* a LongTensor ``[B, K]``: K classes per sample; results gain a class dimension, ``[B, K, ...]``,
+  computed from one forward pass and one batched backward (``vmap`` over K cotangents);
+* a callable mapping the model output to scores ``[N]`` (or ``[N, K]``). It is applied to enlarged
+  batches of perturbed copies too, so it must act row by row.
+
+Single-logit models (output ``[B]`` or ``[B, 1]``) have one score per sample, the logit itself:
+``None`` and ``0`` explain it. To explain the negative class of a binary model, pass
+``target=lambda out: -out.reshape(-1)``.
+
+The explained score of row n is ``s_n = output[n, t_n]``. Gradients of ``sum_n s_n`` with respect
+to the inputs equal ``d s_n / d x_n`` row by row as long as the model treats samples
+independently (eval mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from torchattr._core.checks import tracing
+
+Target = Union[None, int, Tensor, Callable[[Any], Tensor]]
+
+
+def normalize_target(target: Target, batch: int, device: torch.device) -> Target:
+    """Check the target's type and shape before any model call.
+
+    Returns None, a callable, or a LongTensor of shape ``[B]`` or ``[B, K]`` on ``device``.
+    """
+    if target is None or callable(target):
+        return target
+    if isinstance(target, bool):
+        raise TypeError("target must be None, an int, a LongTensor or a callable, got a bool")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    if isinstance(target, (list, tuple)):
+        target = torch.as_tensor(target)
+    if not isinstance(target, Tensor):
+        raise TypeError(
+            f"target must be None, an int, a LongTensor [B] or [B, K], or a callable, "
+            f"got {type(target).__name__}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    target = target.to(device=device, dtype=torch.long)
+    if target.ndim == 0:
+        return target.expand(batch)
+    if target.ndim > 2 or target.shape[0] != batch:
+        raise ValueError(
+            f"target has shape {list(target.shape)}: expected [B] or [B, K] with B = {batch}"
+        )
+    return target
+
+
+def num_classes(output: Any, target: Target) -> int:
+    """Validate the output shape for index targets; return its number of classes (1 for a logit)."""
+    if callable(target):
+        return 0
+    if not isinstance(output, Tensor) or output.ndim not in (1, 2):
+        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model output has shape {shape}: expected [B, C], [B] or [B, 1] logits; "
+            "pass a callable target that maps the output to [B] scores"
+        )
+    return 1 if output.ndim == 1 else output.shape[1]
+
+
+def resolve_target(target: Target, output: Any) -> Target:
+    """Turn ``None`` into per-row classes and check index targets against ``output``.
+
+    ``target`` is already normalised to the rows of ``output``. Returns a callable or a LongTensor
+    ``[N]`` / ``[N, K]``.
+    """
+    classes = num_classes(output, target)
+    if callable(target):
+        return target
+    if target is None:
+        if classes == 1:
+            return torch.zeros(output.shape[0], dtype=torch.long, device=output.device)
+        return output.detach().argmax(dim=1)
+    if not tracing():
+        low, high = torch.stack([target.min(), target.max()]).tolist()
+        if low < 0 or high >= classes:
+            hint = " (single-logit model: use None or 0, or a callable)" if classes == 1 else ""
+            raise ValueError(
+                f"target holds class {low if low < 0 else high}, out of range for a model "
+                f"output with {classes} classes: expected 0 <= target < {classes}{hint}"
+            )
+    return target
+
+
+def is_multi(target: Target, scores: Tensor | None = None) -> bool:
+    """Whether the target explains K classes per row."""
+    if callable(target):
+        return scores is not None and scores.ndim == 2
+    return isinstance(target, Tensor) and target.ndim == 2
+
+
+def row_scores(output: Any, target: Target) -> Tensor:
+    """Explained scores ``[N]`` (or ``[N, K]``) of a resolved target."""
+    if callable(target):
+        return _check_scores(target(output), output)
+    if output.ndim == 1 or output.shape[1] == 1:
+        logit = output.reshape(-1)
+        return logit[:, None].expand(-1, target.shape[1]) if target.ndim == 2 else logit
+    if target.ndim == 2:
+        return output.gather(1, target)
+    return output.gather(1, target[:, None])[:, 0]
+
+
+def output_cotangent(output: Any, target: Target) -> tuple[Any, bool]:
+    """Cotangent of the output that back-propagates ``sum_n s_n``; and whether it is K-batched.
+
+    Index targets give one-hot rows (``[N, C]``, or ``[K, N, C]`` for multi-target). A callable
+    target's cotangent is its own vector-Jacobian product with ones, so that any differentiable
+    function of the output can be explained.
+    """
+    if callable(target):
+        scores, score_vjp = torch.func.vjp(target, output)
+        scores = _check_scores(scores, output)
+        if scores.ndim == 1:
+            return score_vjp(torch.ones_like(scores))[0], False
+        k = scores.shape[1]
+        seeds = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(
+            k, scores.shape[0], k
+        )
+        return torch.func.vmap(score_vjp)(seeds)[0], True
+    multi = target.ndim == 2
+    if output.ndim == 1 or output.shape[1] == 1:
+        ones = torch.ones_like(output)
+        return (ones.expand(target.shape[1], *output.shape) if multi else ones), multi
+    classes = output.shape[1]
+    onehot = torch.nn.functional.one_hot(target, classes).to(output.dtype)
+    return (onehot.movedim(1, 0) if multi else onehot), multi
+
+
+def _check_scores(scores: Any, output: Any) -> Tensor:
+    rows = _rows(output)
+    if not isinstance(scores, Tensor) or scores.ndim not in (1, 2) or scores.shape[0] != rows:
+        shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"callable target returned {shape}: expected scores [N] (or [N, K]) with N = {rows}, "
+            "one per row of the model output"
+        )
+    return scores
+
+
+def _rows(output: Any) -> int:
+    leaves = [x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, Tensor)]
+    return leaves[0].shape[0] if leaves else -1

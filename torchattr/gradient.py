@@ -1,0 +1,180 @@
+"""Gradient saliency, input x gradient and the SmoothGrad family.
+
+All three are one forward and one backward of the (possibly enlarged) batch through
+:func:`torchattr._core.grad.score_gradients`; nothing else costs time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
+from torchattr._core.chunking import add_rows, row_index, row_ranges
+from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
+from torchattr._core.inputs import Inputs, unflatten
+from torchattr._core.state import untouched
+from torchattr._core.targets import Target
+
+REDUCTIONS = ("max", "sum", "mean", None)
+SMOOTHGRAD_KINDS = ("smoothgrad", "square", "var")
+
+
+def saliency(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    abs: bool = True,  # noqa: A002 - the documented keyword
+    reduce: str | None = "max",
+) -> Any:
+    """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
+
+    ``s`` is each sample's explained score (see :mod:`torchattr._core.targets`). With the
+    defaults an image batch ``[B, C, H, W]`` gives ``[B, H, W]``: the absolute gradient, maximised
+    over the channel dimension (dim 1). ``reduce`` may be ``"sum"``, ``"mean"`` or ``None`` (keep
+    the full gradient, ``[B, C, H, W]``); ``abs=False`` keeps signs (then ``"max"`` is the largest
+    signed gradient). Inputs without a channel dimension (``[B, F]``) are never reduced. A
+    ``[B, K]`` target gives ``[B, K, H, W]``. Tuple and dict inputs give a tuple / dict.
+
+    Cost: one forward and one backward.
+
+    Example::
+
+        maps = ta.saliency(model, images)            # [B, H, W]
+        grads = ta.saliency(model, images, 3, abs=False, reduce=None)   # [B, C, H, W]
+    """
+    check_choice(reduce, "reduce", REDUCTIONS)
+    tensors, spec, _, target = prepare(model, inputs, target)
+    with untouched(model):
+        grads, _, multi = score_gradients(model, tensors, spec, target)
+    maps = [reduce_channels(g, abs=abs, reduce=reduce, channel_dim=2 if multi else 1) for g in grads]
+    return unflatten(maps, spec)
+
+
+def input_x_gradient(model: Callable[..., Any], inputs: Inputs, target: Target = None) -> Any:
+    """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K targets).
+
+    Example::
+
+        attributions = ta.input_x_gradient(model, images, target=labels)   # [B, C, H, W]
+    """
+    tensors, spec, _, target = prepare(model, inputs, target)
+    with untouched(model):
+        grads, _, multi = score_gradients(model, tensors, spec, target)
+    return unflatten([(x.unsqueeze(1) if multi else x) * g for x, g in zip(tensors, grads)], spec)
+
+
+def smoothgrad(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    samples: int = 20,
+    noise: float = 0.1,
+    kind: str = "smoothgrad",
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+    absolute_noise: bool = False,
+) -> Any:
+    """SmoothGrad (Smilkov et al. 2017) and its square and variance variants.
+
+    With ``g_i = d s / d x`` at ``x + eps_i``, ``eps_i ~ N(0, sigma^2)``, ``i = 1..n``:
+
+    * ``kind="smoothgrad"``: ``mean_i g_i``;
+    * ``kind="square"``: ``mean_i g_i^2`` (SmoothGrad-squared);
+    * ``kind="var"``: ``mean_i g_i^2 - (mean_i g_i)^2`` (VarGrad, population variance).
+
+    ``sigma = noise * (max(x_b) - min(x_b))`` per sample and input tensor, as in the SmoothGrad
+    paper; pass ``absolute_noise=True`` to use ``noise`` itself as the standard deviation. The
+    noise of each input tensor is drawn at once as ``randn([samples, *x.shape], generator)``
+    (reproducible with a seeded ``generator``). The ``samples x B`` noisy copies go through the
+    model as one enlarged batch, at most ``chunk_size`` rows per call. ``target=None`` explains
+    the class predicted for the clean input. The output is shaped like the inputs
+    (``[B, K, ...]`` for a ``[B, K]`` target), in at least float32.
+
+    Example::
+
+        maps = ta.smoothgrad(model, images, samples=50, noise=0.15).abs().amax(1)   # [B, H, W]
+    """
+    samples = check_positive_int(samples, "samples")
+    check_choice(kind, "kind", SMOOTHGRAD_KINDS)
+    chunk_size = check_chunk_size(chunk_size)
+    if not isinstance(noise, (int, float)) or noise < 0:
+        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
+    tensors, spec, batch, target = prepare(model, inputs, target)
+    device = tensors[0].device
+    sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
+    draws = [_randn((samples, *x.shape), x, generator).flatten(0, 1) for x in tensors]
+    sums: list[Tensor] | None = None
+    squares: list[Tensor] | None = None
+    with untouched(model):
+        if target is None:
+            _, target = forward_scores(model, tensors, spec, None, chunk_size)
+        for start, stop in row_ranges(samples * batch, chunk_size):
+            _, sample = row_index(start, stop, batch, device)
+            noisy = tuple(
+                x[sample] + sigma[sample] * draw[start:stop]
+                for x, sigma, draw in zip(tensors, sigmas, draws)
+            )
+            rows_target = target[sample] if isinstance(target, Tensor) else target
+            grads, _, _ = score_gradients(model, noisy, spec, rows_target)
+            if sums is None:
+                sums = [_zeros(batch, g, accumulation_dtype(g)) for g in grads]
+                squares = [_zeros(batch, g, torch.float64) for g in grads]
+            for acc, sq, g in zip(sums, squares, grads):
+                add_rows(acc, sample, g)
+                if kind != "smoothgrad":
+                    add_rows(sq, sample, g.double().square())
+    means = [acc / samples for acc in sums]
+    if kind == "smoothgrad":
+        result = means
+    elif kind == "square":
+        result = [(sq / samples).to(m.dtype) for sq, m in zip(squares, means)]
+    else:
+        result = [
+            (sq / samples - (acc.double() / samples).square()).clamp_min(0).to(m.dtype)
+            for sq, acc, m in zip(squares, sums, means)
+        ]
+    return unflatten(result, spec)
+
+
+def reduce_channels(
+    gradient: Tensor, *, abs: bool = True, reduce: str | None = "max", channel_dim: int = 1  # noqa: A002
+) -> Tensor:
+    """Optionally take ``|.|`` and reduce the channel dimension (``max``, ``sum`` or ``mean``).
+
+    A tensor with nothing after its channel dimension (``[B, F]``) is returned unreduced.
+    """
+    if abs:
+        gradient = gradient.abs()
+    if reduce is None or gradient.ndim < channel_dim + 2:
+        return gradient
+    if reduce == "max":
+        return gradient.amax(dim=channel_dim)
+    if reduce == "sum":
+        return gradient.sum(dim=channel_dim)
+    return gradient.mean(dim=channel_dim)
+
+
+def noise_scale(x: Tensor, noise: float, absolute: bool = False) -> Tensor:
+    """Per-sample noise standard deviation, ``[B, 1, ...]``: ``noise * (max x_b - min x_b)``."""
+    if absolute:
+        return torch.full((x.shape[0],) + (1,) * (x.ndim - 1), float(noise), dtype=x.dtype,
+                          device=x.device)
+    flat = x.detach().reshape(x.shape[0], -1)
+    spread = flat.amax(dim=1) - flat.amin(dim=1)
+    return (noise * spread).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = like.device if generator is None else generator.device
+    draw = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    return draw.to(like.device)
+
+
+def _zeros(batch: int, rows_like: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros((batch, *rows_like.shape[1:]), dtype=dtype, device=rows_like.device)

@@ -126,9 +126,9 @@ def smoothgrad(
                 sums = [_zeros(batch, g, accumulation_dtype(g)) for g in grads]
                 squares = [_zeros(batch, g, torch.float64) for g in grads]
             for acc, sq, g in zip(sums, squares, grads):
-                add_rows(acc, sample, g)
+                add_rows(acc, start, g)
                 if kind != "smoothgrad":
-                    add_rows(sq, sample, g.double().square())
+                    add_rows(sq, start, g.double().square())
     means = [acc / samples for acc in sums]
     if kind == "smoothgrad":
         result = means

@@ -114,7 +114,7 @@ def integrated_gradients(
             if sums is None:
                 sums = [g.new_zeros((batch, *g.shape[1:]), dtype=accumulation_dtype(g)) for g in grads]
             for acc, g in zip(sums, grads):
-                add_rows(acc, sample, g.to(acc.dtype) * _per_row(weights[step], g).to(acc.dtype))
+                add_rows(acc, start, g.to(acc.dtype) * _per_row(weights[step], g).to(acc.dtype))
         attributions = [(d.unsqueeze(1) if multi else d) * acc for d, acc in zip(diffs, sums)]
         if not return_delta:
             return unflatten(attributions, spec)

@@ -27,6 +27,23 @@ def row_index(start: int, stop: int, batch: int, device: torch.device) -> tuple[
     return rows // batch, rows % batch
 
 
-def add_rows(acc: Tensor, sample: Tensor, values: Tensor) -> None:
-    """``acc[b] += sum of values over the rows of sample b`` (in place, acc's dtype)."""
-    acc.index_add_(0, sample, values.to(acc.dtype))
+def add_rows(acc: Tensor, start: int, values: Tensor) -> None:
+    """Add rows ``start..start+len(values)-1`` (copy-major) into their samples: ``acc[b] += v``.
+
+    ``acc`` is ``[B, ...]``. Whole copies are summed through a ``[copies, B, ...]`` view, partial
+    copies through slices: deterministic, and free of scatter kernels (which ``torch.compile``'s
+    CPU backend miscompiles after a ``torch.func.vjp``).
+    """
+    batch, count = acc.shape[0], values.shape[0]
+    values = values.to(acc.dtype)
+    pos = 0
+    while pos < count:
+        sample = (start + pos) % batch
+        whole = (count - pos) // batch if sample == 0 else 0
+        if whole:
+            acc += values[pos : pos + whole * batch].unflatten(0, (whole, batch)).sum(0)
+            pos += whole * batch
+        else:
+            take = min(batch - sample, count - pos)
+            acc[sample : sample + take] += values[pos : pos + take]
+            pos += take

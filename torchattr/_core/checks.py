@@ -82,11 +82,31 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     return value
 
 
+_MODE_DEPENDENT = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+    torch.nn.RNNBase,
+    torch.nn.MultiheadAttention,
+    torch.nn.TransformerEncoderLayer,
+    torch.nn.TransformerDecoderLayer,
+)
+
+
+def _mode_matters(module: torch.nn.Module) -> bool:
+    """Built-in layers whose forward reads ``training``, and every user-defined module."""
+    return isinstance(module, _MODE_DEPENDENT) or not type(module).__module__.startswith("torch.")
+
+
 def warn_if_training(model: Callable[..., Any]) -> None:
-    """Warn once per call when any submodule is in training mode (dropout, batch statistics)."""
+    """Warn when a submodule whose behaviour depends on it is in training mode.
+
+    Dropout and batch statistics make attributions random and mix the samples of a batch.
+    Built-in layers that ignore the flag (Linear, Conv, activations) do not warn.
+    """
     if tracing() or not isinstance(model, torch.nn.Module):
         return
-    if any(m.training for m in model.modules()):
+    if any(m.training and _mode_matters(m) for m in model.modules()):
         warnings.warn(
             "model is in training mode: dropout and batch statistics make attributions random "
             "and mix samples; call model.eval() first",

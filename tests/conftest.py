@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import ARCHITECTURES, build  # noqa: E402
+from models import ARCHITECTURES, build
 
 
 @pytest.fixture(params=sorted(ARCHITECTURES))

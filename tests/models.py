@@ -25,8 +25,14 @@ class ConvBNNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.head = nn.Linear(16 * 4 * 4, 5)
 
@@ -35,7 +41,7 @@ class ConvBNNet(nn.Module):
 
 
 class ResidualNet(nn.Module):
-    """Residual network whose skip connections are functional ``x + y``; [B, 3, 12, 12] -> [B, 4]."""
+    """Residual net with functional ``x + y`` skip connections; [B, 3, 12, 12] -> [B, 4]."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,8 +79,14 @@ class SignalCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(2, 6, 5, padding=2), nn.BatchNorm1d(6), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(6, 6, 3, padding=1), nn.ELU(), nn.AdaptiveAvgPool1d(4), nn.Flatten(),
+            nn.Conv1d(2, 6, 5, padding=2),
+            nn.BatchNorm1d(6),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(6, 6, 3, padding=1),
+            nn.ELU(),
+            nn.AdaptiveAvgPool1d(4),
+            nn.Flatten(),
             nn.Linear(24, 3),
         )
 

@@ -16,12 +16,12 @@ def close(actual, expected, rtol=1e-5, atol=1e-10):
     torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
 
 
-def captum_saliency(model, x, target, abs=True):
-    return Saliency(model).attribute(x, target=target, abs=abs)
+def captum_saliency(model, x, target, absolute=True):
+    return Saliency(model).attribute(x, target=target, abs=absolute)
 
 
 def test_saliency_matches_captum_reduced_over_channels(arch):
-    name, model, x = arch
+    _name, model, x = arch
     ours = ta.saliency(model, x, TARGETS)
     theirs = captum_saliency(model, x, TARGETS)
     if x.ndim >= 3:
@@ -33,11 +33,15 @@ def test_saliency_matches_captum_reduced_over_channels(arch):
 @pytest.mark.parametrize("reduce", [None, "sum", "mean", "max"])
 def test_saliency_reductions(reduce):
     model, x = build("conv_bn")
-    full = captum_saliency(model, x, TARGETS, abs=False)
+    full = captum_saliency(model, x, TARGETS, absolute=False)
     expected = {None: full, "sum": full.sum(1), "mean": full.mean(1), "max": full.amax(1)}[reduce]
     close(ta.saliency(model, x, TARGETS, abs=False, reduce=reduce), expected)
-    expected_abs = {None: full.abs(), "sum": full.abs().sum(1), "mean": full.abs().mean(1),
-                    "max": full.abs().amax(1)}[reduce]
+    expected_abs = {
+        None: full.abs(),
+        "sum": full.abs().sum(1),
+        "mean": full.abs().mean(1),
+        "max": full.abs().amax(1),
+    }[reduce]
     close(ta.saliency(model, x, TARGETS, reduce=reduce), expected_abs)
 
 
@@ -52,7 +56,9 @@ def test_saliency_image_batch_shape():
 
 def test_input_x_gradient_matches_captum(arch):
     _, model, x = arch
-    close(ta.input_x_gradient(model, x, TARGETS), InputXGradient(model).attribute(x, target=TARGETS))
+    close(
+        ta.input_x_gradient(model, x, TARGETS), InputXGradient(model).attribute(x, target=TARGETS)
+    )
 
 
 def test_default_target_is_argmax(arch):
@@ -140,10 +146,11 @@ def test_tuple_and_dict_inputs_match_captum():
 
 def noisy_reference(model, x, target, samples, sigma, seed):
     """Captum Saliency on the documented noise draws: randn([samples, *x.shape], generator)."""
-    draws = torch.randn((samples, *x.shape), generator=torch.Generator().manual_seed(seed),
-                        dtype=x.dtype)
+    draws = torch.randn(
+        (samples, *x.shape), generator=torch.Generator().manual_seed(seed), dtype=x.dtype
+    )
     grads = torch.stack(
-        [captum_saliency(model, x + sigma * d, target, abs=False) for d in draws]
+        [captum_saliency(model, x + sigma * d, target, absolute=False) for d in draws]
     )
     return grads
 
@@ -160,8 +167,15 @@ def test_smoothgrad_matches_captum_with_the_noise_fixed(arch, kind):
         "square": grads.square().mean(0),
         "var": grads.var(0, unbiased=False),
     }[kind]
-    ours = ta.smoothgrad(model, x, TARGETS, samples=samples, noise=level, kind=kind,
-                         generator=torch.Generator().manual_seed(seed))
+    ours = ta.smoothgrad(
+        model,
+        x,
+        TARGETS,
+        samples=samples,
+        noise=level,
+        kind=kind,
+        generator=torch.Generator().manual_seed(seed),
+    )
     close(ours, expected, atol=1e-12)
 
 
@@ -169,8 +183,16 @@ def test_smoothgrad_absolute_noise_and_chunking():
     model, x = build("residual")
     grads = noisy_reference(model, x, TARGETS, 5, 0.3, seed=3)
     for chunk in (None, 1, 4, 7, 15):
-        ours = ta.smoothgrad(model, x, TARGETS, samples=5, noise=0.3, absolute_noise=True,
-                             chunk_size=chunk, generator=torch.Generator().manual_seed(3))
+        ours = ta.smoothgrad(
+            model,
+            x,
+            TARGETS,
+            samples=5,
+            noise=0.3,
+            absolute_noise=True,
+            chunk_size=chunk,
+            generator=torch.Generator().manual_seed(3),
+        )
         close(ours, grads.mean(0))
 
 
@@ -188,12 +210,15 @@ def test_smoothgrad_multi_target():
     targets = torch.tensor([[0, 1], [2, 0], [1, 1]])
     multi = ta.smoothgrad(model, x, targets, samples=3, generator=torch.Generator().manual_seed(1))
     assert multi.shape == (3, 2, 10)
-    single = ta.smoothgrad(model, x, targets[:, 1], samples=3,
-                           generator=torch.Generator().manual_seed(1))
+    single = ta.smoothgrad(
+        model, x, targets[:, 1], samples=3, generator=torch.Generator().manual_seed(1)
+    )
     close(multi[:, 1], single)
 
 
 def test_zero_noise_smoothgrad_is_the_gradient():
     model, x = build("signal")
-    close(ta.smoothgrad(model, x, TARGETS, samples=2, noise=0.0),
-          captum_saliency(model, x, TARGETS, abs=False))
+    close(
+        ta.smoothgrad(model, x, TARGETS, samples=2, noise=0.0),
+        captum_saliency(model, x, TARGETS, absolute=False),
+    )

@@ -46,8 +46,9 @@ def test_matches_captum_with_baseline_and_delta():
     model, x = build("conv_bn")
     baseline = torch.full_like(x, 0.25)
     ours, delta = ta.integrated_gradients(model, x, baseline, TARGETS, steps=20, return_delta=True)
-    theirs, their_delta = captum_ig(model, x, TARGETS, "gausslegendre", 20, baseline,
-                                    return_convergence_delta=True)
+    theirs, their_delta = captum_ig(
+        model, x, TARGETS, "gausslegendre", 20, baseline, return_convergence_delta=True
+    )
     close(ours, theirs)
     close(delta, their_delta, rtol=1e-4, atol=1e-9)
 
@@ -58,12 +59,20 @@ def test_tuple_and_dict_inputs_with_per_input_baselines():
     image = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     labs = torch.randn(3, 4, dtype=torch.float64)
     lab_baseline = torch.full((1, 4), 0.01, dtype=torch.float64)
-    expected = captum_ig(model, (image, labs), TARGETS, "gausslegendre", 10,
-                         (torch.zeros_like(image), lab_baseline.expand(3, 4)))
-    as_tuple = ta.integrated_gradients(model, (image, labs), (None, lab_baseline), TARGETS,
-                                       steps=10)
-    as_dict = ta.integrated_gradients(model, {"image": image, "labs": labs},
-                                      {"labs": lab_baseline}, TARGETS, steps=10)
+    expected = captum_ig(
+        model,
+        (image, labs),
+        TARGETS,
+        "gausslegendre",
+        10,
+        (torch.zeros_like(image), lab_baseline.expand(3, 4)),
+    )
+    as_tuple = ta.integrated_gradients(
+        model, (image, labs), (None, lab_baseline), TARGETS, steps=10
+    )
+    as_dict = ta.integrated_gradients(
+        model, {"image": image, "labs": labs}, {"labs": lab_baseline}, TARGETS, steps=10
+    )
     for ours in (as_tuple, (as_dict["image"], as_dict["labs"])):
         close(ours[0], expected[0])
         close(ours[1], expected[1])
@@ -97,8 +106,9 @@ def test_completeness_delta_shrinks_with_steps(method):
     model, x = build("mlp")
     deltas = []
     for steps in (2, 8, 32):
-        _, delta = ta.integrated_gradients(model, x, target=TARGETS, steps=steps, method=method,
-                                           return_delta=True)
+        _, delta = ta.integrated_gradients(
+            model, x, target=TARGETS, steps=steps, method=method, return_delta=True
+        )
         deltas.append(delta.abs().max().item())
     assert deltas[1] < deltas[0]
     assert deltas[2] < deltas[1] or deltas[2] < 1e-13  # Gauss-Legendre reaches rounding level
@@ -117,12 +127,14 @@ def test_completeness_is_exact_for_a_linear_model():
 def test_delta_for_multi_target():
     model, x = build("mlp")
     targets = torch.tensor([[0, 1], [2, 0], [1, 2]])
-    attributions, delta = ta.integrated_gradients(model, x, target=targets, steps=10,
-                                                  return_delta=True)
+    attributions, delta = ta.integrated_gradients(
+        model, x, target=targets, steps=10, return_delta=True
+    )
     assert attributions.shape == (3, 2, 10) and delta.shape == (3, 2)
     for k in range(2):
-        single, single_delta = ta.integrated_gradients(model, x, target=targets[:, k], steps=10,
-                                                       return_delta=True)
+        single, single_delta = ta.integrated_gradients(
+            model, x, target=targets[:, k], steps=10, return_delta=True
+        )
         close(attributions[:, k], single)
         close(delta[:, k], single_delta, atol=1e-12)
 
@@ -136,8 +148,10 @@ def test_linearity():
         return 2.0 * f(x) - 0.5 * g(x)
 
     ig = ta.integrated_gradients
-    close(ig(combined, x, target=1, steps=8),
-          2.0 * ig(f, x, target=1, steps=8) - 0.5 * ig(g, x, target=1, steps=8))
+    close(
+        ig(combined, x, target=1, steps=8),
+        2.0 * ig(f, x, target=1, steps=8) - 0.5 * ig(g, x, target=1, steps=8),
+    )
 
 
 def test_implementation_invariance():
@@ -153,8 +167,12 @@ def test_implementation_invariance():
                 conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
             seq[i + 1] = torch.nn.Identity()
     close(folded(x), model(x), rtol=1e-10, atol=1e-12)
-    close(ta.integrated_gradients(folded, x, target=TARGETS, steps=8),
-          ta.integrated_gradients(model, x, target=TARGETS, steps=8), rtol=1e-8, atol=1e-12)
+    close(
+        ta.integrated_gradients(folded, x, target=TARGETS, steps=8),
+        ta.integrated_gradients(model, x, target=TARGETS, steps=8),
+        rtol=1e-8,
+        atol=1e-12,
+    )
 
 
 def test_sensitivity():
@@ -181,8 +199,9 @@ def test_chunking_multi_target_and_delta():
     model, x = build("signal")
     targets = torch.tensor([[0, 1], [2, 0], [1, 2]])
     whole, d1 = ta.integrated_gradients(model, x, target=targets, steps=7, return_delta=True)
-    chunked, d2 = ta.integrated_gradients(model, x, target=targets, steps=7, chunk_size=5,
-                                          return_delta=True)
+    chunked, d2 = ta.integrated_gradients(
+        model, x, target=targets, steps=7, chunk_size=5, return_delta=True
+    )
     close(chunked, whole, rtol=1e-10, atol=1e-13)
     close(d2, d1, rtol=1e-10, atol=1e-13)
 
@@ -190,8 +209,10 @@ def test_chunking_multi_target_and_delta():
 def test_default_target_is_the_prediction_at_the_input():
     model, x = build("conv_bn")
     predicted = model(x).argmax(1)
-    close(ta.integrated_gradients(model, x, steps=6),
-          ta.integrated_gradients(model, x, target=predicted, steps=6))
+    close(
+        ta.integrated_gradients(model, x, steps=6),
+        ta.integrated_gradients(model, x, target=predicted, steps=6),
+    )
 
 
 def test_baseline_forms():
@@ -199,7 +220,10 @@ def test_baseline_forms():
     scalar = ta.integrated_gradients(model, x, 0.5, TARGETS, steps=5)
     tensor = ta.integrated_gradients(model, x, torch.full_like(x, 0.5), TARGETS, steps=5)
     per_channel = ta.integrated_gradients(
-        model, x, torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)[:, None, None], TARGETS,
+        model,
+        x,
+        torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)[:, None, None],
+        TARGETS,
         steps=5,
     )
     close(scalar, tensor)
@@ -210,8 +234,9 @@ def test_low_precision_inputs_accumulate_in_float32():
     torch.manual_seed(0)
     model = SmoothMLP().to(torch.bfloat16).eval()
     x = torch.randn(3, 10).to(torch.bfloat16)
-    attributions, delta = ta.integrated_gradients(model, x, target=TARGETS, steps=8,
-                                                  return_delta=True)
+    attributions, delta = ta.integrated_gradients(
+        model, x, target=TARGETS, steps=8, return_delta=True
+    )
     assert attributions.dtype == torch.float32 and delta.dtype == torch.float32
     reference = ta.integrated_gradients(model.float(), x.float(), target=TARGETS, steps=8)
     close(attributions, reference, rtol=0.1, atol=0.02)

@@ -51,12 +51,14 @@ def saliency(
     tensors, spec, _, target = prepare(model, inputs, target)
     with untouched(model):
         grads, _, multi = score_gradients(model, tensors, spec, target)
-    maps = [reduce_channels(g, abs=abs, reduce=reduce, channel_dim=2 if multi else 1) for g in grads]
+    maps = [
+        reduce_channels(g, abs=abs, reduce=reduce, channel_dim=2 if multi else 1) for g in grads
+    ]
     return unflatten(maps, spec)
 
 
 def input_x_gradient(model: Callable[..., Any], inputs: Inputs, target: Target = None) -> Any:
-    """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K targets).
+    """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K).
 
     Example::
 
@@ -143,7 +145,11 @@ def smoothgrad(
 
 
 def reduce_channels(
-    gradient: Tensor, *, abs: bool = True, reduce: str | None = "max", channel_dim: int = 1  # noqa: A002
+    gradient: Tensor,
+    *,
+    abs: bool = True,  # noqa: A002 - the keyword of saliency
+    reduce: str | None = "max",
+    channel_dim: int = 1,
 ) -> Tensor:
     """Optionally take ``|.|`` and reduce the channel dimension (``max``, ``sum`` or ``mean``).
 
@@ -163,8 +169,9 @@ def reduce_channels(
 def noise_scale(x: Tensor, noise: float, absolute: bool = False) -> Tensor:
     """Per-sample noise standard deviation, ``[B, 1, ...]``: ``noise * (max x_b - min x_b)``."""
     if absolute:
-        return torch.full((x.shape[0],) + (1,) * (x.ndim - 1), float(noise), dtype=x.dtype,
-                          device=x.device)
+        return torch.full(
+            (x.shape[0],) + (1,) * (x.ndim - 1), float(noise), dtype=x.dtype, device=x.device
+        )
     flat = x.detach().reshape(x.shape[0], -1)
     spread = flat.amax(dim=1) - flat.amin(dim=1)
     return (noise * spread).reshape((x.shape[0],) + (1,) * (x.ndim - 1))

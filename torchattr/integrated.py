@@ -22,7 +22,7 @@ from torchattr._core.checks import (
 )
 from torchattr._core.chunking import add_rows, row_index, row_ranges
 from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
-from torchattr._core.inputs import InputSpec, Inputs, unflatten
+from torchattr._core.inputs import Inputs, InputSpec, unflatten
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
@@ -84,7 +84,7 @@ def integrated_gradients(
     inputs a tuple / dict of those (or one number for all). ``target=None`` explains the class
     predicted for ``x``. ``chunk_size`` bounds the number of (sample, step) rows per model call;
     the result does not depend on it. ``return_delta=True`` also returns the convergence delta
-    ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``, from two extra forwards of B rows.
+    ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``, from two extra B-row forwards.
 
     Example::
 
@@ -112,7 +112,9 @@ def integrated_gradients(
             rows_target = target[sample] if isinstance(target, Tensor) else target
             grads, _, multi = score_gradients(model, points, spec, rows_target)
             if sums is None:
-                sums = [g.new_zeros((batch, *g.shape[1:]), dtype=accumulation_dtype(g)) for g in grads]
+                sums = [
+                    g.new_zeros((batch, *g.shape[1:]), dtype=accumulation_dtype(g)) for g in grads
+                ]
             for acc, g in zip(sums, grads):
                 add_rows(acc, start, g.to(acc.dtype) * _per_row(weights[step], g).to(acc.dtype))
         attributions = [(d.unsqueeze(1) if multi else d) * acc for d, acc in zip(diffs, sums)]
@@ -125,17 +127,21 @@ def integrated_gradients(
     return unflatten(attributions, spec), delta
 
 
-def expand_baselines(baseline: Baseline, tensors: tuple[Tensor, ...], spec: InputSpec) -> tuple[Tensor, ...]:
+def expand_baselines(
+    baseline: Baseline, tensors: tuple[Tensor, ...], spec: InputSpec
+) -> tuple[Tensor, ...]:
     """One baseline tensor per input, broadcast (as a view) to the input's shape and dtype."""
     names = spec.names()
-    if baseline is None or isinstance(baseline, (int, float, Tensor)) and spec.kind == "tensor":
+    if baseline is None or (isinstance(baseline, (int, float, Tensor)) and spec.kind == "tensor"):
         parts: tuple[Any, ...] = (baseline,)
     elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         parts = (baseline,) * len(tensors)
     elif spec.kind == "dict" and isinstance(baseline, Mapping):
         unknown = sorted(set(baseline) - set(spec.keys))
         if unknown:
-            raise ValueError(f"baseline has keys {unknown} that are not in inputs {list(spec.keys)}")
+            raise ValueError(
+                f"baseline has keys {unknown} that are not in inputs {list(spec.keys)}"
+            )
         parts = tuple(baseline.get(k) for k in spec.keys)
     elif spec.kind == "tuple" and isinstance(baseline, (tuple, list)):
         if len(baseline) != len(tensors):

@@ -55,7 +55,9 @@ def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
     ok = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
     for name, good in zip(names, ok):
         if not good:
-            raise ValueError(f"{name} contains NaN or inf values: attributions would be meaningless")
+            raise ValueError(
+                f"{name} contains NaN or inf values: attributions would be meaningless"
+            )
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -98,18 +100,23 @@ def _mode_matters(module: torch.nn.Module) -> bool:
     return isinstance(module, _MODE_DEPENDENT) or not type(module).__module__.startswith("torch.")
 
 
+def in_training_mode(model: Callable[..., Any]) -> bool:
+    """Whether ``model`` has a submodule in training mode whose behaviour depends on it."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    return any(m.training and _mode_matters(m) for m in model.modules())
+
+
 def warn_if_training(model: Callable[..., Any]) -> None:
     """Warn when a submodule whose behaviour depends on it is in training mode.
 
     Dropout and batch statistics make attributions random and mix the samples of a batch.
     Built-in layers that ignore the flag (Linear, Conv, activations) do not warn.
     """
-    if tracing() or not isinstance(model, torch.nn.Module):
-        return
-    if any(m.training and _mode_matters(m) for m in model.modules()):
+    if not tracing() and in_training_mode(model):
         warnings.warn(
             "model is in training mode: dropout and batch statistics make attributions random "
             "and mix samples; call model.eval() first",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

@@ -2,8 +2,8 @@
 
 ``score_gradients`` runs the model once with ``torch.func.vjp`` and pulls back the cotangent that
 selects each row's explained score: one forward, one backward (``vmap``-batched over K classes for
-multi-target). ``torch.func`` transforms differentiate even inside ``torch.no_grad()`` (so the kernels work when the
-caller disabled gradients) and trace under ``torch.compile``.
+multi-target). ``torch.func`` transforms differentiate even inside ``torch.no_grad()`` (so the
+kernels work when the caller disabled gradients) and trace under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchattr._core.checks import in_training_mode
 from torchattr._core.chunking import row_ranges
 from torchattr._core.inputs import InputSpec, call_model
 from torchattr._core.targets import (
@@ -40,6 +41,8 @@ def score_gradients(
     def forward(*xs: Tensor) -> Any:
         return call_model(model, xs, spec)
 
+    if in_training_mode(model):
+        return _autograd_gradients(forward, tensors, target)
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
     # torch.func transform still differentiates with respect to the inputs.
@@ -51,6 +54,28 @@ def score_gradients(
             grads = tuple(g.movedim(0, 1) for g in torch.func.vmap(pullback)(cotangent))
         else:
             grads = tuple(pullback(cotangent))
+    return grads, target, multi
+
+
+def _autograd_gradients(
+    forward: Callable[..., Any], tensors: tuple[Tensor, ...], target: Target
+) -> tuple[tuple[Tensor, ...], Target, bool]:
+    """The same pull-back through plain autograd, for models in training mode.
+
+    ``torch.func`` refuses the in-place running-statistics update of batch norm in training mode;
+    autograd allows it (and :func:`~torchattr._core.state.untouched` restores the buffers).
+    """
+    with torch.enable_grad():
+        xs = tuple(t.detach().requires_grad_(True) for t in tensors)
+        output = forward(*xs)
+        target = resolve_target(target, output)
+        cotangent, multi = output_cotangent(output, target)
+        leaves, _spec = torch.utils._pytree.tree_flatten(output)
+        seeds = torch.utils._pytree.tree_flatten(cotangent)[0]
+        grads = torch.autograd.grad(leaves, xs, seeds, is_grads_batched=multi, allow_unused=True)
+    grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
+    if multi:
+        grads = tuple(g.movedim(0, 1) for g in grads)
     return grads, target, multi
 
 
@@ -82,7 +107,7 @@ def forward_scores(
 def prepare(
     model: Callable[..., Any], inputs: Any, target: Target
 ) -> tuple[tuple[Tensor, ...], InputSpec, int, Target]:
-    """The shared preamble of gradient methods: flatten and validate inputs, normalise the target."""
+    """Shared preamble of gradient methods: flatten and check inputs, normalise the target."""
     from torchattr._core.checks import check_gradient_inputs, warn_if_training
     from torchattr._core.inputs import flatten
 

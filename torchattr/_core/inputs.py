@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor
 
-Inputs = Union[Tensor, tuple[Tensor, ...], Mapping[str, Tensor]]
+Inputs = Tensor | tuple[Tensor, ...] | Mapping[str, Tensor]
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ independently (eval mode).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchattr._core.checks import tracing
 
-Target = Union[None, int, Tensor, Callable[[Any], Tensor]]
+Target = None | int | Tensor | Callable[[Any], Tensor]
 
 
 def normalize_target(target: Target, batch: int, device: torch.device) -> Target:

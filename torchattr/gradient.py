@@ -16,10 +16,16 @@ from torchattr._core.checks import check_choice, check_chunk_size, check_positiv
 from torchattr._core.chunking import add_rows, row_index, row_ranges
 from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
 from torchattr._core.inputs import Inputs, unflatten
+from torchattr._core.layers import apply_mask, collapse, embedding_dims
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
 REDUCTIONS = ("max", "sum", "mean", None)
+_REDUCERS = {
+    "max": lambda g, dims: g.amax(dim=dims),
+    "sum": lambda g, dims: g.sum(dim=dims),
+    "mean": lambda g, dims: g.mean(dim=dims),
+}
 SMOOTHGRAD_KINDS = ("smoothgrad", "square", "var")
 
 
@@ -30,6 +36,8 @@ def saliency(
     *,
     abs: bool = True,  # noqa: A002 - the documented keyword
     reduce: str | None = "max",
+    layer: Any = None,
+    mask: Any = None,
 ) -> Any:
     """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
 
@@ -48,26 +56,48 @@ def saliency(
         grads = ta.saliency(model, images, 3, abs=False, reduce=None)   # [B, C, H, W]
     """
     check_choice(reduce, "reduce", REDUCTIONS)
-    tensors, spec, _, target = prepare(model, inputs, target)
+    problem, target = prepare(model, inputs, target, layer)
     with untouched(model):
-        grads, _, multi = score_gradients(model, tensors, spec, target)
-    maps = [
-        reduce_channels(g, abs=abs, reduce=reduce, channel_dim=2 if multi else 1) for g in grads
-    ]
-    return unflatten(maps, spec)
+        primals, _ = problem.primals()
+        grads, _, multi = score_gradients(problem, primals, target)
+    masks = problem.masks(mask)
+    maps = []
+    for g, ids, layer_, keep in zip(grads, problem.tensors, problem.layers, masks):
+        if layer_ is not None and embedding_dims(g, ids, multi):
+            g = g.abs() if abs else g
+            g = g if reduce is None else _REDUCERS[reduce](g, embedding_dims(g, ids, multi))
+        else:
+            g = reduce_channels(g, abs=abs, reduce=reduce, channel_dim=2 if multi else 1)
+        maps.append(apply_mask(g, keep, multi))
+    return unflatten(maps, problem.spec)
 
 
-def input_x_gradient(model: Callable[..., Any], inputs: Inputs, target: Target = None) -> Any:
+def input_x_gradient(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    layer: Any = None,
+    mask: Any = None,
+) -> Any:
     """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K).
 
     Example::
 
         attributions = ta.input_x_gradient(model, images, target=labels)   # [B, C, H, W]
     """
-    tensors, spec, _, target = prepare(model, inputs, target)
+    problem, target = prepare(model, inputs, target, layer)
     with untouched(model):
-        grads, _, multi = score_gradients(model, tensors, spec, target)
-    return unflatten([(x.unsqueeze(1) if multi else x) * g for x, g in zip(tensors, grads)], spec)
+        primals, _ = problem.primals()
+        grads, _, multi = score_gradients(problem, primals, target)
+    masks = problem.masks(mask)
+    out = []
+    for p, g, ids, layer_, keep in zip(primals, grads, problem.tensors, problem.layers, masks):
+        product = (p.unsqueeze(1) if multi else p) * g
+        if layer_ is not None:
+            product = collapse(product, ids, multi)
+        out.append(apply_mask(product, keep, multi))
+    return unflatten(out, problem.spec)
 
 
 def smoothgrad(
@@ -81,6 +111,7 @@ def smoothgrad(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     absolute_noise: bool = False,
+    layer: Any = None,
 ) -> Any:
     """SmoothGrad (Smilkov et al. 2017) and its square and variance variants.
 
@@ -107,15 +138,16 @@ def smoothgrad(
     chunk_size = check_chunk_size(chunk_size)
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise must be a non-negative number, got {noise!r}")
-    tensors, spec, batch, target = prepare(model, inputs, target)
-    device = tensors[0].device
-    sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
-    draws = [_randn((samples, *x.shape), x, generator).flatten(0, 1) for x in tensors]
+    problem, target = prepare(model, inputs, target, layer)
+    batch, device = problem.batch, problem.tensors[0].device
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
     with untouched(model):
+        tensors, _ = problem.primals(chunk_size)
+        sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
+        draws = [_randn((samples, *x.shape), x, generator).flatten(0, 1) for x in tensors]
         if target is None:
-            _, target = forward_scores(model, tensors, spec, None, chunk_size)
+            _, target = forward_scores(problem, tensors, None, chunk_size)
         for start, stop in row_ranges(samples * batch, chunk_size):
             _, sample = row_index(start, stop, batch, device)
             noisy = tuple(
@@ -123,7 +155,7 @@ def smoothgrad(
                 for x, sigma, draw in zip(tensors, sigmas, draws)
             )
             rows_target = target[sample] if isinstance(target, Tensor) else target
-            grads, _, _ = score_gradients(model, noisy, spec, rows_target)
+            grads, _, _ = score_gradients(problem, noisy, rows_target, sample)
             if sums is None:
                 sums = [_zeros(batch, g, accumulation_dtype(g)) for g in grads]
                 squares = [_zeros(batch, g, torch.float64) for g in grads]
@@ -141,7 +173,7 @@ def smoothgrad(
             (sq / samples - (acc.double() / samples).square()).clamp_min(0).to(m.dtype)
             for sq, acc, m in zip(squares, sums, means)
         ]
-    return unflatten(result, spec)
+    return unflatten(result, problem.spec)
 
 
 def reduce_channels(

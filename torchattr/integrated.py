@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from torchattr._core.checks import (
     check_choice,
@@ -21,8 +22,15 @@ from torchattr._core.checks import (
     check_positive_int,
 )
 from torchattr._core.chunking import add_rows, row_index, row_ranges
-from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
+from torchattr._core.grad import (
+    Problem,
+    accumulation_dtype,
+    forward_scores,
+    prepare,
+    score_gradients,
+)
 from torchattr._core.inputs import Inputs, InputSpec, unflatten
+from torchattr._core.layers import check_ids, collapse
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
@@ -73,6 +81,8 @@ def integrated_gradients(
     method: str = "gausslegendre",
     chunk_size: int | None = None,
     return_delta: bool = False,
+    layer: Any = None,
+    mask: Any = None,
 ) -> Any:
     """Integrated Gradients along the straight path from ``baseline`` to ``inputs``.
 
@@ -86,31 +96,48 @@ def integrated_gradients(
     the result does not depend on it. ``return_delta=True`` also returns the convergence delta
     ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``, from two extra B-row forwards.
 
+    Discrete inputs (codes, tokens) are attributed through their embedding: with
+    ``layer=model.embedding`` the path runs in embedding space, ``e' + a (e - e')`` with
+    ``e = E[ids]``, and the attribution ``(e - e') * sum_k w_k d s / d e`` is summed over the
+    embedding dimension, so ids ``[B, L]`` get scores ``[B, L]`` (layers whose output does not
+    start with the input's shape keep the layer's shape). For dict inputs ``layer`` is a dict
+    from keys to layers; inputs without one are continuous. Baselines of a layered input: None
+    (the zero embedding), an int or an integer tensor of ids (e.g. PAD or UNK, embedded through
+    the same model), or a float tensor broadcastable to the embedding. ``mask``: a bool tensor
+    shaped like the ids (False = padding) or a padding id, or a dict of those: padded positions
+    keep their embedding along the whole path and get exactly zero attribution. The layer's
+    output is replaced through a forward hook for the duration of the call; the layer must run
+    once per forward.
+
     Example::
 
         attributions, delta = ta.integrated_gradients(model, images, target=labels,
                                                       steps=32, return_delta=True)
+        per_token = ta.integrated_gradients(classifier, tokens, layer=classifier.embedding,
+                                            baseline=pad_id, mask=pad_id)     # [B, L]
     """
     alphas, weights = quadrature(method, steps)
     chunk_size = check_chunk_size(chunk_size)
-    tensors, spec, batch, target = prepare(model, inputs, target)
-    baselines = expand_baselines(baseline, tensors, spec)
-    device = tensors[0].device
+    problem, target = prepare(model, inputs, target, layer)
+    batch, device = problem.batch, problem.tensors[0].device
     alphas, weights = alphas.to(device), weights.to(device)
-    diffs = tuple(x - b for x, b in zip(tensors, baselines))
+    masks = problem.masks(mask)
     sums: list[Tensor] | None = None
     multi = False
     with untouched(model):
+        ends, _ = problem.primals(chunk_size)
+        starts = path_starts(baseline, problem, ends, masks, chunk_size)
+        diffs = tuple(x - b for x, b in zip(ends, starts))
         if target is None or return_delta:
-            input_scores, target = forward_scores(model, tensors, spec, target, chunk_size)
+            end_scores, target = forward_scores(problem, ends, target, chunk_size)
         for start, stop in row_ranges(steps * batch, chunk_size):
             step, sample = row_index(start, stop, batch, device)
             points = tuple(
                 b[sample] + _per_row(alphas[step], d).to(d.dtype) * d[sample]
-                for b, d in zip(baselines, diffs)
+                for b, d in zip(starts, diffs)
             )
             rows_target = target[sample] if isinstance(target, Tensor) else target
-            grads, _, multi = score_gradients(model, points, spec, rows_target)
+            grads, _, multi = score_gradients(problem, points, rows_target, sample)
             if sums is None:
                 sums = [
                     g.new_zeros((batch, *g.shape[1:]), dtype=accumulation_dtype(g)) for g in grads
@@ -118,45 +145,117 @@ def integrated_gradients(
             for acc, g in zip(sums, grads):
                 add_rows(acc, start, g.to(acc.dtype) * _per_row(weights[step], g).to(acc.dtype))
         attributions = [(d.unsqueeze(1) if multi else d) * acc for d, acc in zip(diffs, sums)]
-        if not return_delta:
-            return unflatten(attributions, spec)
-        baseline_scores, _ = forward_scores(model, baselines, spec, target, chunk_size)
+        if return_delta:
+            start_scores, _ = forward_scores(problem, starts, target, chunk_size)
+    result = unflatten(
+        [
+            a if layer is None else collapse(a, ids, multi)
+            for a, ids, layer in zip(attributions, problem.tensors, problem.layers)
+        ],
+        problem.spec,
+    )
+    if not return_delta:
+        return result
     keep = 2 if multi else 1
     total = sum(a.flatten(keep).sum(-1) for a in attributions)
-    delta = total - (input_scores - baseline_scores).to(total.dtype)
-    return unflatten(attributions, spec), delta
+    return result, total - (end_scores - start_scores).to(total.dtype)
 
 
-def expand_baselines(
-    baseline: Baseline, tensors: tuple[Tensor, ...], spec: InputSpec
+def path_starts(
+    baseline: Baseline,
+    problem: Problem,
+    ends: tuple[Tensor, ...],
+    masks: tuple[Tensor | None, ...],
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, ...]:
-    """One baseline tensor per input, broadcast (as a view) to the input's shape and dtype."""
-    names = spec.names()
-    if baseline is None or (isinstance(baseline, (int, float, Tensor)) and spec.kind == "tensor"):
-        parts: tuple[Any, ...] = (baseline,)
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        parts = (baseline,) * len(tensors)
-    elif spec.kind == "dict" and isinstance(baseline, Mapping):
+    """The path's start for every primal ``ends[i]``, broadcast to its shape.
+
+    Continuous inputs: None (zeros), a number or a broadcastable tensor. Layered inputs: None (the
+    zero embedding), ids (an int or integer tensor, embedded by one forward of the model), or a
+    float tensor broadcastable to the embedding; masked positions start at their own embedding.
+    """
+    names = [f"baseline for {n}" for n in problem.spec.names()]
+    parts = _baseline_parts(baseline, problem.spec, len(ends))
+    is_ids = [layer is not None and _is_ids(p) for p, layer in zip(parts, problem.layers)]
+    if any(is_ids):
+        ids = tuple(
+            _id_baseline(p, t, name) if flag else t
+            for p, t, name, flag in zip(parts, problem.tensors, names, is_ids)
+        )
+        check_ids(ids, names, problem.layers)
+        embedded = embed(problem, ids, is_ids, chunk_size)
+    starts = []
+    for i, (part, end, name, mask) in enumerate(zip(parts, ends, names, masks)):
+        start = embedded[i] if is_ids[i] else _one_baseline(part, end, name)
+        if mask is not None:
+            keep = mask.reshape(mask.shape + (1,) * (end.ndim - mask.ndim))
+            start = torch.where(keep, start, end)
+        starts.append(start)
+    check_finite(starts, names)
+    return tuple(starts)
+
+
+def embed(
+    problem: Problem, ids: tuple[Tensor, ...], slots: list[bool], chunk_size: int | None
+) -> tuple[Tensor | None, ...]:
+    """Layer outputs for baseline ids in the marked slots.
+
+    ``nn.Embedding`` layers are called on the ids directly (a baseline of all-PAD ids may be
+    something the whole model cannot run, e.g. a fully masked attention); other layers are
+    captured from one forward of the model on the baseline ids.
+    """
+    direct = all(isinstance(problem.layers[i], nn.Embedding) for i, s in enumerate(slots) if s)
+    if not direct:
+        return replace(problem, tensors=ids).primals(chunk_size)[0]
+    with torch.no_grad():
+        return tuple(
+            problem.layers[i](t) if flag else None for i, (t, flag) in enumerate(zip(ids, slots))
+        )
+
+
+def _baseline_parts(baseline: Baseline, spec: InputSpec, n: int) -> tuple[Any, ...]:
+    if baseline is None:
+        return (None,) * n
+    if spec.kind == "tensor" and isinstance(baseline, (int, float, Tensor)):
+        return (baseline,)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return (baseline,) * n
+    if spec.kind == "dict" and isinstance(baseline, Mapping):
         unknown = sorted(set(baseline) - set(spec.keys))
         if unknown:
             raise ValueError(
                 f"baseline has keys {unknown} that are not in inputs {list(spec.keys)}"
             )
-        parts = tuple(baseline.get(k) for k in spec.keys)
-    elif spec.kind == "tuple" and isinstance(baseline, (tuple, list)):
-        if len(baseline) != len(tensors):
-            raise ValueError(f"baseline has {len(baseline)} entries but inputs has {len(tensors)}")
-        parts = tuple(baseline)
-    else:
-        raise TypeError(
-            f"baseline must be None, a number or a tensor for tensor inputs, and a {spec.kind} "
-            f"of those (or one number) for {spec.kind} inputs; got {type(baseline).__name__}"
-        )
-    if baseline is None:
-        parts = (None,) * len(tensors)
-    out = tuple(_one_baseline(p, x, f"baseline for {n}") for p, x, n in zip(parts, tensors, names))
-    check_finite(out, [f"baseline for {n}" for n in names])
-    return out
+        return tuple(baseline.get(k) for k in spec.keys)
+    if spec.kind == "tuple" and isinstance(baseline, (tuple, list)):
+        if len(baseline) != n:
+            raise ValueError(f"baseline has {len(baseline)} entries but inputs has {n}")
+        return tuple(baseline)
+    raise TypeError(
+        f"baseline must be None, a number or a tensor for tensor inputs, and a {spec.kind} "
+        f"of those (or one number) for {spec.kind} inputs; got {type(baseline).__name__}"
+    )
+
+
+def _is_ids(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, Tensor) and not (value.is_floating_point() or value.is_complex())
+
+
+def _id_baseline(value: Any, ids: Tensor, name: str) -> Tensor:
+    """Baseline ids shaped like ``ids``: one id everywhere, or a broadcastable id tensor."""
+    if isinstance(value, int):
+        return torch.full_like(ids, value)
+    try:
+        return torch.broadcast_to(value.to(device=ids.device, dtype=ids.dtype), ids.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} has shape {list(value.shape)}, not broadcastable to the ids' shape "
+            f"{list(ids.shape)}"
+        ) from None
 
 
 def _one_baseline(value: Any, x: Tensor, name: str) -> Tensor:

@@ -21,22 +21,27 @@ def tracing() -> bool:
     return torch.compiler.is_compiling()
 
 
-def check_gradient_inputs(tensors: tuple[Tensor, ...], spec: InputSpec) -> int:
+def check_gradient_inputs(
+    tensors: tuple[Tensor, ...], spec: InputSpec, skip: Sequence[bool] | None = None
+) -> int:
     """Validate inputs of a gradient method; return the common batch size B.
 
-    Inputs must be floating point, have a leading batch dimension of the same size and hold only
-    finite values.
+    Inputs must have a leading batch dimension of the same size; those not marked in ``skip``
+    (inputs attributed through a layer) must be floating point and hold only finite values.
     """
     names = spec.names()
-    for name, t in zip(names, tensors):
+    skip = skip or [False] * len(tensors)
+    for name, t, skipped in zip(names, tensors, skip):
+        if t.ndim == 0:
+            raise ValueError(f"{name} is a scalar: expected a batch, shape [B, ...]")
+        if skipped:
+            continue
         if not (t.is_floating_point() or t.is_complex()):
             raise TypeError(
                 f"{name} has dtype {t.dtype}: gradient methods need floating-point inputs. "
-                "Integer ids (codes, tokens) are attributed through their embedding layer; "
-                "pass float features, or attribute the embedding output instead."
+                "Integer ids (codes, tokens) are attributed through their embedding: pass "
+                "layer=<the embedding module> (a dict of layers for dict inputs)"
             )
-        if t.ndim == 0:
-            raise ValueError(f"{name} is a scalar: expected a batch, shape [B, ...]")
     batch = tensors[0].shape[0]
     for name, t in zip(names, tensors):
         if t.shape[0] != batch:
@@ -44,7 +49,9 @@ def check_gradient_inputs(tensors: tuple[Tensor, ...], spec: InputSpec) -> int:
                 f"{name} has batch size {t.shape[0]} but {names[0]} has {batch}: "
                 "all inputs must share the leading batch dimension"
             )
-    check_finite(tensors, names)
+    checked = [(n, t) for n, t, s in zip(names, tensors, skip) if not s]
+    if checked:
+        check_finite([t for _, t in checked], [n for n, _ in checked])
     return batch
 
 

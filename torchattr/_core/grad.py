@@ -9,14 +9,16 @@ kernels work when the caller disabled gradients) and trace under ``torch.compile
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import in_training_mode
+from torchattr._core.checks import check_gradient_inputs, in_training_mode, warn_if_training
 from torchattr._core.chunking import row_ranges
-from torchattr._core.inputs import InputSpec, call_model
+from torchattr._core.inputs import InputSpec, call_model, flatten
+from torchattr._core.layers import Layers, check_ids, hooked, padding_masks, resolve_layers
 from torchattr._core.targets import (
     Target,
     normalize_target,
@@ -26,28 +28,84 @@ from torchattr._core.targets import (
 )
 
 
-def score_gradients(
-    model: Callable[..., Any],
-    tensors: tuple[Tensor, ...],
-    spec: InputSpec,
-    target: Target,
-) -> tuple[tuple[Tensor, ...], Target, bool]:
-    """``d s_n / d x_n`` for every row n and input tensor.
+@dataclass(frozen=True)
+class Problem:
+    """What a method explains: the model, the user's flat inputs, and the attributed slots.
 
-    Returns (gradients, resolved target, multi). Each gradient has its input's shape ``[N, ...]``,
-    or ``[N, K, ...]`` when the target explains K classes per row.
+    The *primals* are what gradients are taken with respect to: the input itself for a continuous
+    slot, the layer's output for a slot with a layer (see :mod:`torchattr._core.layers`).
     """
 
-    def forward(*xs: Tensor) -> Any:
-        return call_model(model, xs, spec)
+    model: Callable[..., Any]
+    tensors: tuple[Tensor, ...]
+    spec: InputSpec
+    layers: Layers
 
-    if in_training_mode(model):
-        return _autograd_gradients(forward, tensors, target)
+    @property
+    def batch(self) -> int:
+        return self.tensors[0].shape[0]
+
+    @property
+    def layered(self) -> bool:
+        return any(layer is not None for layer in self.layers)
+
+    def masks(self, mask: Any) -> tuple[Tensor | None, ...]:
+        """Padding masks per slot (see :func:`~torchattr._core.layers.padding_masks`)."""
+        return padding_masks(mask, self.spec, self.tensors, self.layers)
+
+    def forward(self, sample: Tensor | None = None) -> Callable[..., Any]:
+        """The model as a function of primal rows; ``sample`` [N] names each row's sample."""
+        if not self.layered:
+            return lambda *primals: call_model(self.model, primals, self.spec)
+
+        def forward(*primals: Tensor) -> Any:
+            args = tuple(
+                p if layer is None else (t if sample is None else t[sample])
+                for p, t, layer in zip(primals, self.tensors, self.layers)
+            )
+            with hooked(self.model, self.layers, primals):
+                return call_model(self.model, args, self.spec)
+
+        return forward
+
+    def primals(self, chunk_size: int | None = None) -> tuple[tuple[Tensor, ...], Any]:
+        """The primals at the inputs (layer outputs captured by a forward), and that output."""
+        if not self.layered:
+            return self.tensors, None
+        captured, outputs = [], []
+        with torch.no_grad():
+            for start, stop in row_ranges(self.batch, chunk_size):
+                rows = tuple(t[start:stop] for t in self.tensors)
+                with hooked(self.model, self.layers) as grabbed:
+                    outputs.append(call_model(self.model, rows, self.spec))
+                captured.append(grabbed)
+        primals = tuple(
+            t if layer is None else torch.cat([c[i] for c in captured])
+            for i, (t, layer) in enumerate(zip(self.tensors, self.layers))
+        )
+        return primals, outputs
+
+
+def score_gradients(
+    problem: Problem,
+    primals: tuple[Tensor, ...],
+    target: Target,
+    sample: Tensor | None = None,
+) -> tuple[tuple[Tensor, ...], Target, bool]:
+    """``d s_n / d p_n`` for every row n and primal (input or layer output).
+
+    ``primals`` are rows of the samples ``sample`` (None: one row per sample, in order).
+    Returns (gradients, resolved target, multi). Each gradient has its primal's shape
+    ``[N, ...]``, or ``[N, K, ...]`` when the target explains K classes per row.
+    """
+    forward = problem.forward(sample)
+    if in_training_mode(problem.model):
+        return _autograd_gradients(forward, primals, target)
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
     # torch.func transform still differentiates with respect to the inputs.
     with torch.no_grad():
-        output, pullback = torch.func.vjp(forward, *tensors)
+        output, pullback = torch.func.vjp(forward, *primals)
         target = resolve_target(target, output)
         cotangent, multi = output_cotangent(output, target)
         if multi:
@@ -80,22 +138,21 @@ def _autograd_gradients(
 
 
 def forward_scores(
-    model: Callable[..., Any],
-    tensors: tuple[Tensor, ...],
-    spec: InputSpec,
+    problem: Problem,
+    primals: tuple[Tensor, ...],
     target: Target,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Target]:
-    """Explained scores ``[B]`` (or ``[B, K]``) without gradients, and the resolved target.
+    """Explained scores ``[B]`` (or ``[B, K]``) at one primal row per sample, and the target.
 
     Resolves ``None`` to the argmax of these outputs, so that every perturbed copy of a sample
     explains the class predicted for the sample itself.
     """
-    batch = tensors[0].shape[0]
     scores, targets = [], []
     with torch.no_grad():
-        for start, stop in row_ranges(batch, chunk_size):
-            output = call_model(model, tuple(t[start:stop] for t in tensors), spec)
+        for start, stop in row_ranges(problem.batch, chunk_size):
+            sample = torch.arange(start, stop, device=primals[0].device)
+            output = problem.forward(sample)(*(p[start:stop] for p in primals))
             part = target[start:stop] if isinstance(target, Tensor) else target
             part = resolve_target(part, output)
             scores.append(row_scores(output, part))
@@ -105,19 +162,19 @@ def forward_scores(
 
 
 def prepare(
-    model: Callable[..., Any], inputs: Any, target: Target
-) -> tuple[tuple[Tensor, ...], InputSpec, int, Target]:
-    """Shared preamble of gradient methods: flatten and check inputs, normalise the target."""
-    from torchattr._core.checks import check_gradient_inputs, warn_if_training
-    from torchattr._core.inputs import flatten
-
+    model: Callable[..., Any], inputs: Any, target: Target, layer: Any = None
+) -> tuple[Problem, Target]:
+    """Shared preamble of gradient methods: flatten and check inputs, layers and the target."""
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
     tensors, spec = flatten(inputs)
-    batch = check_gradient_inputs(tensors, spec)
+    layers = resolve_layers(layer, spec, len(tensors))
+    names = spec.names()
+    check_ids(tensors, names, layers)
+    batch = check_gradient_inputs(tensors, spec, skip=[layer is not None for layer in layers])
     target = normalize_target(target, batch, tensors[0].device)
     warn_if_training(model)
-    return tensors, spec, batch, target
+    return Problem(model, tensors, spec, layers), target
 
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:

@@ -122,11 +122,12 @@ def integrated_gradients(
     batch, device = problem.batch, problem.tensors[0].device
     alphas, weights = alphas.to(device), weights.to(device)
     masks = problem.masks(mask)
+    parts, ids = baseline_ids(baseline, problem)
     sums: list[Tensor] | None = None
     multi = False
     with untouched(model):
         ends, _ = problem.primals(chunk_size)
-        starts = path_starts(baseline, problem, ends, masks, chunk_size)
+        starts = path_starts(parts, ids, problem, ends, masks, chunk_size)
         diffs = tuple(x - b for x, b in zip(ends, starts))
         if target is None or return_delta:
             end_scores, target = forward_scores(problem, ends, target, chunk_size)
@@ -161,8 +162,29 @@ def integrated_gradients(
     return result, total - (end_scores - start_scores).to(total.dtype)
 
 
+def baseline_ids(baseline: Baseline, problem: Problem) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Split ``baseline`` per slot; turn id baselines of layered slots into checked id tensors.
+
+    Returns (parts, ids): ``ids[i]`` is an id tensor shaped like input i where slot i has a layer
+    and an id baseline (an int or an integer tensor), else None. Runs no model.
+    """
+    names = [f"baseline for {n}" for n in problem.spec.names()]
+    parts = _baseline_parts(baseline, problem.spec, len(problem.tensors))
+    ids = tuple(
+        _id_baseline(p, t, name) if layer is not None and _is_ids(p) else None
+        for p, t, name, layer in zip(parts, problem.tensors, names, problem.layers)
+    )
+    check_ids(
+        [i for i in ids if i is not None],
+        [n for n, i in zip(names, ids) if i is not None],
+        [layer for layer, i in zip(problem.layers, ids) if i is not None],
+    )
+    return parts, ids
+
+
 def path_starts(
-    baseline: Baseline,
+    parts: tuple[Any, ...],
+    ids: tuple[Any, ...],
     problem: Problem,
     ends: tuple[Tensor, ...],
     masks: tuple[Tensor | None, ...],
@@ -171,22 +193,15 @@ def path_starts(
     """The path's start for every primal ``ends[i]``, broadcast to its shape.
 
     Continuous inputs: None (zeros), a number or a broadcastable tensor. Layered inputs: None (the
-    zero embedding), ids (an int or integer tensor, embedded by one forward of the model), or a
-    float tensor broadcastable to the embedding; masked positions start at their own embedding.
+    zero embedding), ids (see :func:`baseline_ids`), or a float tensor broadcastable to the
+    embedding; masked positions start at their own embedding.
     """
     names = [f"baseline for {n}" for n in problem.spec.names()]
-    parts = _baseline_parts(baseline, problem.spec, len(ends))
-    is_ids = [layer is not None and _is_ids(p) for p, layer in zip(parts, problem.layers)]
-    if any(is_ids):
-        ids = tuple(
-            _id_baseline(p, t, name) if flag else t
-            for p, t, name, flag in zip(parts, problem.tensors, names, is_ids)
-        )
-        check_ids(ids, names, problem.layers)
-        embedded = embed(problem, ids, is_ids, chunk_size)
+    if any(i is not None for i in ids):
+        embedded = embed(problem, ids, chunk_size)
     starts = []
     for i, (part, end, name, mask) in enumerate(zip(parts, ends, names, masks)):
-        start = embedded[i] if is_ids[i] else _one_baseline(part, end, name)
+        start = embedded[i] if ids[i] is not None else _one_baseline(part, end, name)
         if mask is not None:
             keep = mask.reshape(mask.shape + (1,) * (end.ndim - mask.ndim))
             start = torch.where(keep, start, end)
@@ -196,21 +211,20 @@ def path_starts(
 
 
 def embed(
-    problem: Problem, ids: tuple[Tensor, ...], slots: list[bool], chunk_size: int | None
+    problem: Problem, ids: tuple[Tensor | None, ...], chunk_size: int | None
 ) -> tuple[Tensor | None, ...]:
-    """Layer outputs for baseline ids in the marked slots.
+    """Layer outputs for the baseline ids of the slots that have them.
 
     ``nn.Embedding`` layers are called on the ids directly (a baseline of all-PAD ids may be
     something the whole model cannot run, e.g. a fully masked attention); other layers are
     captured from one forward of the model on the baseline ids.
     """
-    direct = all(isinstance(problem.layers[i], nn.Embedding) for i, s in enumerate(slots) if s)
-    if not direct:
-        return replace(problem, tensors=ids).primals(chunk_size)[0]
-    with torch.no_grad():
-        return tuple(
-            problem.layers[i](t) if flag else None for i, (t, flag) in enumerate(zip(ids, slots))
-        )
+    slots = [i is not None for i in ids]
+    if all(isinstance(problem.layers[s], nn.Embedding) for s, flag in enumerate(slots) if flag):
+        with torch.no_grad():
+            return tuple(None if t is None else layer(t) for t, layer in zip(ids, problem.layers))
+    inputs = tuple(t if i is None else i for t, i in zip(problem.tensors, ids))
+    return replace(problem, tensors=inputs).primals(chunk_size)[0]
 
 
 def _baseline_parts(baseline: Baseline, spec: InputSpec, n: int) -> tuple[Any, ...]:

@@ -261,3 +261,32 @@ def test_single_module_layer_with_tuple_inputs():
         model, args, layer=(model.conditions, model.procedures, None), steps=4
     )
     assert [r.shape for r in result] == [a.shape for a in args]
+
+
+# ---------------------------------------------------------------- rankings
+
+
+def test_top_codes_sums_repeated_codes_and_skips_padding():
+    ids = torch.tensor([[5, 3, 5, PAD], [2, 4, PAD, PAD]])
+    scores = torch.tensor([[0.5, 0.7, 0.4, 9.0], [-0.2, 0.1, 3.0, 3.0]])
+    vocab = {2: "flu", 3: "asthma", 4: "fracture", 5: "diabetes"}
+    ranking = ta.top_codes(scores, ids, vocab, k=2, mask=PAD)
+    assert [name for name, _ in ranking[0]] == ["diabetes", "asthma"]
+    assert ranking[0][0][1] == pytest.approx(0.9)
+    assert ranking[1] == [("fracture", pytest.approx(0.1)), ("flu", pytest.approx(-0.2))]
+    by_size = ta.top_codes(
+        scores,
+        ids,
+        ["pad", "unk", "flu", "asthma", "fracture", "diabetes"],
+        k=1,
+        mask=ids != PAD,
+        absolute=True,
+    )
+    assert by_size == [[("diabetes", pytest.approx(0.9))], [("flu", pytest.approx(-0.2))]]
+
+
+def test_top_codes_bad_input():
+    with pytest.raises(ValueError, match="attributions has shape"):
+        ta.top_codes(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        ta.top_codes(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), k=0)

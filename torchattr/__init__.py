@@ -5,6 +5,7 @@ Every method is a pure function ``(model, inputs, target) -> attributions``.
 
 from torchattr.gradient import input_x_gradient, reduce_channels, saliency, smoothgrad
 from torchattr.integrated import integrated_gradients, quadrature
+from torchattr.ranking import top_codes
 
 __all__ = [
     "input_x_gradient",
@@ -13,5 +14,6 @@ __all__ = [
     "reduce_channels",
     "saliency",
     "smoothgrad",
+    "top_codes",
 ]
 __version__ = "0.1.0"

@@ -8,9 +8,11 @@ random point inside one lung field. Its box holds every pixel centre with ``|x -
 ``|y - c_y| < R``, as XYXY pixel coordinates with exclusive ends (``M[y1:y2, x1:x2] = 1``), so
 the lesion adds nothing outside its box.
 
-Everything is drawn from one ``torch.Generator`` seeded with ``seed``, in an order that does not
-depend on the labels: the same ``(n, size, seed)`` give the same anatomy, noise and lesion
-parameters whatever ``positive_fraction`` is, and the same arguments give bit-identical data.
+Everything is drawn from one ``torch.Generator`` seeded with ``derive_seed(seed, "phantoms")``
+(so a generator seeded with ``seed`` itself, e.g. for shuffling, draws something unrelated), in an
+order that does not depend on the labels: the same ``(n, size, seed)`` give the same anatomy,
+noise and lesion parameters whatever ``positive_fraction`` is, and the same arguments give
+bit-identical data. The global random state is neither used nor changed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_positive_int
+from torchattr.data.seeding import derive_seed
 
 _TEXTURE_CELLS = 8  # the smooth texture is bilinear noise on an 8 x 8 grid
 
@@ -51,7 +54,7 @@ def make_phantoms(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "phantoms"))
     labels = torch.zeros(n, dtype=torch.long)
     labels[torch.randperm(n, generator=gen)[: round(n * positive_fraction)]] = 1
     anatomy, lungs = _anatomy(n, size, gen)
@@ -59,8 +62,7 @@ def make_phantoms(
     noise = 0.02 * torch.randn((n, size, size), generator=gen)
     images = anatomy + labels[:, None, None] * lesion + noise
     boxes = [
-        lesion_box(centre[i], radius[i], size)[None] if labels[i] else _no_boxes()
-        for i in range(n)
+        lesion_box(centre[i], radius[i], size)[None] if labels[i] else _no_boxes() for i in range(n)
     ]
     return images.clamp(0.0, 1.0).unsqueeze(1).to(torch.float32), labels, boxes
 
@@ -101,8 +103,9 @@ def _anatomy(n: int, size: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         *(_soft_ellipse(x, y, *lungs[:, side].unbind(-1), 10.0) for side in range(2))
     )
     rib_phase, rib_bend = u(0.0, 2 * math.pi), u(1.0, 2.0)
-    ribs = 0.5 + 0.5 * torch.sin(2 * math.pi * 4.5 * (y + rib_bend[:, None, None] * x.square())
-                                 + rib_phase[:, None, None])
+    ribs = 0.5 + 0.5 * torch.sin(
+        2 * math.pi * 4.5 * (y + rib_bend[:, None, None] * x.square()) + rib_phase[:, None, None]
+    )
     texture = torch.nn.functional.interpolate(
         torch.randn((n, 1, _TEXTURE_CELLS, _TEXTURE_CELLS), generator=gen),
         size=(size, size),
@@ -147,8 +150,10 @@ def _soft_ellipse(
     x: Tensor, y: Tensor, cx: Tensor, cy: Tensor, ax: Tensor, ay: Tensor, sharpness: float
 ) -> Tensor:
     """``sigmoid(sharpness * (1 - rho))`` with ``rho`` the elliptic radius; ``[N, H, W]``."""
-    rho = (((x - cx[:, None, None]) / ax[:, None, None]).square()
-           + ((y - cy[:, None, None]) / ay[:, None, None]).square()).sqrt()
+    rho = (
+        ((x - cx[:, None, None]) / ax[:, None, None]).square()
+        + ((y - cy[:, None, None]) / ay[:, None, None]).square()
+    ).sqrt()
     return torch.sigmoid(sharpness * (1 - rho))
 
 

@@ -48,7 +48,12 @@ def saliency(
     signed gradient). Inputs without a channel dimension (``[B, F]``) are never reduced. A
     ``[B, K]`` target gives ``[B, K, H, W]``. Tuple and dict inputs give a tuple / dict.
 
-    Cost: one forward and one backward.
+    With ``layer=embedding`` the gradient is taken with respect to the layer's output and reduced
+    over the embedding dimension instead: ids ``[B, L]`` give ``[B, L]``; ``mask`` (a bool tensor
+    shaped like the ids, or a padding id) zeroes padded positions. See
+    :func:`torchattr.integrated_gradients` for ``layer`` and ``mask``.
+
+    Cost: one forward and one backward (plus one forward capturing the layer's output).
 
     Example::
 
@@ -57,10 +62,10 @@ def saliency(
     """
     check_choice(reduce, "reduce", REDUCTIONS)
     problem, target = prepare(model, inputs, target, layer)
+    masks = problem.masks(mask)
     with untouched(model):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
-    masks = problem.masks(mask)
     maps = []
     for g, ids, layer_, keep in zip(grads, problem.tensors, problem.layers, masks):
         if layer_ is not None and embedding_dims(g, ids, multi):
@@ -82,15 +87,18 @@ def input_x_gradient(
 ) -> Any:
     """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K).
 
+    With ``layer=embedding``: ``sum_d e_d * d s / d e_d`` per id (``e`` the layer's output), shaped
+    like the ids; ``mask`` zeroes padded positions (see :func:`torchattr.integrated_gradients`).
+
     Example::
 
         attributions = ta.input_x_gradient(model, images, target=labels)   # [B, C, H, W]
     """
     problem, target = prepare(model, inputs, target, layer)
+    masks = problem.masks(mask)
     with untouched(model):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
-    masks = problem.masks(mask)
     out = []
     for p, g, ids, layer_, keep in zip(primals, grads, problem.tensors, problem.layers, masks):
         product = (p.unsqueeze(1) if multi else p) * g
@@ -128,6 +136,9 @@ def smoothgrad(
     model as one enlarged batch, at most ``chunk_size`` rows per call. ``target=None`` explains
     the class predicted for the clean input. The output is shaped like the inputs
     (``[B, K, ...]`` for a ``[B, K]`` target), in at least float32.
+
+    With ``layer=embedding`` the noise is added to the layer's output (sigma relative to its
+    range) and the statistics of ``d s / d e`` come back in the layer's shape (``[B, L, D]``).
 
     Example::
 

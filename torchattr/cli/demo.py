@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+from torchattr.cli import demo_ehr
 from torchattr.data import PhantomNet, derive_seed, make_phantoms
 from torchattr.io import normalize_map, save_map
 from torchattr.metrics import boxes_to_mask, proportional_energy
@@ -99,11 +100,20 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny settings for a smoke test (a few seconds)"
     )
+    parser.add_argument(
+        "--ehr",
+        action="store_true",
+        help="run the EHR demo instead: synthetic patients' condition / procedure codes and labs, "
+        "Integrated Gradients through the code embeddings, rank of the planted code "
+        "(the options above apply, with the EHR demo's own defaults)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments; return the exit code."""
+    """Run the demo (the EHR demo with ``--ehr``) from parsed arguments; return the exit code."""
+    if getattr(args, "ehr", False):
+        return demo_ehr.run(args)
     run_demo(config_from_args(args))
     return 0
 

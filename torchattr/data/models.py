@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+
+from torchattr.data.ehr import PAD as EHR_PAD
 
 
 class PhantomNet(nn.Module):
@@ -51,3 +54,58 @@ class PhantomNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logit_map(x).flatten(1).amax(dim=1, keepdim=True)
+
+
+class EHRNet(nn.Module):
+    """An outcome model over EHR code bags and lab values, for :func:`~torchattr.data.make_ehr`.
+
+    ``forward(conditions [B, Lc] long, procedures [B, Lp] long, labs [B, n_labs] float) ->
+    [B, 1]``: the outcome's log-odds. Each bag of codes is embedded once
+    (``condition_embedding``, ``procedure_embedding``: ``[B, L] -> [B, L, dim]``) and pooled over
+    its real positions, PAD (id 0) ignored: ``pool="sum"`` (the default; a code's effect does not
+    shrink as the patient's record grows) or ``"mean"`` (an all-PAD bag pools to zeros). The labs
+    go through ``Linear -> GELU``; the three ``[B, dim]`` parts are concatenated and a
+    ``Linear -> GELU -> Linear`` head gives the logit. GELU keeps the model smooth, so Integrated
+    Gradients converges fast along embedding-space paths.
+
+    Each embedding runs exactly once per forward, so the codes can be explained with
+    ``ta.integrated_gradients(model, inputs, layer={"conditions": model.condition_embedding,
+    "procedures": model.procedure_embedding}, mask={"conditions": PAD, "procedures": PAD})``.
+
+    Example::
+
+        model = EHRNet(n_conditions=32, n_procedures=22).eval()
+        logits = model(**data.inputs())          # [N, 1]
+    """
+
+    def __init__(
+        self,
+        n_conditions: int,
+        n_procedures: int,
+        n_labs: int = 4,
+        dim: int = 16,
+        hidden: int = 32,
+        pool: str = "sum",
+    ) -> None:
+        super().__init__()
+        if pool not in ("sum", "mean"):
+            raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
+        self.pool = pool
+        self.condition_embedding = nn.Embedding(n_conditions, dim, padding_idx=EHR_PAD)
+        self.procedure_embedding = nn.Embedding(n_procedures, dim, padding_idx=EHR_PAD)
+        self.labs = nn.Sequential(nn.Linear(n_labs, dim), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def bag(self, embedded: Tensor, codes: Tensor) -> Tensor:
+        """Pool ``embedded`` ``[B, L, dim]`` over the non-PAD positions of ``codes`` ``[B, L]``."""
+        keep = (codes != EHR_PAD).unsqueeze(-1).to(embedded.dtype)
+        total = (embedded * keep).sum(1)
+        return total if self.pool == "sum" else total / keep.sum(1).clamp_min(1)
+
+    def forward(self, conditions: Tensor, procedures: Tensor, labs: Tensor) -> Tensor:
+        parts = [
+            self.bag(self.condition_embedding(conditions), conditions),
+            self.bag(self.procedure_embedding(procedures), procedures),
+            self.labs(labs),
+        ]
+        return self.head(torch.cat(parts, dim=1))

@@ -1,7 +1,7 @@
 """Benchmark models, written from scratch (torchvision is not a dependency).
 
-* ``small``: a four-conv CNN with BatchNorm, ReLU and max pooling and a linear head; any square input
-  side that is a multiple of 4 (3x32x32, 3x64x64, ...), 10 classes.
+* ``small``: a four-conv CNN with BatchNorm, ReLU and max pooling and a linear head; any square
+  input side that is a multiple of 4 (3x32x32, 3x64x64, ...), 10 classes.
 * ``resnet18``: the ResNet-18 architecture (He et al. 2016): BasicBlock with a functional residual
   add, [2, 2, 2, 2] blocks of widths 64/128/256/512, BatchNorm, global average pooling; 1000
   classes by default. About 11.7 M parameters, like torchvision's ``resnet18``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F  # noqa: N812 - the usual alias
+from torch.nn import functional as F
 
 MODELS = ("small", "resnet18")
 
@@ -70,7 +70,9 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18: 7x7/2 stem, 3x3/2 max pool, four stages of two BasicBlocks, average pool, fc."""
 
-    def __init__(self, num_classes: int = 1000, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+    def __init__(
+        self, num_classes: int = 1000, widths: tuple[int, ...] = (64, 128, 256, 512)
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False),

@@ -7,13 +7,14 @@ All three are one forward and one backward of the (possibly enlarged) batch thro
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
-from torchattr._core.chunking import add_rows, row_index, row_ranges
+from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
 from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
 from torchattr._core.inputs import Inputs, unflatten
 from torchattr._core.layers import apply_mask, collapse, embedding_dims
@@ -63,7 +64,7 @@ def saliency(
     check_choice(reduce, "reduce", REDUCTIONS)
     problem, target = prepare(model, inputs, target, layer)
     masks = problem.masks(mask)
-    with untouched(model):
+    with untouched(model, problem.layers):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
     maps = []
@@ -96,7 +97,7 @@ def input_x_gradient(
     """
     problem, target = prepare(model, inputs, target, layer)
     masks = problem.masks(mask)
-    with untouched(model):
+    with untouched(model, problem.layers):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
     out = []
@@ -153,16 +154,16 @@ def smoothgrad(
     batch, device = problem.batch, problem.tensors[0].device
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
-    with untouched(model):
+    with untouched(model, problem.layers):
         tensors, _ = problem.primals(chunk_size)
         sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
-        draws = [_randn((samples, *x.shape), x, generator).flatten(0, 1) for x in tensors]
+        draws = [_randn((samples, *x.shape), x, generator) for x in tensors]
         if target is None:
             _, target = forward_scores(problem, tensors, None, chunk_size)
         for start, stop in row_ranges(samples * batch, chunk_size):
             _, sample = row_index(start, stop, batch, device)
             noisy = tuple(
-                x[sample] + sigma[sample] * draw[start:stop]
+                build_rows(start, stop, batch, partial(_noisy_copies, x, sigma, draw))
                 for x, sigma, draw in zip(tensors, sigmas, draws)
             )
             rows_target = target[sample] if isinstance(target, Tensor) else target
@@ -218,6 +219,11 @@ def noise_scale(x: Tensor, noise: float, absolute: bool = False) -> Tensor:
     flat = x.detach().reshape(x.shape[0], -1)
     spread = flat.amax(dim=1) - flat.amin(dim=1)
     return (noise * spread).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def _noisy_copies(x: Tensor, sigma: Tensor, draws: Tensor, copies: slice, samples: slice) -> Tensor:
+    """``x + sigma * eps`` for the noise samples ``copies`` of the samples ``samples``."""
+    return torch.addcmul(x[samples], sigma[samples], draws[copies, samples])
 
 
 def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torchattr._core.checks import (
     check_finite,
     check_positive_int,
 )
-from torchattr._core.chunking import add_rows, row_index, row_ranges
+from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -56,6 +57,12 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     """
     check_choice(method, "method", METHODS)
     n = check_positive_int(steps, "steps", minimum=2 if method == "riemann_trapezoid" else 1)
+    nodes, weights = _rule(method, n)
+    return nodes.clone(), weights.clone()
+
+
+@lru_cache(maxsize=64)
+def _rule(method: str, n: int) -> tuple[Tensor, Tensor]:
     k = torch.arange(n, dtype=torch.float64)
     if method == "gausslegendre":
         i = torch.arange(1, n, dtype=torch.float64)
@@ -125,7 +132,7 @@ def integrated_gradients(
     parts, ids = baseline_ids(baseline, problem)
     sums: list[Tensor] | None = None
     multi = False
-    with untouched(model):
+    with untouched(model, problem.layers):
         ends, _ = problem.primals(chunk_size)
         starts = path_starts(parts, ids, problem, ends, masks, chunk_size)
         diffs = tuple(x - b for x, b in zip(ends, starts))
@@ -134,17 +141,19 @@ def integrated_gradients(
         for start, stop in row_ranges(steps * batch, chunk_size):
             step, sample = row_index(start, stop, batch, device)
             points = tuple(
-                b[sample] + _per_row(alphas[step], d).to(d.dtype) * d[sample]
+                build_rows(start, stop, batch, partial(_path_points, alphas, b, d))
                 for b, d in zip(starts, diffs)
             )
             rows_target = target[sample] if isinstance(target, Tensor) else target
-            grads, _, multi = score_gradients(problem, points, rows_target, sample)
+            grads, _, multi = score_gradients(
+                problem, points, rows_target, sample, scale=weights[step]
+            )
             if sums is None:
                 sums = [
                     g.new_zeros((batch, *g.shape[1:]), dtype=accumulation_dtype(g)) for g in grads
                 ]
             for acc, g in zip(sums, grads):
-                add_rows(acc, start, g.to(acc.dtype) * _per_row(weights[step], g).to(acc.dtype))
+                add_rows(acc, start, g)
         attributions = [(d.unsqueeze(1) if multi else d) * acc for d, acc in zip(diffs, sums)]
         if return_delta:
             start_scores, _ = forward_scores(problem, starts, target, chunk_size)
@@ -290,6 +299,9 @@ def _one_baseline(value: Any, x: Tensor, name: str) -> Tensor:
         ) from None
 
 
-def _per_row(values: Tensor, like: Tensor) -> Tensor:
-    """Reshape per-row scalars ``[N]`` to broadcast against ``like`` ``[N, ...]``."""
-    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+def _path_points(
+    alphas: Tensor, start: Tensor, diff: Tensor, copies: slice, samples: slice
+) -> Tensor:
+    """``start + a_k * diff`` for the steps ``copies`` and samples ``samples``: [k, b, ...]."""
+    a = alphas[copies].to(diff.dtype).reshape((-1,) + (1,) * diff.ndim)
+    return torch.addcmul(start[samples].unsqueeze(0), a, diff[samples].unsqueeze(0))

@@ -114,13 +114,13 @@ def in_training_mode(model: Callable[..., Any]) -> bool:
     return any(m.training and _mode_matters(m) for m in model.modules())
 
 
-def warn_if_training(model: Callable[..., Any]) -> None:
-    """Warn when a submodule whose behaviour depends on it is in training mode.
-
-    Dropout and batch statistics make attributions random and mix the samples of a batch.
-    Built-in layers that ignore the flag (Linear, Conv, activations) do not warn.
+def warn_if_training(training: bool) -> None:
+    """Warn when the model has a mode-dependent submodule in training mode (see
+    :func:`in_training_mode`): dropout and batch statistics make attributions random and mix the
+    samples of a batch. Built-in layers that ignore the flag (Linear, Conv, activations) do not
+    count.
     """
-    if not tracing() and in_training_mode(model):
+    if training and not tracing():
         warnings.warn(
             "model is in training mode: dropout and batch statistics make attributions random "
             "and mix samples; call model.eval() first",

@@ -8,7 +8,7 @@ depend on ``chunk_size`` beyond float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -27,23 +27,41 @@ def row_index(start: int, stop: int, batch: int, device: torch.device) -> tuple[
     return rows // batch, rows % batch
 
 
-def add_rows(acc: Tensor, start: int, values: Tensor) -> None:
-    """Add rows ``start..start+len(values)-1`` (copy-major) into their samples: ``acc[b] += v``.
+def segments(start: int, stop: int, batch: int) -> list[tuple[slice, slice]]:
+    """Rows ``start..stop-1`` as rectangles ``(copies, samples)``, in row order.
 
-    ``acc`` is ``[B, ...]``. Whole copies are summed through a ``[copies, B, ...]`` view, partial
-    copies through slices: deterministic, and free of scatter kernels (which ``torch.compile``'s
-    CPU backend miscompiles after a ``torch.func.vjp``).
+    A rectangle is a run of whole copies (all B samples) or a part of one copy; its rows are the
+    rectangle flattened copy-major. Building rows and summing them per sample through these
+    views needs no gather or scatter kernels (``torch.compile``'s CPU backend miscompiles the
+    scatter after a ``torch.func.vjp``; gathers from expanded baselines are slow).
     """
-    batch, count = acc.shape[0], values.shape[0]
-    values = values.to(acc.dtype)
-    pos = 0
-    while pos < count:
-        sample = (start + pos) % batch
-        whole = (count - pos) // batch if sample == 0 else 0
+    out = []
+    row = start
+    while row < stop:
+        copy, sample = divmod(row, batch)
+        whole = (stop - row) // batch if sample == 0 else 0
         if whole:
-            acc += values[pos : pos + whole * batch].unflatten(0, (whole, batch)).sum(0)
-            pos += whole * batch
+            out.append((slice(copy, copy + whole), slice(0, batch)))
+            row += whole * batch
         else:
-            take = min(batch - sample, count - pos)
-            acc[sample : sample + take] += values[pos : pos + take]
-            pos += take
+            take = min(batch - sample, stop - row)
+            out.append((slice(copy, copy + 1), slice(sample, sample + take)))
+            row += take
+    return out
+
+
+def build_rows(start: int, stop: int, batch: int, make: Callable[[slice, slice], Tensor]) -> Tensor:
+    """Rows ``start..stop-1`` from ``make(copies, samples) -> [n_copies, n_samples, ...]``."""
+    parts = [make(c, s).flatten(0, 1) for c, s in segments(start, stop, batch)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def add_rows(acc: Tensor, start: int, values: Tensor) -> None:
+    """Add rows ``start..start+len(values)-1`` into their samples: ``acc[b] += v`` (in place)."""
+    batch = acc.shape[0]
+    pos = 0
+    for copies, samples in segments(start, start + values.shape[0], batch):
+        n_copies, n_samples = copies.stop - copies.start, samples.stop - samples.start
+        block = values[pos : pos + n_copies * n_samples].unflatten(0, (n_copies, n_samples))
+        acc[samples] += block.sum(0).to(acc.dtype)
+        pos += n_copies * n_samples

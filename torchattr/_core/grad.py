@@ -25,6 +25,7 @@ from torchattr._core.targets import (
     output_cotangent,
     resolve_target,
     row_scores,
+    target_range,
 )
 
 
@@ -40,6 +41,8 @@ class Problem:
     tensors: tuple[Tensor, ...]
     spec: InputSpec
     layers: Layers
+    training: bool = False  # a mode-dependent submodule is in training mode: use autograd
+    target_range: tuple[int, int] | None = None  # (min, max) of an index target, read once
 
     @property
     def batch(self) -> int:
@@ -91,32 +94,56 @@ def score_gradients(
     primals: tuple[Tensor, ...],
     target: Target,
     sample: Tensor | None = None,
+    scale: Tensor | None = None,
 ) -> tuple[tuple[Tensor, ...], Target, bool]:
     """``d s_n / d p_n`` for every row n and primal (input or layer output).
 
-    ``primals`` are rows of the samples ``sample`` (None: one row per sample, in order).
-    Returns (gradients, resolved target, multi). Each gradient has its primal's shape
-    ``[N, ...]``, or ``[N, K, ...]`` when the target explains K classes per row.
+    ``primals`` are rows of the samples ``sample`` (None: one row per sample, in order). With
+    ``scale`` [N] the result is ``scale_n * d s_n / d p_n``: the output cotangent is scaled
+    before the (linear) backward, which costs nothing. Returns (gradients, resolved target,
+    multi). Each gradient has its primal's shape ``[N, ...]``, or ``[N, K, ...]`` when the
+    target explains K classes per row.
     """
     forward = problem.forward(sample)
-    if in_training_mode(problem.model):
-        return _autograd_gradients(forward, primals, target)
+    if problem.training:
+        return _autograd_gradients(forward, primals, target, problem.target_range, scale)
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
     # torch.func transform still differentiates with respect to the inputs.
     with torch.no_grad():
         output, pullback = torch.func.vjp(forward, *primals)
-        target = resolve_target(target, output)
+        target = resolve_target(target, output, problem.target_range)
         cotangent, multi = output_cotangent(output, target)
+        cotangent = _scale_rows(cotangent, scale, multi)
+        # retain_graph=False frees each saved activation as soon as the backward used it.
         if multi:
-            grads = tuple(g.movedim(0, 1) for g in torch.func.vmap(pullback)(cotangent))
+            pulled = torch.func.vmap(lambda c: pullback(c, retain_graph=False))(cotangent)
+            grads = tuple(g.movedim(0, 1) for g in pulled)
         else:
-            grads = tuple(pullback(cotangent))
+            grads = tuple(pullback(cotangent, retain_graph=False))
     return grads, target, multi
 
 
+def _scale_rows(cotangent: Any, scale: Tensor | None, multi: bool) -> Any:
+    """Multiply row n of every cotangent leaf by ``scale[n]`` (rows are dim 1 when K-batched)."""
+    if scale is None:
+        return cotangent
+    dim = 1 if multi else 0
+
+    def rescale(leaf: Tensor) -> Tensor:
+        shape = [1] * leaf.ndim
+        shape[dim] = -1
+        return leaf * scale.to(leaf.dtype).reshape(shape)
+
+    return torch.utils._pytree.tree_map(rescale, cotangent)
+
+
 def _autograd_gradients(
-    forward: Callable[..., Any], tensors: tuple[Tensor, ...], target: Target
+    forward: Callable[..., Any],
+    tensors: tuple[Tensor, ...],
+    target: Target,
+    target_range: tuple[int, int] | None,
+    scale: Tensor | None,
 ) -> tuple[tuple[Tensor, ...], Target, bool]:
     """The same pull-back through plain autograd, for models in training mode.
 
@@ -126,10 +153,11 @@ def _autograd_gradients(
     with torch.enable_grad():
         xs = tuple(t.detach().requires_grad_(True) for t in tensors)
         output = forward(*xs)
-        target = resolve_target(target, output)
+        target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target)
-        leaves, _spec = torch.utils._pytree.tree_flatten(output)
-        seeds = torch.utils._pytree.tree_flatten(cotangent)[0]
+        cotangent = _scale_rows(cotangent, scale, multi)
+        leaves = torch.utils._pytree.tree_leaves(output)
+        seeds = torch.utils._pytree.tree_leaves(cotangent)
         grads = torch.autograd.grad(leaves, xs, seeds, is_grads_batched=multi, allow_unused=True)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
     if multi:
@@ -154,7 +182,7 @@ def forward_scores(
             sample = torch.arange(start, stop, device=primals[0].device)
             output = problem.forward(sample)(*(p[start:stop] for p in primals))
             part = target[start:stop] if isinstance(target, Tensor) else target
-            part = resolve_target(part, output)
+            part = resolve_target(part, output, problem.target_range)
             scores.append(row_scores(output, part))
             targets.append(part)
     resolved = target if callable(target) else torch.cat(targets)
@@ -173,8 +201,9 @@ def prepare(
     check_ids(tensors, names, layers)
     batch = check_gradient_inputs(tensors, spec, skip=[layer is not None for layer in layers])
     target = normalize_target(target, batch, tensors[0].device)
-    warn_if_training(model)
-    return Problem(model, tensors, spec, layers), target
+    training = in_training_mode(model)
+    warn_if_training(training)
+    return Problem(model, tensors, spec, layers, training, target_range(target)), target
 
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:

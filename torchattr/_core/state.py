@@ -1,14 +1,14 @@
 """Calling a model without leaving a trace.
 
 :func:`untouched` records what a call could change on an ``nn.Module`` -- the training flag of every
-submodule, every hook dictionary, and (when a submodule is in training mode, so that batch norm
-would update its running statistics) every buffer -- and restores it on exit, also when the body
-raises. Parameters are never written by torchattr and are not copied.
+submodule, the hook dictionaries of the modules torchattr hooks, and (when a submodule is in
+training mode, so that batch norm would update its running statistics) every buffer -- and
+restores it on exit, also when the body raises. Parameters are never written by torchattr.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,26 +30,37 @@ _HOOK_DICTS = (
 
 
 @contextmanager
-def untouched(model: Callable[..., Any]) -> Iterator[None]:
-    """Context in which ``model`` may be called and modified; everything is restored on exit."""
+def untouched(model: Callable[..., Any], hooked: Iterable[Any] = ()) -> Iterator[None]:
+    """Context in which ``model`` may be called; its state is restored on exit.
+
+    Restores every submodule's training flag, the buffers (when a submodule is in training mode)
+    and the hook dictionaries of the modules in ``hooked`` (those torchattr installs hooks on).
+    """
     if tracing() or not isinstance(model, torch.nn.Module):
         yield
         return
     modules = list(model.modules())
     modes = [m.training for m in modules]
-    hooks = [{h: dict(getattr(m, h)) for h in _HOOK_DICTS if hasattr(m, h)} for m in modules]
+    hooks = [
+        (m, {h: dict(getattr(m, h)) for h in _HOOK_DICTS if hasattr(m, h)})
+        for m in hooked
+        if m is not None
+    ]
     buffers = None
     if any(modes):
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
     finally:
-        for m, mode, saved in zip(modules, modes, hooks):
-            m.training = mode
+        for m, mode in zip(modules, modes):
+            if m.training != mode:
+                m.training = mode
+        for m, saved in hooks:
             for h, entries in saved.items():
                 current = getattr(m, h)
-                current.clear()
-                current.update(entries)
+                if current != entries:
+                    current.clear()
+                    current.update(entries)
         if buffers is not None:
             with torch.no_grad():
                 for b, saved_b in buffers:

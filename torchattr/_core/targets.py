@@ -75,10 +75,22 @@ def num_classes(output: Any, target: Target) -> int:
     return 1 if output.ndim == 1 else output.shape[1]
 
 
-def resolve_target(target: Target, output: Any) -> Target:
+def target_range(target: Target) -> tuple[int, int] | None:
+    """``(min, max)`` of an index target, read from the device once, before any model call."""
+    if not isinstance(target, Tensor) or tracing() or target.numel() == 0:
+        return None
+    low, high = torch.stack([target.min(), target.max()]).tolist()
+    return low, high
+
+
+def resolve_target(
+    target: Target, output: Any, known_range: tuple[int, int] | None = None
+) -> Target:
     """Turn ``None`` into per-row classes and check index targets against ``output``.
 
-    ``target`` is already normalised to the rows of ``output``. Returns a callable or a LongTensor
+    ``target`` is already normalised to the rows of ``output``. ``known_range`` is the target's
+    ``(min, max)`` when already read (see :func:`target_range`): the check then needs no device
+    synchronisation between the forward and the backward. Returns a callable or a LongTensor
     ``[N]`` / ``[N, K]``.
     """
     classes = num_classes(output, target)
@@ -88,8 +100,9 @@ def resolve_target(target: Target, output: Any) -> Target:
         if classes == 1:
             return torch.zeros(output.shape[0], dtype=torch.long, device=output.device)
         return output.detach().argmax(dim=1)
-    if not tracing():
-        low, high = torch.stack([target.min(), target.max()]).tolist()
+    bounds = known_range if known_range is not None else target_range(target)
+    if bounds is not None:
+        low, high = bounds
         if low < 0 or high >= classes:
             hint = " (single-logit model: use None or 0, or a callable)" if classes == 1 else ""
             raise ValueError(
@@ -97,13 +110,6 @@ def resolve_target(target: Target, output: Any) -> Target:
                 f"output with {classes} classes: expected 0 <= target < {classes}{hint}"
             )
     return target
-
-
-def is_multi(target: Target, scores: Tensor | None = None) -> bool:
-    """Whether the target explains K classes per row."""
-    if callable(target):
-        return scores is not None and scores.ndim == 2
-    return isinstance(target, Tensor) and target.ndim == 2
 
 
 def row_scores(output: Any, target: Target) -> Tensor:

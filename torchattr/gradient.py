@@ -15,7 +15,13 @@ from torch import Tensor
 
 from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
 from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
-from torchattr._core.grad import accumulation_dtype, forward_scores, prepare, score_gradients
+from torchattr._core.grad import (
+    Problem,
+    accumulation_dtype,
+    forward_scores,
+    prepare,
+    score_gradients,
+)
 from torchattr._core.inputs import Inputs, unflatten
 from torchattr._core.layers import apply_mask, collapse, embedding_dims
 from torchattr._core.state import untouched
@@ -62,11 +68,7 @@ def saliency(
         grads = ta.saliency(model, images, 3, abs=False, reduce=None)   # [B, C, H, W]
     """
     check_choice(reduce, "reduce", REDUCTIONS)
-    problem, target = prepare(model, inputs, target, layer)
-    masks = problem.masks(mask)
-    with untouched(model, problem.layers):
-        primals, _ = problem.primals()
-        grads, _, multi = score_gradients(problem, primals, target)
+    problem, _, grads, multi, masks = _gradients_once(model, inputs, target, layer, mask)
     maps = []
     for g, ids, layer_, keep in zip(grads, problem.tensors, problem.layers, masks):
         if layer_ is not None and embedding_dims(g, ids, multi):
@@ -95,11 +97,7 @@ def input_x_gradient(
 
         attributions = ta.input_x_gradient(model, images, target=labels)   # [B, C, H, W]
     """
-    problem, target = prepare(model, inputs, target, layer)
-    masks = problem.masks(mask)
-    with untouched(model, problem.layers):
-        primals, _ = problem.primals()
-        grads, _, multi = score_gradients(problem, primals, target)
+    problem, primals, grads, multi, masks = _gradients_once(model, inputs, target, layer, mask)
     out = []
     for p, g, ids, layer_, keep in zip(primals, grads, problem.tensors, problem.layers, masks):
         product = (p.unsqueeze(1) if multi else p) * g
@@ -107,6 +105,18 @@ def input_x_gradient(
             product = collapse(product, ids, multi)
         out.append(apply_mask(product, keep, multi))
     return unflatten(out, problem.spec)
+
+
+def _gradients_once(
+    model: Callable[..., Any], inputs: Inputs, target: Target, layer: Any, mask: Any
+) -> tuple[Problem, tuple[Tensor, ...], tuple[Tensor, ...], bool, tuple[Tensor | None, ...]]:
+    """One forward and backward at the inputs: (problem, primals, gradients, multi, masks)."""
+    problem, target = prepare(model, inputs, target, layer)
+    masks = problem.masks(mask)
+    with untouched(model, problem.layers):
+        primals, _ = problem.primals()
+        grads, _, multi = score_gradients(problem, primals, target)
+    return problem, primals, grads, multi, masks
 
 
 def smoothgrad(

@@ -272,13 +272,7 @@ def _id_baseline(value: Any, ids: Tensor, name: str) -> Tensor:
     """Baseline ids shaped like ``ids``: one id everywhere, or a broadcastable id tensor."""
     if isinstance(value, int):
         return torch.full_like(ids, value)
-    try:
-        return torch.broadcast_to(value.to(device=ids.device, dtype=ids.dtype), ids.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} has shape {list(value.shape)}, not broadcastable to the ids' shape "
-            f"{list(ids.shape)}"
-        ) from None
+    return _broadcast(value, ids, name, "the ids' shape")
 
 
 def _one_baseline(value: Any, x: Tensor, name: str) -> Tensor:
@@ -290,12 +284,16 @@ def _one_baseline(value: Any, x: Tensor, name: str) -> Tensor:
         if not math.isfinite(value):
             raise ValueError(f"{name} is {value}: expected a finite number")
         return torch.full((), value, dtype=x.dtype, device=x.device).expand(x.shape)
+    return _broadcast(value, x, name, "the input's shape")
+
+
+def _broadcast(value: Tensor, like: Tensor, name: str, what: str) -> Tensor:
+    """``value`` in ``like``'s dtype and device, broadcast (a view) to its shape, or an error."""
     try:
-        return torch.broadcast_to(value.to(device=x.device, dtype=x.dtype), x.shape)
+        return torch.broadcast_to(value.to(device=like.device, dtype=like.dtype), like.shape)
     except RuntimeError:
         raise ValueError(
-            f"{name} has shape {list(value.shape)}, not broadcastable to the input's shape "
-            f"{list(x.shape)}"
+            f"{name} has shape {list(value.shape)}, not broadcastable to {what} {list(like.shape)}"
         ) from None
 
 

@@ -2,14 +2,19 @@
 
 For every model and method the script times three callables that do the same work:
 
-* ``torchattr``: ``ta.saliency(model, x, t)`` or
-  ``ta.integrated_gradients(model, x, target=t, steps=S, method="gausslegendre")``;
-* ``captum``: ``Saliency(model).attribute(x, target=t, abs=True).amax(1)`` or
+* ``torchattr``: ``ta.saliency(model, x, t)``,
+  ``ta.integrated_gradients(model, x, target=t, steps=S, method="gausslegendre")`` or, for token
+  ids through the embedding layer, ``ta.integrated_gradients(model, ids, baseline=unk, target=t,
+  steps=S, method="gausslegendre", layer=model.embedding)``;
+* ``captum``: ``Saliency(model).attribute(x, target=t, abs=True).amax(1)``,
   ``IntegratedGradients(model).attribute(x, target=t, n_steps=S, method="gausslegendre",
-  internal_batch_size=None)``;
+  internal_batch_size=None)`` or ``LayerIntegratedGradients(model, model.embedding).attribute(ids,
+  baselines=unk, target=t, n_steps=S, method="gausslegendre", internal_batch_size=None).sum(-1)``;
 * ``bare``: one forward and one backward of a batch of the same size (B rows for saliency, B*S rows
   for IG) giving the input gradient with plain autograd,
-  ``torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)``.
+  ``torch.autograd.grad(model(x).gather(1, t[:, None]).sum(), x)``; for ``ig_embedding`` the
+  gradient with respect to the embedding output ``[B*S, L, D]``, a leaf swapped in by a forward
+  hook.
 
 It prints the median wall time of each, the ratios torchattr/bare and torchattr/captum, the
 largest relative difference between the torchattr and Captum attributions and, on CUDA, the peak
@@ -34,11 +39,23 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
-from benchmarks.models import build, parameter_count
+from benchmarks.models import (
+    IMAGE_MODELS,
+    MODELS,
+    PAD,
+    TEXT_MODELS,
+    build,
+    parameter_count,
+    token_batch,
+    unk_baseline,
+)
 
-METHODS = ("saliency", "ig")
+IMAGE_METHODS = ("saliency", "ig")
+TEXT_METHODS = ("ig_embedding",)
+METHODS = IMAGE_METHODS + TEXT_METHODS
 LIBRARIES = ("torchattr", "captum", "bare")
-DEFAULT_SIZES = {"small": 32, "resnet18": 64}
+DEFAULT_SIZES = {"small": 32, "resnet18": 64, "transformer": 64}  # image side / sequence length
+DEFAULT_BATCH = {"small": 4, "resnet18": 4, "transformer": 16}
 Fn = Callable[[], Tensor]
 
 
@@ -58,6 +75,30 @@ def bare_input_gradient(model: Callable[[Tensor], Tensor], x: Tensor, t: Tensor)
     return torch.autograd.grad(score, x)[0]
 
 
+def applies(model_name: str, method: str) -> bool:
+    """Whether ``method`` runs on model ``model_name`` (image methods on image models, etc.)."""
+    if model_name in TEXT_MODELS:
+        return method in TEXT_METHODS
+    return method in IMAGE_METHODS
+
+
+def bare_embedding_gradient(
+    model: Callable[[Tensor], Tensor], layer: nn.Module, ids: Tensor, t: Tensor, emb: Tensor
+) -> Tensor:
+    """Gradient of ``sum_n model(ids)[n, t_n]`` with respect to ``layer``'s output, set to ``emb``.
+
+    A forward hook replaces the layer's output by a leaf (a detached ``emb`` that requires grad),
+    as torchattr and Captum do with their path points; one forward, one backward, plain autograd.
+    """
+    leaf = emb.detach().requires_grad_()
+    handle = layer.register_forward_hook(lambda module, args, output: leaf)
+    try:
+        score = model(ids).gather(1, t[:, None]).sum()
+    finally:
+        handle.remove()
+    return torch.autograd.grad(score, leaf)[0]
+
+
 def make_callables(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -66,10 +107,12 @@ def make_callables(
     steps: int = 50,
     libraries: Sequence[str] = LIBRARIES,
 ) -> dict[str, Fn]:
-    """Zero-argument callables ``{library: fn}`` for ``method`` ("saliency" or "ig").
+    """Zero-argument callables ``{library: fn}`` for ``method`` (one of :data:`METHODS`).
 
-    ``model`` is called as is (pass a compiled module to time compiled Captum / bare). Every
-    callable returns its attribution (or, for ``bare``, the input gradient of the enlarged batch).
+    ``model`` is called as is (pass a compiled module to time compiled Captum / bare). For
+    ``ig_embedding`` ``x`` holds token ids ``[B, L]``, the layer is ``model.embedding`` and the
+    baseline is UNK at every real token, PAD kept. Every callable returns its attribution (or, for
+    ``bare``, the input gradient of the enlarged batch).
     """
     fns: dict[str, Fn] = {}
     if method == "saliency":
@@ -100,6 +143,31 @@ def make_callables(
             rows = x.repeat(steps, *([1] * (x.ndim - 1)))
             rows_t = t.repeat(steps)
             fns["bare"] = lambda: bare_input_gradient(model, rows, rows_t)
+    elif method == "ig_embedding":
+        layer = model.embedding
+        baseline = unk_baseline(x)
+        if "torchattr" in libraries:
+            fns["torchattr"] = lambda: ta.integrated_gradients(
+                model, x, baseline, t, steps=steps, method="gausslegendre", layer=layer
+            )
+        if "captum" in libraries:
+            from captum.attr import LayerIntegratedGradients
+
+            lig = LayerIntegratedGradients(model, layer)
+            fns["captum"] = lambda: lig.attribute(
+                x,
+                baselines=baseline,
+                target=t,
+                n_steps=steps,
+                method="gausslegendre",
+                internal_batch_size=None,
+            ).sum(-1)
+        if "bare" in libraries:
+            rows = x.repeat(steps, 1)
+            rows_t = t.repeat(steps)
+            with torch.no_grad():  # the path points' stand-in: B*S embedded rows [B*S, L, D]
+                emb = layer(rows)
+            fns["bare"] = lambda: bare_embedding_gradient(model, layer, rows, rows_t, emb)
     else:
         raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
     return fns
@@ -118,6 +186,14 @@ def compiled_torchattr(
 
         def run(x: Tensor, t: Tensor) -> Tensor:
             return ta.saliency(model, x, t)
+
+    elif method == "ig_embedding":
+        baseline = unk_baseline(x)
+
+        def run(x: Tensor, t: Tensor) -> Tensor:
+            return ta.integrated_gradients(
+                model, x, baseline, t, steps=steps, method="gausslegendre", layer=model.embedding
+            )
 
     else:
 
@@ -340,21 +416,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Time torchattr against Captum and bare autograd, side by side.",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--models", default="small,resnet18", help="comma-separated: small,resnet18")
-    p.add_argument("--methods", default="saliency,ig", help="comma-separated: saliency,ig")
-    p.add_argument("--batch", type=int, default=4, help="samples B (default 4)")
+    p.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated, of {','.join(MODELS)} (default: all)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated, of {','.join(METHODS)} (default: all); saliency and ig run on "
+        "the image models, ig_embedding on the transformer",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="samples B (default: 4 for the image models, 16 for the transformer)",
+    )
     p.add_argument("--steps", type=int, default=50, help="IG steps S (default 50)")
     p.add_argument(
         "--size",
         type=int,
         default=None,
-        help="image side for every model (default: small 32, resnet18 64)",
+        help="image side (small, resnet18) or sequence length (transformer) for every model "
+        "(default: small 32, resnet18 64, transformer 64)",
     )
     p.add_argument(
         "--num-classes",
         type=int,
         default=None,
-        help="classes of the head (default: small 10, resnet18 1000)",
+        help="classes of the head (default: small 10, resnet18 1000, transformer 4)",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
     p.add_argument(
@@ -397,6 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in methods:
         if m not in METHODS:
             raise SystemExit(f"unknown method {m!r}: expected one of {', '.join(METHODS)}")
+    for m in models:
+        if m not in MODELS:
+            raise SystemExit(f"unknown model {m!r}: expected one of {', '.join(MODELS)}")
+    if not any(applies(name, method) for name in models for method in methods):
+        raise SystemExit(
+            f"no method of {methods} applies to the models {models}: saliency and ig run on "
+            f"{', '.join(IMAGE_MODELS)}, ig_embedding on {', '.join(TEXT_MODELS)}"
+        )
     try:
         import captum
 
@@ -413,30 +512,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()}, cpus: {os.cpu_count()}"
     )
     print(
-        f"batch {args.batch}, IG steps {args.steps} (gausslegendre), repeats {args.repeats} "
+        f"IG steps {args.steps} (gausslegendre), repeats {args.repeats} "
         f"({args.stat}), warm-up {args.warmup}, seed {args.seed}"
     )
 
     entries: list[Entry] = []
     failures: list[str] = []
     for name in models:
+        model_methods = [m for m in methods if applies(name, m)]
+        if not model_methods:
+            continue
         model = build(name, device, num_classes=args.num_classes, seed=args.seed)
-        size = args.size or DEFAULT_SIZES.get(name, 32)
-        out_classes = model(torch.zeros(1, 3, size, size, device=device)).shape[1]
-        gen = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
-        t = torch.randint(out_classes, (args.batch,), generator=gen).to(device)
+        batch = args.batch or DEFAULT_BATCH[name]
+        x, t, described = workload(name, model, batch, args.size, args.seed, device)
         print(
-            f"model {name}: {parameter_count(model) / 1e6:.2f} M parameters, "
-            f"input {list(x.shape)}, {out_classes} classes",
+            f"model {name}: {parameter_count(model) / 1e6:.2f} M parameters, {described}",
             flush=True,
         )
         # A frozen copy: under torch.compile, AOTAutograd's backward computes the gradient of
         # every input that requires grad, parameters included, even when autograd.grad asks for
         # x only (~1.5x the eager cost on ResNet-18); torchattr's vjp differentiates x only.
         compiled_model = torch.compile(frozen_copy(model)) if args.compile else None
-        for method in methods:
-            rows = args.batch * (args.steps if method == "ig" else 1)
+        for method in model_methods:
+            rows = batch * (1 if method == "saliency" else args.steps)
             for variant, factory in variant_factories(model, compiled_model, x, t, method, args):
                 entry = Entry(name, method, variant, rows)
                 start = time.perf_counter()
@@ -460,6 +558,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in failures:
         print("\nFAILED " + f, file=sys.stderr)
     return 0
+
+
+def workload(
+    name: str, model: nn.Module, batch: int, size: int | None, seed: int, device: torch.device
+) -> tuple[Tensor, Tensor, str]:
+    """Seeded inputs and explicit targets of model ``name``, and a line describing them.
+
+    Image models: ``x`` ``[B, 3, size, size]`` from a normal distribution. The transformer: token
+    ids ``[B, size]`` with trailing padding (:func:`~benchmarks.models.token_batch`).
+    """
+    size = size or DEFAULT_SIZES[name]
+    gen = torch.Generator().manual_seed(seed)
+    if name in TEXT_MODELS:
+        x = token_batch(batch, size, seed=seed).to(device)
+        with torch.no_grad():
+            out_classes = model(x[:1]).shape[1]
+        pads = (x == PAD).sum(1)
+        text = (
+            f"token ids {list(x.shape)} ({int(pads.min())}..{int(pads.max())} trailing PAD per "
+            f"row, baseline UNK), {out_classes} classes"
+        )
+    else:
+        with torch.no_grad():
+            out_classes = model(torch.zeros(1, 3, size, size, device=device)).shape[1]
+        x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        text = f"input {list(x.shape)}, {out_classes} classes"
+    t = torch.randint(out_classes, (batch,), generator=gen).to(device)
+    return x, t, text
 
 
 def variant_factories(

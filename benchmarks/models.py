@@ -5,9 +5,15 @@
 * ``resnet18``: the ResNet-18 architecture (He et al. 2016): BasicBlock with a functional residual
   add, [2, 2, 2, 2] blocks of widths 64/128/256/512, BatchNorm, global average pooling; 1000
   classes by default. About 11.7 M parameters, like torchvision's ``resnet18``.
+* ``transformer``: a text classifier over integer tokens ``[B, L]`` (vocabulary 1000, PAD = 0,
+  UNK = 1): ``nn.Embedding(1000, 128, padding_idx=0)`` plus learned positions, a 2-layer
+  ``nn.TransformerEncoder`` (4 heads, feed-forward 256 with ReLU, no dropout, batch first, key
+  padding mask), masked mean pooling over the non-pad tokens and a linear head; 4 classes by
+  default.
+  :func:`token_batch` makes its seeded inputs.
 
-:func:`build` returns either, with fixed-seed weights and non-trivial BatchNorm statistics, in eval
-mode.
+:func:`build` returns any of them, with fixed-seed weights (and non-trivial BatchNorm statistics),
+in eval mode.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-MODELS = ("small", "resnet18")
+MODELS = ("small", "resnet18", "transformer")
+IMAGE_MODELS = ("small", "resnet18")
+TEXT_MODELS = ("transformer",)
+PAD, UNK = 0, 1  # token ids of the transformer: padding, unknown
+VOCAB, MAX_LENGTH = 1000, 512
 
 
 class SmallCNN(nn.Module):
@@ -94,6 +104,60 @@ class ResNet18(nn.Module):
         return self.fc(self.stages(self.stem(x)).mean(dim=(2, 3)))
 
 
+class TransformerClassifier(nn.Module):
+    """Tokens ``[B, L]`` -> logits ``[B, num_classes]``: embedding + positions, encoder, pooling.
+
+    ``self.embedding`` is the layer attributed by embedding-space IG. Positions holding ``PAD``
+    are masked out of the attention (key padding mask) and of the mean pooling; every row must
+    hold at least one non-pad token.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 4,
+        vocab: int = VOCAB,
+        dim: int = 128,
+        heads: int = 4,
+        ff: int = 256,
+        layers: int = 2,
+        max_length: int = MAX_LENGTH,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.position = nn.Parameter(0.02 * torch.randn(1, max_length, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of token ids ``[B, L]`` (L <= max_length)."""
+        padding = tokens == PAD
+        h = self.embedding(tokens) + self.position[:, : tokens.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=padding)
+        keep = (~padding).unsqueeze(-1).to(h.dtype)
+        return self.head((h * keep).sum(1) / keep.sum(1).clamp_min(1))
+
+
+def token_batch(batch: int, length: int = 64, *, vocab: int = VOCAB, seed: int = 0) -> Tensor:
+    """Seeded token ids ``[B, L]`` in ``[2, vocab)`` with trailing padding (``PAD``).
+
+    Sample b keeps its first ``L - (b * L // (2 B))`` tokens: from no padding (b = 0) to almost
+    half the row padded, so every row has real tokens and the padded lengths differ.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (batch, length), generator=gen)
+    for b in range(batch):
+        pad = b * length // (2 * batch)
+        if pad:
+            ids[b, length - pad :] = PAD
+    return ids
+
+
+def unk_baseline(ids: Tensor) -> Tensor:
+    """The usual text baseline: ``UNK`` at every real token, ``PAD`` kept where ``ids`` pads."""
+    return torch.where(ids == PAD, PAD, UNK)
+
+
 def _randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
     """Give every BatchNorm non-trivial running statistics and affine parameters (seeded)."""
     with torch.no_grad():
@@ -113,16 +177,19 @@ def build(
     num_classes: int | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Build benchmark model ``name`` (``"small"`` or ``"resnet18"``) on ``device``, in eval mode.
+    """Build benchmark model ``name`` (see :data:`MODELS`) on ``device``, in eval mode.
 
     Weights are drawn with ``seed`` (default initialisation, plus random BatchNorm statistics), so
-    two calls give identical models. ``num_classes`` defaults to 10 (small) and 1000 (resnet18).
+    two calls give identical models. ``num_classes`` defaults to 10 (small), 1000 (resnet18) and
+    4 (transformer).
     """
     torch.manual_seed(seed)
     if name == "small":
         model: nn.Module = SmallCNN(num_classes=num_classes or 10)
     elif name == "resnet18":
         model = ResNet18(num_classes=num_classes or 1000)
+    elif name == "transformer":
+        model = TransformerClassifier(num_classes=num_classes or 4)
     else:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     _randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))

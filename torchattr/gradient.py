@@ -165,11 +165,11 @@ def smoothgrad(
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
     with untouched(model, problem.layers):
-        tensors, _ = problem.primals(chunk_size)
+        tensors, outputs = problem.primals(chunk_size)
         sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
         draws = [_randn((samples, *x.shape), x, generator) for x in tensors]
         if target is None:
-            _, target = forward_scores(problem, tensors, None, chunk_size)
+            _, target = forward_scores(problem, tensors, None, chunk_size, outputs)
         for start, stop in row_ranges(samples * batch, chunk_size):
             _, sample = row_index(start, stop, batch, device)
             noisy = tuple(

@@ -133,11 +133,11 @@ def integrated_gradients(
     sums: list[Tensor] | None = None
     multi = False
     with untouched(model, problem.layers):
-        ends, _ = problem.primals(chunk_size)
+        ends, end_outputs = problem.primals(chunk_size)
         starts = path_starts(parts, ids, problem, ends, masks, chunk_size)
         diffs = tuple(x - b for x, b in zip(ends, starts))
         if target is None or return_delta:
-            end_scores, target = forward_scores(problem, ends, target, chunk_size)
+            end_scores, target = forward_scores(problem, ends, target, chunk_size, end_outputs)
         for start, stop in row_ranges(steps * batch, chunk_size):
             step, sample = row_index(start, stop, batch, device)
             points = tuple(

@@ -170,17 +170,22 @@ def forward_scores(
     primals: tuple[Tensor, ...],
     target: Target,
     chunk_size: int | None = None,
+    outputs: list[Any] | None = None,
 ) -> tuple[Tensor, Target]:
     """Explained scores ``[B]`` (or ``[B, K]``) at one primal row per sample, and the target.
 
     Resolves ``None`` to the argmax of these outputs, so that every perturbed copy of a sample
-    explains the class predicted for the sample itself.
+    explains the class predicted for the sample itself. ``outputs``: the model's outputs for
+    these rows, per chunk, when a forward already produced them (:meth:`Problem.primals`).
     """
     scores, targets = [], []
     with torch.no_grad():
-        for start, stop in row_ranges(problem.batch, chunk_size):
-            sample = torch.arange(start, stop, device=primals[0].device)
-            output = problem.forward(sample)(*(p[start:stop] for p in primals))
+        for i, (start, stop) in enumerate(row_ranges(problem.batch, chunk_size)):
+            if outputs is not None:
+                output = outputs[i]
+            else:
+                sample = torch.arange(start, stop, device=primals[0].device)
+                output = problem.forward(sample)(*(p[start:stop] for p in primals))
             part = target[start:stop] if isinstance(target, Tensor) else target
             part = resolve_target(part, output, problem.target_range)
             scores.append(row_scores(output, part))

@@ -3,11 +3,13 @@
 Every method is a pure function ``(model, inputs, target) -> attributions``.
 """
 
+from torchattr.cam import cam
 from torchattr.gradient import input_x_gradient, reduce_channels, saliency, smoothgrad
 from torchattr.integrated import integrated_gradients, quadrature
 from torchattr.ranking import top_codes
 
 __all__ = [
+    "cam",
     "input_x_gradient",
     "integrated_gradients",
     "quadrature",

@@ -114,7 +114,8 @@ def hooked(
                     "attribute a module that runs once, e.g. wrap each use in its own module"
                 )
             if outputs is None:
-                captured[slot] = output.detach() if isinstance(output, Tensor) else output
+                # a copy: an in-place op after the layer (ReLU(inplace=True)) must not rewrite it
+                captured[slot] = output.detach().clone() if isinstance(output, Tensor) else output
                 return None
             replacement = outputs[slot]
             if isinstance(output, Tensor) and replacement.shape != output.shape:

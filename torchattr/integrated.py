@@ -21,6 +21,7 @@ from torchattr._core.checks import (
     check_chunk_size,
     check_finite,
     check_positive_int,
+    tracing,
 )
 from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
 from torchattr._core.grad import (
@@ -57,7 +58,9 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     """
     check_choice(method, "method", METHODS)
     n = check_positive_int(steps, "steps", minimum=2 if method == "riemann_trapezoid" else 1)
-    nodes, weights = _rule(method, n)
+    # torch.compile traces the rule itself (dynamo does not honour lru_cache wrappers)
+    rule = _rule.__wrapped__ if tracing() else _rule
+    nodes, weights = rule(method, n)
     return nodes.clone(), weights.clone()
 
 

@@ -27,12 +27,10 @@ Score-CAM and Ablation-CAM run ``B * C`` extra forward rows (``C = 512`` at ``st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,51 +42,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `torchat
 
 import torchattr as ta
 from benchmarks.models import build, parameter_count
+from benchmarks.timing import device_name, peak_mib, time_interleaved
 from torchattr.cam import METHODS
 
 Fn = Callable[[], object]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on CUDA; nothing on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    fns: dict[str, Fn], device: torch.device, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Wall times in seconds of ``repeats`` rounds; each round calls every callable once.
-
-    Interleaving spreads the load of a busy machine over all entries instead of the few that
-    happen to run while it lasts. ``warmup`` untimed calls of each callable come first.
-    """
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        for _ in range(warmup):
-            fn()
-        synchronize(device)
-        print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def peak_mib(fn: Fn, device: torch.device) -> float | None:
-    """Peak CUDA memory of one call above what was allocated before it (None on CPU)."""
-    if device.type != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def forward_backward(model: torch.nn.Module, layer: torch.nn.Module, x: Tensor, t: Tensor) -> Fn:
@@ -145,17 +102,6 @@ def captum_gradcam(model: torch.nn.Module, layer: torch.nn.Module, x: Tensor, t:
         return ((flat - lo[:, None]) / (hi - lo).clamp_min(1e-12)[:, None]).view_as(up)
 
     return run
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,6 @@ memory of each call. Run ``python -m benchmarks.compare --help`` for the options
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import platform
@@ -49,6 +48,7 @@ from benchmarks.models import (
     token_batch,
     unk_baseline,
 )
+from benchmarks.timing import device_name, peak_mib, synchronize, time_interleaved
 
 IMAGE_METHODS = ("saliency", "ig")
 TEXT_METHODS = ("ig_embedding",)
@@ -232,47 +232,6 @@ def cuda_graphed(fn: Fn, warmup: int = 3) -> Fn:
 # --------------------------------------------------------------------------------------------
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on CUDA; nothing on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    fns: dict[str, Fn], device: torch.device, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Wall times in seconds of ``repeats`` calls of each callable, after ``warmup`` calls each.
-
-    Calls are interleaved (one of each per round, rotating the order) so that background load on
-    a shared machine hits all contenders alike. Each call is bracketed by device synchronisation.
-    """
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            synchronize(device)
-            start = time.perf_counter()
-            fns[name]()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def peak_memory(fn: Fn, device: torch.device) -> float:
-    """Peak CUDA memory (MiB) allocated during one call, above what was allocated before it."""
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-
-
 def max_relative_error(a: Tensor, b: Tensor) -> float:
     """``max |a - b| / max |b|`` (0 when both are zero)."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
@@ -334,7 +293,7 @@ def run_entry(
     reduce = min if stat == "min" else statistics.median
     entry.times = {name: reduce(ts) for name, ts in times.items()}
     if device.type == "cuda":
-        entry.peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}
+        entry.peaks = {name: peak_mib(fn, device) for name, fn in fns.items()}
 
 
 def format_table(entries: list[Entry], markdown: bool, cuda: bool) -> str:
@@ -396,17 +355,6 @@ def format_table(entries: list[Entry], markdown: bool, cuda: bool) -> str:
         return "  ".join(cells)
 
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
-
-
-def device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

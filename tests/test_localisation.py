@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchattr.metrics import boxes_to_mask, proportional_energy
+from torchattr.metrics import (
+    boxes_to_mask,
+    pointing_game,
+    proportional_energy,
+    relevance_rank_accuracy,
+    saliency_focus,
+)
+
+METRICS = [proportional_energy, saliency_focus, pointing_game, relevance_rank_accuracy]
 
 
 def test_boxes_to_mask_exclusive_ends_union_and_empty() -> None:
@@ -97,9 +105,10 @@ def test_float_integral_box_coordinates_accepted() -> None:
         (torch.ones(1, 4, 4), [["a", 0, 2, 2]], TypeError, "boxes\\[0\\]"),
     ],
 )
-def test_bad_inputs(saliency, boxes, error: type[Exception], match: str) -> None:
+@pytest.mark.parametrize("metric", METRICS)
+def test_bad_inputs(metric, saliency, boxes, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        proportional_energy(saliency, boxes)
+        metric(saliency, boxes)
 
 
 def test_boxes_to_mask_bad_inputs() -> None:
@@ -107,3 +116,130 @@ def test_boxes_to_mask_bad_inputs() -> None:
         boxes_to_mask(torch.zeros(1, 4, dtype=torch.long), 4, 4)
     with pytest.raises(ValueError, match="height"):
         boxes_to_mask([[]], 0, 4)
+
+
+# ------------------------------------------------------------------------------------------
+# Average saliency focus
+# ------------------------------------------------------------------------------------------
+
+
+def test_saliency_focus_hand_computed() -> None:
+    saliency = torch.zeros(3, 4, 4)
+    saliency[0, 0, 0], saliency[0, 1, 1], saliency[0, 3, 3] = 0.8, 0.4, 1.0  # 2 of 4 in the box
+    saliency[1] = 0.5  # uniform: the mean inside is the value itself
+    boxes = [[[0, 0, 2, 2]], [[1, 1, 4, 3]], []]  # the third image has no boxes
+    expected = torch.tensor([(0.8 + 0.4) / 4, 0.5, 0.0])
+    torch.testing.assert_close(saliency_focus(saliency, boxes), expected)
+    torch.testing.assert_close(saliency_focus(saliency, boxes_to_mask(boxes, 4, 4)), expected)
+
+
+def test_saliency_focus_zero_map_channels_and_clipping() -> None:
+    saliency = torch.zeros(2, 2, 3, 3)
+    saliency[1, 0, 0, 0], saliency[1, 1, 0, 0] = 1.0, 2.0  # summed over channels: 3 at (0, 0)
+    boxes = [[[0, 0, 3, 3]], [[-5, -5, 1, 1]]]  # the second box clips to the pixel (0, 0)
+    torch.testing.assert_close(saliency_focus(saliency, boxes), torch.tensor([0.0, 3.0]))
+
+
+# ------------------------------------------------------------------------------------------
+# Pointing game
+# ------------------------------------------------------------------------------------------
+
+
+def test_pointing_game_hit_miss_and_no_boxes() -> None:
+    saliency = torch.zeros(3, 5, 5)
+    saliency[0, 1, 2] = 1.0  # (y, x) = (1, 2): inside x 1..2, y 0..2
+    saliency[1, 4, 4] = 1.0  # outside
+    saliency[2, 2, 2] = 1.0  # no boxes at all: never a hit
+    boxes = [[[1, 0, 3, 3]], [[1, 0, 3, 3]], []]
+    assert pointing_game(saliency, boxes).tolist() == [True, False, False]
+    mask = boxes_to_mask(boxes, 5, 5)
+    assert pointing_game(saliency, mask).tolist() == [True, False, False]
+
+
+def test_pointing_game_empty_mask_and_zero_map_are_not_hits() -> None:
+    empty = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert not pointing_game(torch.rand(1, 4, 4) + 0.1, empty).item()
+    assert not pointing_game(torch.rand(1, 4, 4) + 0.1, empty, tolerance=100).item()
+    whole = torch.ones(1, 4, 4, dtype=torch.bool)
+    assert not pointing_game(torch.zeros(1, 4, 4), whole).item()  # a zero map points nowhere
+
+
+def test_pointing_game_tolerance_is_euclidean_pixels() -> None:
+    saliency = torch.zeros(1, 10, 10)
+    saliency[0, 5, 5] = 1.0
+    right = [[[8, 5, 10, 6]]]  # nearest box pixel (5, 8): 3 px away along x
+    assert pointing_game(saliency, right, tolerance=3).tolist() == [True]
+    assert pointing_game(saliency, right, tolerance=2.99).tolist() == [False]
+    diagonal = [[[8, 8, 10, 10]]]  # nearest (8, 8): sqrt(3^2 + 3^2) = 4.243 px
+    assert pointing_game(saliency, diagonal, tolerance=4.25).tolist() == [True]
+    assert pointing_game(saliency, diagonal, tolerance=4.2).tolist() == [False]
+
+
+def test_pointing_game_ties_take_the_first_maximum_in_row_major_order() -> None:
+    saliency = torch.zeros(1, 4, 4)
+    saliency[0, 1, 3] = saliency[0, 2, 0] = 1.0  # first in row-major order: (1, 3)
+    assert pointing_game(saliency, [[[3, 1, 4, 2]]]).tolist() == [True]
+    assert pointing_game(saliency, [[[0, 2, 1, 3]]]).tolist() == [False]
+
+
+def test_pointing_game_bad_tolerance() -> None:
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(torch.ones(1, 3, 3), [[]], tolerance=-1)
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(torch.ones(1, 3, 3), [[]], tolerance=float("nan"))
+    with pytest.raises(TypeError, match="tolerance"):
+        pointing_game(torch.ones(1, 3, 3), [[]], tolerance="15")
+
+
+# ------------------------------------------------------------------------------------------
+# Relevance rank accuracy
+# ------------------------------------------------------------------------------------------
+
+
+def test_relevance_rank_accuracy_hand_computed() -> None:
+    saliency = torch.zeros(2, 4, 4)
+    # Box: x 0..1, y 0..1 (4 pixels). Top 4 values: 9, 8, 7 inside, 6 outside -> 3 / 4.
+    saliency[0, 0, 0], saliency[0, 0, 1], saliency[0, 1, 0] = 9.0, 8.0, 7.0
+    saliency[0, 3, 3], saliency[0, 1, 1] = 6.0, 5.0
+    saliency[1] = torch.arange(16.0).reshape(4, 4)  # top 2: (3, 3), (3, 2): both in the box
+    boxes = [[[0, 0, 2, 2]], [[2, 3, 4, 4]]]
+    torch.testing.assert_close(relevance_rank_accuracy(saliency, boxes), torch.tensor([0.75, 1.0]))
+
+
+def test_relevance_rank_accuracy_splits_ties_evenly() -> None:
+    saliency = torch.zeros(1, 3, 3)
+    saliency[0, 0, 0] = 2.0  # in the box, above the tie
+    saliency[0, 0, 1] = saliency[0, 2, 2] = saliency[0, 2, 0] = 1.0  # tied: 1 of 3 in the box
+    boxes = [[[0, 0, 2, 1]]]  # K = 2: (0, 0), (0, 1)
+    # top 2 = the 2.0 and one of three tied pixels: expected hits 1 + 1/3, over K = 2
+    torch.testing.assert_close(relevance_rank_accuracy(saliency, boxes), torch.tensor([2 / 3]))
+    moved = saliency.clone()  # the outside tied pixels elsewhere: the same score
+    moved[0, 2, 2], moved[0, 1, 2] = 0.0, 1.0
+    torch.testing.assert_close(relevance_rank_accuracy(moved, boxes), torch.tensor([2 / 3]))
+    outside = saliency.clone()  # no tied pixel in the box: hits = 1 + 1 * 0
+    outside[0, 0, 1], outside[0, 1, 1] = 0.0, 1.0
+    torch.testing.assert_close(relevance_rank_accuracy(outside, boxes), torch.tensor([1 / 2]))
+
+
+def test_relevance_rank_accuracy_uniform_empty_and_zero() -> None:
+    uniform = torch.ones(1, 4, 4)
+    # all tied: K hits spread evenly -> K * (K / 16) / K = K / 16
+    torch.testing.assert_close(
+        relevance_rank_accuracy(uniform, [[[0, 0, 2, 2]]]), torch.tensor([0.25])
+    )
+    assert relevance_rank_accuracy(uniform, [[]]).tolist() == [0.0]
+    assert relevance_rank_accuracy(torch.zeros(1, 4, 4), [[[0, 0, 2, 2]]]).tolist() == [0.0]
+
+
+def test_relevance_rank_accuracy_whole_image_box() -> None:
+    saliency = torch.rand(3, 5, 6, dtype=torch.float64)
+    rra = relevance_rank_accuracy(saliency, [[[0, 0, 6, 5]]] * 3)
+    assert rra.dtype == torch.float64
+    torch.testing.assert_close(rra, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_metrics_run_on_the_saliency_device_and_dtype(metric) -> None:
+    saliency = torch.rand(2, 3, 5, 5)
+    out = metric(saliency, [[[0, 0, 2, 2]], [[1, 1, 9, 9]]])
+    assert out.shape == (2,) and out.device == saliency.device

@@ -1,8 +1,18 @@
-"""Localisation metrics: how much of a saliency map lies inside the ground-truth boxes.
+"""Localisation metrics: how well a saliency map agrees with the ground-truth boxes.
+
+``S`` is a non-negative map ``[H, W]`` (channels summed), ``M`` the union of the image's boxes as a
+bool mask ``[H, W]``. Every metric returns one value per image, ``[B]``:
+
+* :func:`proportional_energy`: ``sum(S * M) / sum(S)``, the share of the map's mass in the boxes;
+* :func:`saliency_focus`: ``sum(S * M) / sum(M)``, the mean saliency inside the boxes;
+* :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance);
+* :func:`relevance_rank_accuracy`: ``|top-K(S) & M| / |M|`` with ``K = |M|``.
 
 Boxes are XYXY pixel coordinates with exclusive ends: a box ``(x1, y1, x2, y2)`` covers
 ``M[y1:y2, x1:x2]``. Coordinates outside the image are clipped to it (``0 <= x <= W``,
-``0 <= y <= H``), unlike Python slicing, where negative numbers would wrap around.
+``0 <= y <= H``), unlike Python slicing, where negative numbers would wrap around. Every metric
+also takes the mask itself, a bool tensor ``[B, H, W]``. An image without boxes (an empty mask)
+scores 0 / is not a hit, and so does an all-zero map.
 """
 
 from __future__ import annotations
@@ -71,7 +81,8 @@ def proportional_energy(saliency: Tensor, boxes: Boxes) -> Tensor:
         saliency: non-negative maps ``[B, H, W]``, or ``[B, C, H, W]`` (summed over the channels
             first).
         boxes: a bool mask ``[B, H, W]``, or a list of B per-image ``[N_i, 4]`` XYXY boxes with
-            exclusive ends (see :func:`boxes_to_mask`); an image may have none.
+            exclusive ends, clipped to the image (see :func:`boxes_to_mask`); an image may have
+            none.
 
     Returns:
         ``[B]`` in [0, 1], on the saliency's device, float32 (float64 for float64 maps).
@@ -80,22 +91,133 @@ def proportional_energy(saliency: Tensor, boxes: Boxes) -> Tensor:
 
         pe = proportional_energy(ta.saliency(model, images), boxes)   # [B]
     """
+    maps, mask = _maps_and_mask(saliency, boxes)
+    inside = (maps * mask).sum(dim=(1, 2))
+    return _ratio(inside, maps.sum(dim=(1, 2)))
+
+
+def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
+    """Average saliency focus: the mean saliency inside the boxes, ``sum(S_b * M_b) / sum(M_b)``.
+
+    ``[B]``, 0 for an image without boxes. Unlike :func:`proportional_energy` it is not
+    normalised by the map's mass: it reads in the map's units (for maps scaled to [0, 1], a
+    value in [0, 1]; 1 when the map is 1 everywhere in the boxes).
+
+    Args:
+        saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
+        boxes: a bool mask ``[B, H, W]`` or a list of B per-image ``[N_i, 4]`` XYXY boxes,
+            clipped to the image (see :func:`boxes_to_mask`).
+
+    Returns:
+        ``[B]``, float32 (float64 for float64 maps).
+
+    Example::
+
+        focus = saliency_focus(maps / maps.amax(dim=(1, 2), keepdim=True), boxes)   # [B]
+    """
+    maps, mask = _maps_and_mask(saliency, boxes)
+    inside = (maps * mask).sum(dim=(1, 2))
+    return _ratio(inside, mask.sum(dim=(1, 2)).to(maps.dtype))
+
+
+def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tensor:
+    """Pointing game (Zhang et al. 2016): is each map's maximum in or near the boxes? ``[B]``.
+
+    The point of map b is its maximum ``p_b = argmax S_b``; with several equal maxima, the first
+    in row-major order (``S_b.flatten().argmax()``). It is a hit iff some pixel ``q`` of ``M_b``
+    has ``||p_b - q||_2 <= tolerance`` (Euclidean distance in pixels; ``tolerance=0``: ``p_b``
+    itself lies in ``M_b``; 15 px is a common choice). An image without boxes is never a hit
+    (some implementations count an empty mask as a hit), and neither is an all-zero map, which
+    points nowhere.
+
+    Args:
+        saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
+        boxes: a bool mask ``[B, H, W]`` or a list of B per-image ``[N_i, 4]`` XYXY boxes,
+            clipped to the image (see :func:`boxes_to_mask`).
+        tolerance: a non-negative distance in pixels.
+
+    Returns:
+        ``[B]`` bool; ``hits.float().mean()`` is the pointing accuracy.
+
+    Example::
+
+        hits = pointing_game(maps, boxes, tolerance=15)   # [B] bool
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise TypeError(f"tolerance must be a number of pixels, got {type(tolerance).__name__}")
+    if not tolerance >= 0 or tolerance == float("inf"):
+        raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
+    maps, mask = _maps_and_mask(saliency, boxes)
+    height, width = maps.shape[1:]
+    point = maps.flatten(1).argmax(dim=1)  # first maximum in row-major order
+    py, px = (point // width).to(maps.dtype), (point % width).to(maps.dtype)
+    ys = torch.arange(height, device=maps.device, dtype=maps.dtype)
+    xs = torch.arange(width, device=maps.device, dtype=maps.dtype)
+    dy2, dx2 = (ys - py[:, None]) ** 2, (xs - px[:, None]) ** 2  # [B, H], [B, W]
+    distance2 = dy2[:, :, None] + dx2[:, None, :]
+    near = mask & (distance2 <= float(tolerance) ** 2)
+    return near.flatten(1).any(dim=1) & (maps.flatten(1).amax(dim=1) > 0)
+
+
+def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
+    """Relevance rank accuracy (Arras et al. 2022): ``|top-K(S_b) & M_b| / |M_b|``, ``K = |M_b|``.
+
+    The share of the K most salient pixels that lie in the boxes, K being the boxes' area
+    (their union): 1 when the boxes hold the K highest values. ``[B]``, 0 for an image without
+    boxes and for an all-zero map.
+
+    Ties at the K-th value are split evenly instead of by pixel position: if ``g`` pixels are
+    above the K-th largest value ``v`` and ``t`` pixels equal it, ``t_M`` of them in the boxes,
+    the top K holds the ``g`` and ``K - g`` of the tied pixels, and counts
+    ``|{S > v} & M| + (K - g) * t_M / t`` hits (the expected count under a random order of the
+    ties). The result does not depend on where the tied pixels lie.
+
+    Args:
+        saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
+        boxes: a bool mask ``[B, H, W]`` or a list of B per-image ``[N_i, 4]`` XYXY boxes,
+            clipped to the image (see :func:`boxes_to_mask`).
+
+    Returns:
+        ``[B]`` in [0, 1], float32 (float64 for float64 maps).
+
+    Example::
+
+        rra = relevance_rank_accuracy(maps, boxes)   # [B]
+    """
+    maps, mask = _maps_and_mask(saliency, boxes)
+    flat, inside = maps.flatten(1), mask.flatten(1)
+    k = inside.sum(dim=1)  # [B]
+    ordered = flat.sort(dim=1, descending=True).values
+    kth = ordered.gather(1, (k - 1).clamp_min(0)[:, None])  # the K-th largest value, [B, 1]
+    above, tied = flat > kth, flat == kth
+    hits_above = (above & inside).sum(dim=1).to(maps.dtype)
+    n_above = above.sum(dim=1).to(maps.dtype)
+    share_tied = (tied & inside).sum(dim=1).to(maps.dtype) / tied.sum(dim=1).clamp_min(1)
+    hits = hits_above + (k.to(maps.dtype) - n_above) * share_tied
+    valid = (k > 0) & (flat.amax(dim=1) > 0)
+    return torch.where(valid, hits / k.clamp_min(1).to(maps.dtype), 0)
+
+
+def _maps_and_mask(saliency: Tensor, boxes: Boxes) -> tuple[Tensor, Tensor]:
+    """Validated maps ``[B, H, W]`` (channels summed) and the bool box mask ``[B, H, W]``."""
     maps = _saliency_maps(saliency)
     batch, height, width = maps.shape
     if isinstance(boxes, Tensor):
-        mask = _check_mask(boxes, batch, height, width).to(maps.device)
-    else:
-        if not isinstance(boxes, Sequence) or isinstance(boxes, (str, bytes)):
-            raise TypeError(
-                "boxes must be a bool mask [B, H, W] or a list of per-image [N_i, 4] boxes, "
-                f"got {type(boxes).__name__}"
-            )
-        if len(boxes) != batch:
-            raise ValueError(f"boxes has {len(boxes)} entries but saliency has batch size {batch}")
-        mask = boxes_to_mask(boxes, height, width, device=maps.device)
-    inside = (maps * mask).sum(dim=(1, 2))
-    total = maps.sum(dim=(1, 2))
-    return torch.where(total > 0, inside / torch.where(total > 0, total, 1), 0)
+        return maps, _check_mask(boxes, batch, height, width).to(maps.device)
+    if not isinstance(boxes, Sequence) or isinstance(boxes, (str, bytes)):
+        raise TypeError(
+            "boxes must be a bool mask [B, H, W] or a list of per-image [N_i, 4] boxes, "
+            f"got {type(boxes).__name__}"
+        )
+    if len(boxes) != batch:
+        raise ValueError(f"boxes has {len(boxes)} entries but saliency has batch size {batch}")
+    return maps, boxes_to_mask(boxes, height, width, device=maps.device)
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, 0 where the denominator is 0."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
 
 
 def _saliency_maps(saliency: Tensor) -> Tensor:
@@ -119,7 +241,7 @@ def _saliency_maps(saliency: Tensor) -> Tensor:
             raise ValueError("saliency contains NaN or inf values")
         if bool((maps < 0).any()):
             raise ValueError(
-                "saliency has negative values: proportional energy needs a non-negative map "
+                "saliency has negative values: localisation metrics need a non-negative map "
                 "(take .abs() or .clamp_min(0) first)"
             )
     return maps

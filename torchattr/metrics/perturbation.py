@@ -1,0 +1,1045 @@
+"""Perturbation metrics: noisy linear imputation, ROAD, deletion and insertion.
+
+Each metric perturbs the images along the order a saliency map gives and records the model's
+score of the explained class (see :mod:`torchattr._core.targets`; ``target=None``: the class
+predicted on the clean images) on every perturbed copy:
+
+* :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
+  neighbours, solved jointly for all of them (one sparse system per image), plus noise;
+* :func:`road` (Rong et al., ICML 2022): scores after imputing the most (MoRF) or least (LeRF)
+  relevant pixels, for several fractions; :func:`road_summary` averages the curves;
+* :func:`deletion` / :func:`insertion` (RISE, Petsiuk et al. 2018): scores while pixels are
+  replaced by a substrate, or restored onto it, ``step`` pixels at a time; curves and AUC.
+
+Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k B + b``) and go
+through the model ``batch_size`` rows at a time; random draws are taken per copy, in copy
+order, so results do not depend on ``batch_size``. Everything runs on the inputs' device, and
+the model is left as it was (:func:`~torchattr._core.state.untouched`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from torchattr._core.checks import (
+    check_choice,
+    check_finite,
+    check_positive_int,
+    in_training_mode,
+    warn_if_training,
+)
+from torchattr._core.chunking import build_rows, row_ranges
+from torchattr._core.state import untouched
+from torchattr._core.targets import (
+    Target,
+    normalize_target,
+    resolve_target,
+    row_scores,
+    target_range,
+)
+
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+ORDERS = ("morf", "lerf")
+SCORES = ("logit", "probability")
+
+# The 8 neighbours (dy, dx) and their weights: 1/6 for the edge, 1/12 for the diagonal ones.
+_NEIGHBOURS = tuple(
+    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
+    for dy in (-1, 0, 1)
+    for dx in (-1, 0, 1)
+    if (dy, dx) != (0, 0)
+)
+_STENCIL = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # 3x3 offsets, centre 4
+_CENTRE = 4
+_COARSEST = 64  # pixels of the multigrid level solved directly (dense Cholesky)
+_TIE_BREAK = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Noisy linear imputation
+# --------------------------------------------------------------------------------------------
+
+
+def noisy_linear_impute(
+    inputs: Tensor,
+    mask: Tensor,
+    noise: float = 0.01,
+    generator: torch.Generator | None = None,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 500,
+) -> Tensor:
+    """ROAD's noisy linear imputation: masked pixels become the mean of their 8 neighbours.
+
+    For every masked pixel ``i`` of image b and every channel,
+
+        ``x_i = sum_j w_ij x_j / sum_j w_ij``,
+
+    over the neighbours ``j`` of ``i`` inside the image, ``w_ij = 1/6`` for the 4 edge and
+    ``1/12`` for the 4 diagonal neighbours (neighbours outside the image are dropped and the
+    remaining weights renormalised: ``sum_j w_ij`` is 1 inside, 2/3 on an edge, 5/12 in a
+    corner). Neighbours may themselves be masked, so the equations of all masked pixels of an
+    image form one sparse symmetric positive definite system ``L_UU x_U = W_UK x_K`` (``U``
+    masked, ``K`` kept; ``L`` the weighted graph Laplacian), with one right-hand side per
+    channel. Then ``noise * N(0, 1)`` is added to every masked value (kept pixels are returned
+    unchanged).
+
+    The systems of all images and channels are solved together on the inputs' device by
+    conjugate gradients, preconditioned by a geometric multigrid V-cycle (Galerkin coarse
+    operators, bilinear transfer, damped Jacobi smoothing, a dense Cholesky solve on the
+    coarsest grid), in float32 (float64 for float64 inputs); nothing leaves the device. The
+    iterations stop when the estimated error of every system (``M^-1 r``) is below ``tol`` times
+    the largest absolute kept value of its image and channel: typically 8-15 iterations, whatever
+    the image size and the holes' shape, and errors ~1e-6 relative in float32. ``max_iter``
+    bounds them (with a RuntimeWarning).
+
+    Args:
+        inputs: images ``[B, C, H, W]``, floating point.
+        mask: bool ``[B, H, W]`` (or ``[B, 1, H, W]``), True where a pixel is imputed. Every
+            image must keep at least one pixel (with none, the system is singular).
+        noise: standard deviation of the added Gaussian noise, in the inputs' units (0: the
+            plain linear imputation).
+        generator: draws the noise, ``randn(inputs.shape, generator=generator)`` on the
+            generator's device (moved to the inputs' device).
+        tol: relative accuracy of the solve.
+        max_iter: largest number of conjugate-gradient iterations.
+
+    Returns:
+        ``[B, C, H, W]``, the inputs' dtype and device.
+
+    Example::
+
+        mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+        mask[:, 8:24, 8:24] = True
+        filled = noisy_linear_impute(images, mask, noise=0.0)   # a smooth fill of the square
+    """
+    images = _check_images(inputs)
+    holes = _check_mask(mask, images)
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    _check_tolerance(tol, max_iter)
+    filled = _linear_fill(images, holes, tol, max_iter)
+    if noise > 0:
+        draw = _randn(tuple(images.shape), filled.dtype, images.device, generator)
+        filled = filled + noise * draw * holes[:, None]
+    return filled.to(images.dtype)
+
+
+def _linear_fill(images: Tensor, holes: Tensor, tol: float, max_iter: int) -> Tensor:
+    """The noiseless imputation: solve ``L_UU x_U = W_UK x_K`` for every image and channel.
+
+    ``images [N, C, H, W]``, ``holes`` bool ``[N, H, W]`` (every image keeps a pixel). The
+    conjugate-gradient products use the difference form ``(L v)_i = sum_j w_ij (v_i - v_j)``
+    (:func:`_laplacian`), whose rounding errors scale with the differences of neighbouring
+    values rather than with the values: written as ``D v - W v`` in float32, the rounding of
+    ``D`` alone acts as a small mass term that large holes (ill-conditioned systems) amplify to
+    ~1e-4; in difference form the solves are accurate to ~1e-6.
+    """
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    x = images.to(dtype)
+    unknown = holes.to(dtype)[:, None]  # [N, 1, H, W]
+    known = x * (1 - unknown)
+    if not bool(holes.any()):
+        return x
+    rhs = -_laplacian(known) * unknown  # sum_j w_ij x_j over the kept neighbours
+    precondition = _multigrid(holes, _neighbour_weights(x.shape[-2:], dtype, x.device))
+    scale = known.abs().amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    solution = torch.zeros_like(x)
+    residual = rhs
+    z = precondition(residual)
+    direction = z.clone()
+    rz = _dot(residual, z)
+    converged = False
+    for _ in range(max_iter):
+        product = _laplacian(direction).mul_(unknown)
+        curvature = _dot(direction, product)
+        step = torch.where(curvature > 0, rz / torch.where(curvature > 0, curvature, 1), 0)
+        solution.addcmul_(step, direction)
+        residual.addcmul_(step, product, value=-1)
+        z = precondition(residual)
+        # z = M^-1 r approximates the error A^-1 r: stop when it is small everywhere.
+        error = z.abs().amax(dim=(2, 3), keepdim=True)
+        if bool((error <= tol * scale).all()):
+            converged = True
+            break
+        rz_next = _dot(residual, z)
+        beta = torch.where(rz > 0, rz_next / torch.where(rz > 0, rz, 1), 0)
+        rz = rz_next
+        direction.mul_(beta).add_(z)
+    if not converged:
+        warnings.warn(
+            f"noisy linear imputation did not reach tol={tol} in {max_iter} iterations "
+            f"(estimated relative error {float((error / scale).max()):.1e})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return known + solution * unknown
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image, per-channel inner products ``[N, C, 1, 1]`` of ``[N, C, H, W]`` tensors."""
+    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
+
+
+def _neighbour_weights(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[8, H, W]``: weight of neighbour k of every pixel, 0 where it lies outside the image."""
+    height, width = shape
+    ys = torch.arange(height, device=device)[:, None]
+    xs = torch.arange(width, device=device)[None, :]
+    planes = []
+    for (dy, dx), w in _NEIGHBOURS:
+        inside = (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+        planes.append(inside.to(dtype) * w)
+    return torch.stack(planes)
+
+
+def _shifted(v: Tensor) -> list[Tensor]:
+    """The 9 views ``v[..., y + dy, x + dx]`` (zero outside), in :data:`_STENCIL` order."""
+    height, width = v.shape[-2:]
+    padded = F.pad(v, (1, 1, 1, 1))
+    return [padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in _STENCIL]
+
+
+def _laplacian(v: Tensor) -> Tensor:
+    """``(L v)_i = sum_j w_ij (v_i - v_j)`` over the in-image neighbours; ``v [N, C, H, W]``.
+
+    Summed edge by edge: each of the 4 edge directions gives one difference array
+    ``d = v_i - v_j`` (pairs inside the image only, so outside neighbours drop out), added to
+    ``i`` and subtracted from ``j`` with the edge's weight.
+    """
+    height, width = v.shape[-2:]
+    out = torch.zeros_like(v)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        w = 1 / 6 if dy == 0 or dx == 0 else 1 / 12
+        rows_i, rows_j = slice(0, height - dy), slice(dy, height)
+        cols_i = slice(max(0, -dx), width - max(0, dx))
+        cols_j = slice(max(0, dx), width + min(0, dx))
+        difference = v[..., rows_i, cols_i] - v[..., rows_j, cols_j]
+        out[..., rows_i, cols_i].add_(difference, alpha=w)
+        out[..., rows_j, cols_j].sub_(difference, alpha=w)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Multigrid preconditioner
+# --------------------------------------------------------------------------------------------
+#
+# An operator on an h x w grid is a 9-point stencil S [N, 9, h, w]: (A v)_i = sum_k S_k,i v_{i+o_k}
+# (zero outside the grid). Pixels outside the unknown set have the identity row, and vectors are
+# zero there. Coarse grids take every other pixel (ceil(h/2) x ceil(w/2)); a coarse pixel is
+# active when its fine pixel is, so the prolongation P (bilinear interpolation, masked to the
+# active pixels at both ends) has full column rank and A_c = P^T A P is again SPD and 9-point.
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One grid of the hierarchy: its operator, active pixels and inverse diagonal."""
+
+    active: Tensor  # [N, 1, h, w] float 0/1
+    inverse_diagonal: Tensor  # [N, 1, h, w]
+    stencil: Tensor | None = None  # [N, 9, h, w] on coarse grids
+    diagonal: Tensor | None = None  # [h, w] on the finest grid: sum of in-image weights
+
+    def residual(self, r: Tensor, v: Tensor) -> Tensor:
+        """``r - A v`` for vectors ``[N, C, h, w]`` that vanish outside the active pixels."""
+        if self.stencil is not None:
+            return r - _apply(self.stencil, v)
+        # The finest grid's weights are two constants (zero padding drops outside neighbours):
+        # r - A v = m (r - D v + sum_edges v_j / 6 + sum_corners v_j / 12).
+        views = _shifted(v)
+        out = torch.addcmul(r, self.diagonal, v, value=-1)
+        for k, (dy, dx) in enumerate(_STENCIL):
+            if k != _CENTRE:
+                out.add_(views[k], alpha=1 / 6 if dy == 0 or dx == 0 else 1 / 12)
+        return out.mul_(self.active)
+
+
+class _Multigrid:
+    """A symmetric V-cycle: one damped Jacobi sweep before and after each coarse correction."""
+
+    omega = 0.8
+
+    def __init__(self, levels: list[_Level], cholesky: Tensor) -> None:
+        self.levels = levels
+        self.cholesky = cholesky  # [N, n, n] float64, the coarsest operator's factor
+
+    def __call__(self, residual: Tensor) -> Tensor:
+        return self._cycle(0, residual)
+
+    def _cycle(self, depth: int, r: Tensor) -> Tensor:
+        level = self.levels[depth]
+        if depth == len(self.levels) - 1:
+            n, c, h, w = r.shape
+            rhs = r.reshape(n, c, h * w).transpose(1, 2).double()
+            z = torch.cholesky_solve(rhs, self.cholesky)
+            return z.transpose(1, 2).reshape(n, c, h, w).to(r.dtype) * level.active
+        smooth = self.omega * level.inverse_diagonal
+        z = smooth * r
+        coarse_r = _restrict(level.residual(r, z), level.active)
+        coarse = self.levels[depth + 1]
+        z += _prolong(self._cycle(depth + 1, coarse_r.mul_(coarse.active)), level.active)
+        return z.addcmul_(smooth, level.residual(r, z))
+
+
+def _multigrid(holes: Tensor, weights: Tensor) -> _Multigrid:
+    """The V-cycle preconditioner of the imputation systems of ``holes [N, H, W]``."""
+    active = holes.to(weights.dtype)[:, None]
+    diagonal = weights.sum(dim=0)
+    stencil = _fine_stencil(active, weights)
+    levels = [_Level(active, 1 / stencil[:, _CENTRE : _CENTRE + 1], diagonal=diagonal)]
+    while stencil.shape[-2] * stencil.shape[-1] > _COARSEST:
+        coarse_active = active[:, :, ::2, ::2]
+        stencil = _galerkin(stencil, active, coarse_active)
+        active = coarse_active
+        levels.append(_Level(active, 1 / stencil[:, _CENTRE : _CENTRE + 1], stencil=stencil))
+    return _Multigrid(levels, torch.linalg.cholesky(_dense(stencil.double())))
+
+
+def _fine_stencil(active: Tensor, weights: Tensor) -> Tensor:
+    """Stencil of ``L_UU`` (identity outside ``U``) from ``active [N, 1, H, W]``."""
+    views = _shifted(active)
+    planes = []
+    neighbour = 0
+    for k, view in enumerate(views):
+        if k == _CENTRE:
+            planes.append(weights.sum(dim=0) * active + (1 - active))
+        else:
+            planes.append(-weights[neighbour] * active * view)
+            neighbour += 1
+    return torch.cat(planes, dim=1)
+
+
+def _apply(stencil: Tensor, v: Tensor) -> Tensor:
+    """``A v`` for a stencil ``[N, 9, h, w]`` and vectors ``[N, C, h, w]``."""
+    out = torch.zeros_like(v)
+    for k, view in enumerate(_shifted(v)):
+        out.addcmul_(stencil[:, k : k + 1], view)
+    return out
+
+
+def _prolong(coarse: Tensor, active: Tensor) -> Tensor:
+    """Bilinear interpolation ``[N, C, hc, wc] -> [N, C, h, w]``, masked by ``active``.
+
+    Coarse pixel ``I`` sits on fine pixel ``2I``; fine pixels between two coarse ones take their
+    mean, and the last fine pixel of an even size copies the last coarse one (so that constants,
+    the slowest error near a border the holes touch, are interpolated exactly).
+    """
+    height, width = active.shape[-2:]
+    fine = _interpolate(_interpolate(coarse, -2, height), -1, width)
+    return fine * active
+
+
+def _interpolate(v: Tensor, dim: int, size: int) -> Tensor:
+    """Along ``dim`` (< 0): ``out_2I = v_I``, ``out_2I+1 = (v_I + v_I+1) / 2`` (``v_I`` past the
+    last coarse pixel), ``size`` long."""
+    n = v.shape[dim]
+    shape = list(v.shape)
+    shape[dim] = 2 * n
+    out = v.new_empty(shape)
+    pairs = out.unflatten(dim, (n, 2))  # views: the pair axis right after dim
+    pairs.select(dim, 0).copy_(v)
+    odd = pairs.select(dim, 1)
+    torch.add(v.narrow(dim, 0, n - 1), v.narrow(dim, 1, n - 1), out=odd.narrow(dim, 0, n - 1))
+    odd.narrow(dim, 0, n - 1).mul_(0.5)
+    odd.narrow(dim, n - 1, 1).copy_(v.narrow(dim, n - 1, 1))  # past the last: constant
+    return out.narrow(dim, 0, size)
+
+
+def _restrict(fine: Tensor, active: Tensor) -> Tensor:
+    """``P^T`` without the coarse mask: ``[N, C, h, w] -> [N, C, ceil(h/2), ceil(w/2)]``."""
+    return _fold(_fold(fine * active, -2), -1)
+
+
+def _fold(v: Tensor, dim: int) -> Tensor:
+    """Transpose of :func:`_interpolate` along ``dim``: ``out_I = v_2I + (v_2I-1 + v_2I+1) / 2``."""
+    coarse = (v.shape[dim] + 1) // 2
+    out = _every_other(v, dim, 0).clone()  # v_2I
+    odd = _every_other(v, dim, 1)  # v_2I+1, floor(size / 2) of them
+    out.narrow(dim, 0, odd.shape[dim]).add_(odd, alpha=0.5)
+    out.narrow(dim, 1, coarse - 1).add_(odd.narrow(dim, 0, coarse - 1), alpha=0.5)
+    if odd.shape[dim] == coarse:  # an even size: the last fine pixel copies the last coarse one
+        out.narrow(dim, coarse - 1, 1).add_(odd.narrow(dim, coarse - 1, 1), alpha=0.5)
+    return out
+
+
+def _every_other(v: Tensor, dim: int, start: int) -> Tensor:
+    index = [slice(None)] * v.ndim
+    index[dim] = slice(start, None, 2)
+    return v[tuple(index)]
+
+
+def _galerkin(stencil: Tensor, active: Tensor, coarse_active: Tensor) -> Tensor:
+    """``P^T A P`` as a coarse 9-point stencil, by probing with 9 interleaved coarse vectors.
+
+    Probe ``q = (a, b)`` is 1 on the active coarse pixels ``I`` with ``I = (a, b) mod 3``. Row
+    ``J`` of ``A_c`` has its non-zeros at ``J + o``, ``o`` in the 3x3 offsets, which all differ
+    mod 3: so ``(A_c probe_q)_J`` is the single entry ``A_c[J, J + o]`` with
+    ``J + o = q mod 3``.
+    """
+    n = stencil.shape[0]
+    height, width = coarse_active.shape[-2:]
+    ys = torch.arange(height, device=stencil.device)
+    xs = torch.arange(width, device=stencil.device)
+    residue = (ys[:, None] % 3) * 3 + xs[None, :] % 3  # [hc, wc]
+    probes = (residue == torch.arange(9, device=stencil.device)[:, None, None]).to(stencil.dtype)
+    probes = probes[None] * coarse_active  # [N, 9, hc, wc]
+    response = _restrict(_apply(stencil, _prolong(probes, active)), active) * coarse_active
+    planes = []
+    for dy, dx in _STENCIL:
+        which = ((ys[:, None] + dy) % 3) * 3 + (xs[None, :] + dx) % 3
+        planes.append(response.gather(1, which.expand(n, 1, height, width)))
+    coarse = torch.cat(planes, dim=1)
+    coarse[:, _CENTRE] += 1 - coarse_active[:, 0]
+    return coarse
+
+
+def _dense(stencil: Tensor) -> Tensor:
+    """The matrix ``[N, h w, h w]`` of a stencil ``[N, 9, h, w]`` (row-major pixel order)."""
+    n, _, height, width = stencil.shape
+    index = torch.arange(height * width, device=stencil.device).reshape(height, width)
+    matrix = stencil.new_zeros(n, height * width, height * width)
+    for k, (dy, dx) in enumerate(_STENCIL):
+        ys = slice(max(0, -dy), min(height, height - dy))
+        xs = slice(max(0, -dx), min(width, width - dx))
+        rows = index[ys, xs].reshape(-1)
+        cols = index[ys.start + dy : ys.stop + dy, xs.start + dx : xs.stop + dx].reshape(-1)
+        matrix[:, rows, cols] = stencil[:, k, ys, xs].reshape(n, -1)
+    return matrix
+
+
+# --------------------------------------------------------------------------------------------
+# ROAD
+# --------------------------------------------------------------------------------------------
+
+
+class RoadSummary(NamedTuple):
+    """Summary of ROAD curves (see :func:`road_summary`)."""
+
+    morf: Tensor  # [P] mean MoRF score per fraction (lower is better)
+    lerf: Tensor  # [P] mean LeRF score per fraction (higher is better)
+    gap: Tensor  # [P] (lerf - morf) / 2 per fraction
+    per_image: Tensor  # [B] (LeRF - MoRF) / 2 averaged over the fractions, per image
+    score: Tensor  # [] the mean of per_image: one number per method (higher is better)
+
+
+def road(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    saliency: Tensor,
+    target: Target = None,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    order: str = "morf",
+    noise: float = 0.01,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    score: str = "logit",
+    tol: float = 1e-6,
+    max_iter: int = 500,
+) -> Tensor:
+    """ROAD, RemOve And Debias (Rong et al., ICML 2022): scores after imputing ranked pixels.
+
+    Pixels are ranked by the map (channels summed), min-max normalised per image plus a fixed
+    tie-breaker ``1e-4 * N(0, 1)`` (one ``[H, W]`` draw shared by all images, so that maps with
+    many equal values still remove exactly the requested fraction); see :func:`road_masks`.
+    With ``n = H W`` and ``k_p = floor(p n)``:
+
+    * ``order="morf"``: MoRF(p) imputes the ``k_p`` most relevant pixels (lower is better);
+    * ``order="lerf"``: LeRF(p) keeps the ``k_p`` most relevant pixels and imputes the other
+      ``n - k_p`` (higher is better), as in the reference implementation.
+
+    Imputation is :func:`noisy_linear_impute` (noise ``noise * N(0, 1)``), and the score is the
+    model's output for the target on the imputed image: ``score="logit"`` the raw output (the
+    logit of an index target), ``"probability"`` the output after a softmax over the classes
+    (a sigmoid for single-logit models) -- applied before the target, so a callable target
+    receives probabilities. ``target=None`` explains the class predicted on the clean image.
+
+    The ``P x B`` imputed copies (fraction-major) are imputed and scored ``batch_size`` at a
+    time (default B), on the inputs' device. Random draws come from ``generator``: first the
+    tie-breaker, then the noise of each fraction, ``randn([B, C, H, W])``, in order.
+
+    Args:
+        model: maps images ``[N, C, H, W]`` to outputs ``[N, classes]`` (or ``[N]``).
+        inputs: images ``[B, C, H, W]``.
+        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign (only the
+            order matters), finite.
+        target: None, an int, a LongTensor ``[B]`` or a callable (see
+            :mod:`torchattr._core.targets`).
+        fractions: P values in (0, 1).
+        order: ``"morf"`` or ``"lerf"``.
+
+    Returns:
+        Scores ``[B, P]`` (float32, or float64 for float64 outputs).
+
+    Example::
+
+        morf = road(model, images, maps, order="morf")
+        lerf = road(model, images, maps, order="lerf")
+        road_summary(morf, lerf).score     # (LeRF - MoRF) / 2, higher is better
+    """
+    images = _check_images(inputs)
+    maps = _check_maps(saliency, images)
+    fractions = _check_fractions(fractions)
+    check_choice(order, "order", ORDERS)
+    check_choice(score, "score", SCORES)
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    _check_tolerance(tol, max_iter)
+    batch, channels, height, width = images.shape
+    counts = _imputed_counts(fractions, height * width, order)
+    batch_size = _check_batch_size(batch_size, batch)
+    ranks = _relevance_ranks(maps, generator)
+    noise_draws = _CopyDraws(
+        lambda: _randn((batch, channels, height, width), torch.float32, images.device, generator)
+    )
+    result = None
+    with _scoring(model, images, target, score, batch_size) as scorer:
+        for start, stop in row_ranges(len(fractions) * batch, batch_size):
+            rows, sample = _rows(start, stop, batch, images.device)
+            count = counts.to(images.device)[rows // batch]
+            holes = _holes(ranks[sample], count, order)
+            filled = _linear_fill(images[sample], holes, tol, max_iter)
+            if noise > 0:
+                draws = build_rows(start, stop, batch, lambda c, s: _stack_draws(noise_draws, c, s))
+                filled = filled + noise * draws.to(filled.dtype) * holes[:, None]
+            scores = scorer(filled.to(images.dtype), sample)
+            if result is None:
+                result = scores.new_zeros(len(fractions) * batch)
+            result[start:stop] = scores
+    return result.reshape(len(fractions), batch).T
+
+
+def road_masks(
+    saliency: Tensor,
+    fractions: Sequence[float] = FRACTIONS,
+    order: str = "morf",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The pixels :func:`road` imputes: bool ``[B, P, H, W]``, True = imputed.
+
+    ``s = sum_c S`` is min-max normalised per image, ``(s - min s) / (max s - min s)`` (0 for
+    a constant map), and ``1e-4 * N(0, 1)`` (one ``[H, W]`` draw from ``generator``) is added;
+    pixels are ranked by the result, highest first. MoRF(p) marks the ``floor(p H W)``
+    highest-ranked pixels, LeRF(p) all but them. Exactly that many pixels are marked whatever
+    the ties in ``S``: the tie-breaker orders equal values randomly but the same way for every
+    image and fraction.
+
+    Example::
+
+        masks = road_masks(maps, fractions=(0.2, 0.4), generator=torch.Generator().manual_seed(0))
+        masks.flatten(2).sum(-1)   # [[0.2 H W, 0.4 H W], ...] (floored)
+    """
+    maps = _check_maps(saliency, None)
+    fractions = _check_fractions(fractions)
+    check_choice(order, "order", ORDERS)
+    n = maps.shape[1] * maps.shape[2]
+    counts = _kept_counts(fractions, n).to(maps.device)
+    ranks = _relevance_ranks(maps, generator)
+    return _holes(ranks[:, None], counts[None, :, None, None], order)
+
+
+def road_summary(morf: Tensor, lerf: Tensor) -> RoadSummary:
+    """Summarise ROAD curves ``[B, P]`` of the same fractions: means and ``(LeRF - MoRF) / 2``.
+
+    ``morf`` and ``lerf`` are :func:`road` scores (or accuracies) ``[B, P]``. Returns the mean
+    curves ``[P]`` over the images, their half-difference ``gap = (lerf - morf) / 2`` per
+    fraction, the per-image ``(LeRF - MoRF) / 2`` averaged over the fractions ``[B]``, and its
+    mean over the images (a scalar tensor; higher is better: removing the least relevant pixels
+    hurts the model less than removing the most relevant ones).
+
+    Example::
+
+        summary = road_summary(morf, lerf)
+        summary.score, summary.morf, summary.lerf
+    """
+    for name, value in (("morf", morf), ("lerf", lerf)):
+        if not isinstance(value, Tensor) or value.ndim != 2:
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be ROAD scores [B, P], got {shape}")
+    if morf.shape != lerf.shape:
+        raise ValueError(
+            f"morf has shape {list(morf.shape)} but lerf has {list(lerf.shape)}: "
+            "summarise curves of the same images and fractions"
+        )
+    half = (lerf - morf) / 2
+    per_image = half.mean(dim=1)
+    return RoadSummary(
+        morf.mean(dim=0), lerf.mean(dim=0), half.mean(dim=0), per_image, per_image.mean()
+    )
+
+
+def _relevance_ranks(maps: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Rank ``[B, H, W]`` of every pixel (0 = most relevant), ROAD's normalisation + tie-breaker."""
+    batch, height, width = maps.shape
+    flat = maps.flatten(1)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    spread = high - low
+    normalised = torch.where(spread > 0, (flat - low) / torch.where(spread > 0, spread, 1), 0)
+    tie_break = _TIE_BREAK * _randn((height * width,), flat.dtype, maps.device, generator)
+    order = (normalised + tie_break).argsort(dim=1, descending=True, stable=True)
+    return _ranks_from_order(order).reshape(batch, height, width)
+
+
+def _ranks_from_order(order: Tensor) -> Tensor:
+    """Inverse permutation per row: ``rank[order[j]] = j``."""
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def _kept_counts(fractions: tuple[float, ...], n: int) -> Tensor:
+    """``floor(p n)`` per fraction (robust to ``p n`` landing just below an integer)."""
+    return torch.tensor([math.floor(p * n + 1e-7) for p in fractions], dtype=torch.long)
+
+
+def _imputed_counts(fractions: tuple[float, ...], n: int, order: str) -> Tensor:
+    """``k_p`` for MoRF; after checking that LeRF keeps at least one pixel at every fraction."""
+    kept = _kept_counts(fractions, n)
+    if order == "lerf" and bool((kept == 0).any()):
+        p = fractions[int((kept == 0).nonzero()[0])]
+        raise ValueError(
+            f"fractions: LeRF at {p} keeps floor({p} * {n}) = 0 pixels of a {n}-pixel image, "
+            "and an image with no pixel left cannot be imputed; use larger fractions"
+        )
+    return kept
+
+
+def _holes(ranks: Tensor, counts: Tensor, order: str) -> Tensor:
+    """Pixels to impute: MoRF the ``counts`` best ranked, LeRF the others (counts broadcast)."""
+    if counts.ndim == 1:
+        counts = counts[:, None, None]
+    return ranks < counts if order == "morf" else ranks >= counts
+
+
+# --------------------------------------------------------------------------------------------
+# Deletion and insertion (RISE)
+# --------------------------------------------------------------------------------------------
+
+
+class CausalCurves(NamedTuple):
+    """Deletion or insertion curves and their areas (see :func:`deletion`)."""
+
+    curves: Tensor  # [B, n + 1] score after 0, 1, ..., n steps
+    auc: Tensor  # [B] (sum - first / 2 - last / 2) / n
+
+
+def deletion(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    saliency: Tensor,
+    target: Target = None,
+    *,
+    step: int | None = None,
+    substrate: Any = 0.0,
+    batch_size: int | None = None,
+    score: str = "probability",
+) -> CausalCurves:
+    """Deletion metric (RISE, Petsiuk et al. 2018): the score while the most salient pixels go.
+
+    Pixels are ordered by the map (channels summed), highest first; equal values keep their
+    row-major order (a stable sort), so the result is deterministic. Copy ``k = 0..n``,
+    ``n = ceil(H W / step)``, is the image with its first ``min(k step, H W)`` pixels (all
+    channels) replaced by the substrate: copy 0 is the image, copy n the substrate. The curve
+    is the score of each copy, and
+
+        ``AUC = (sum_k s_k - s_0 / 2 - s_n / 2) / n``
+
+    the trapezoidal area over ``[0, 1]``. Lower is better: a good map finds the pixels without
+    which the class vanishes.
+
+    Args:
+        model: maps images ``[N, C, H, W]`` to outputs ``[N, classes]`` (or ``[N]``).
+        inputs: images ``[B, C, H, W]``.
+        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign, finite.
+        target: None (the class predicted on the clean images), an int, a LongTensor ``[B]``,
+            or a callable.
+        step: pixels per step (default ``W``, one image row's worth, as RISE's 224 for 224 x 224
+            images).
+        substrate: what replaces the pixels: a number, a tensor broadcastable to the inputs,
+            ``"blur"`` (:func:`gaussian_blur` of the image) or a callable ``images -> tensor``
+            of their shape. Default 0.
+        batch_size: copies per model call (default B).
+        score: ``"probability"`` (softmax over the classes, sigmoid for a single logit; the
+            default, as in RISE) or ``"logit"``.
+
+    Returns:
+        ``CausalCurves(curves [B, n + 1], auc [B])``.
+
+    Example::
+
+        curves, auc = deletion(model, images, maps, step=64)
+    """
+    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, False)
+
+
+def insertion(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    saliency: Tensor,
+    target: Target = None,
+    *,
+    step: int | None = None,
+    substrate: Any = "blur",
+    batch_size: int | None = None,
+    score: str = "probability",
+) -> CausalCurves:
+    """Insertion metric (RISE): the score while the most salient pixels come back.
+
+    Copy ``k = 0..n`` is the substrate (by default the image blurred by a Gaussian of size 11
+    and sigma 5, :func:`gaussian_blur`) with the first ``min(k step, H W)`` pixels of the
+    saliency order restored from the image: copy 0 is the substrate, copy n the image. Curves,
+    order, ties and ``AUC = (sum - first / 2 - last / 2) / n`` as in :func:`deletion`. Higher
+    is better.
+
+    Example::
+
+        curves, auc = insertion(model, images, maps, step=64)
+    """
+    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, True)
+
+
+def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
+    """Separable Gaussian blur of ``[B, C, H, W]`` images (RISE's insertion substrate).
+
+    The kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(size // 2)..size // 2``, normalised
+    to sum 1, applied along rows and columns; borders are padded by replicating the edge
+    pixels, so a constant image stays constant (RISE pads with zeros, which darkens borders).
+    """
+    images = _check_images(images, "images")
+    size = check_positive_int(size, "size")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a number > 0, got {sigma!r}")
+    dtype = torch.promote_types(images.dtype, torch.float32)
+    t = torch.arange(size, dtype=dtype, device=images.device) - size // 2
+    kernel = torch.exp(-(t**2) / (2 * float(sigma) ** 2))
+    kernel = kernel / kernel.sum()
+    batch, channels, height, width = images.shape
+    flat = images.to(dtype).reshape(batch * channels, 1, height, width)
+    left, right = size // 2, size - 1 - size // 2
+    flat = F.conv2d(F.pad(flat, (left, right, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, left, right), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(batch, channels, height, width).to(images.dtype)
+
+
+def _causal(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    saliency: Tensor,
+    target: Target,
+    step: int | None,
+    substrate: Any,
+    batch_size: int | None,
+    score: str,
+    insert: bool,
+) -> CausalCurves:
+    """Deletion (``insert=False``) or insertion curves; see :func:`deletion`."""
+    images = _check_images(inputs)
+    maps = _check_maps(saliency, images)
+    check_choice(score, "score", SCORES)
+    batch, _, height, width = images.shape
+    pixels = height * width
+    step = width if step is None else check_positive_int(step, "step")
+    steps = -(-pixels // step)
+    batch_size = _check_batch_size(batch_size, batch)
+    background = _substrate(substrate, images)
+    order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
+    ranks = _ranks_from_order(order).reshape(batch, height, width)
+    first, second = (background, images) if insert else (images, background)
+
+    def make(copies: slice, samples: slice) -> Tensor:
+        done = torch.arange(copies.start, copies.stop, device=images.device) * step
+        changed = ranks[samples][None] < done[:, None, None, None]  # [copies, samples, H, W]
+        return torch.where(changed[:, :, None], second[samples], first[samples])
+
+    curves = None
+    with _scoring(model, images, target, score, batch_size) as scorer:
+        for start, stop in row_ranges((steps + 1) * batch, batch_size):
+            _, sample = _rows(start, stop, batch, images.device)
+            scores = scorer(build_rows(start, stop, batch, make), sample)
+            if curves is None:
+                curves = scores.new_zeros((steps + 1) * batch)
+            curves[start:stop] = scores
+    curves = curves.reshape(steps + 1, batch).T
+    auc = (curves.sum(dim=1) - curves[:, 0] / 2 - curves[:, -1] / 2) / steps
+    return CausalCurves(curves, auc)
+
+
+def _substrate(substrate: Any, images: Tensor) -> Tensor:
+    """The substrate as a tensor shaped like ``images``."""
+    if isinstance(substrate, str):
+        if substrate != "blur":
+            raise ValueError(
+                f"unknown substrate {substrate!r}: expected 'blur', a number, a tensor or a "
+                "callable"
+            )
+        return gaussian_blur(images)
+    if isinstance(substrate, bool):
+        raise TypeError("substrate must be a number, a tensor, 'blur' or a callable, got a bool")
+    if isinstance(substrate, (int, float)):
+        return torch.full_like(images, float(substrate))
+    if callable(substrate):
+        substrate = substrate(images)
+        if not isinstance(substrate, Tensor) or substrate.shape != images.shape:
+            shape = (
+                list(substrate.shape) if isinstance(substrate, Tensor) else type(substrate).__name__
+            )
+            raise ValueError(
+                f"the substrate callable returned {shape}: expected a tensor shaped like "
+                f"inputs, {list(images.shape)}"
+            )
+    if not isinstance(substrate, Tensor):
+        raise TypeError(
+            "substrate must be a number, a tensor, 'blur' or a callable, "
+            f"got {type(substrate).__name__}"
+        )
+    try:
+        out = torch.broadcast_to(
+            substrate.to(device=images.device, dtype=images.dtype), images.shape
+        )
+    except RuntimeError:
+        raise ValueError(
+            f"substrate has shape {list(substrate.shape)}: expected a tensor broadcastable to "
+            f"inputs {list(images.shape)}"
+        ) from None
+    check_finite([out], ["substrate"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring perturbed copies, random draws, argument checks (shared with robustness.py)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scorer:
+    """The explained score of perturbed rows: ``score(model(rows))`` at each row's target.
+
+    ``target`` is resolved on the clean inputs (None -> the class predicted there), so that every
+    copy of a sample is scored for the class of the sample itself; ``clean`` holds the clean
+    scores ``[B]``.
+    """
+
+    model: Callable[..., Any]
+    target: Target  # a LongTensor [B] or a callable, once resolved
+    score: str
+    clean: Tensor
+
+    def __call__(self, rows: Tensor, sample: Tensor) -> Tensor:
+        """Scores ``[N]`` of the perturbed ``rows`` of the samples ``sample [N]``."""
+        target = self.target[sample] if isinstance(self.target, Tensor) else self.target
+        return _scores(self.model(rows), target, self.score)
+
+
+@contextmanager
+def _scoring(
+    model: Callable[..., Any], inputs: Tensor, target: Target, score: str, batch_size: int
+) -> Iterator[_Scorer]:
+    """Check the model and target, then (without gradients, the model's state restored on exit)
+    score the clean inputs in chunks of ``batch_size`` rows and yield the scorer of their copies.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
+    check_choice(score, "score", SCORES)
+    target = normalize_target(target, inputs.shape[0], inputs.device)
+    if isinstance(target, Tensor) and target.ndim == 2:
+        raise ValueError(
+            f"target has shape {list(target.shape)}: metrics score one class per image, "
+            "expected [B]"
+        )
+    warn_if_training(in_training_mode(model))
+    with untouched(model), torch.no_grad():
+        clean, resolved = [], []
+        known_range = target_range(target)
+        for start, stop in row_ranges(inputs.shape[0], batch_size):
+            output = model(inputs[start:stop])
+            part = target[start:stop] if isinstance(target, Tensor) else target
+            part = resolve_target(part, output, known_range)
+            resolved.append(part)
+            clean.append(_scores(output, part, score))
+        target = target if callable(target) else torch.cat(resolved)
+        yield _Scorer(model, target, score, torch.cat(clean))
+
+
+def _scores(output: Any, target: Target, score: str) -> Tensor:
+    """``[N]`` scores of resolved targets, after a softmax / sigmoid for probabilities."""
+    if score == "probability":
+        output = _as_probabilities(output)
+    scores = row_scores(output, target)
+    if scores.ndim != 1:
+        raise ValueError(
+            f"callable target returned scores {list(scores.shape)}: metrics need one score per "
+            "row, [N]"
+        )
+    return scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
+
+
+def _as_probabilities(output: Any) -> Tensor:
+    """Softmax over the classes of ``[N, C]`` logits; sigmoid of a single logit per row."""
+    if not isinstance(output, Tensor) or output.ndim not in (1, 2):
+        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model output has shape {shape}: score='probability' needs [N, C] or [N] logits; "
+            "pass score='logit' with a callable target"
+        )
+    output = output.to(torch.promote_types(output.dtype, torch.float32))
+    if output.ndim == 1 or output.shape[1] == 1:
+        return output.sigmoid()
+    return output.softmax(dim=1)
+
+
+class _CopyDraws:
+    """Random draws ``[B, ...]`` for copies 0, 1, 2, ..., taken from the generator in copy order.
+
+    Rows are visited in increasing order, so each copy's draw is made once, in the same order
+    whatever the chunking: results do not depend on ``batch_size``.
+    """
+
+    def __init__(self, draw: Callable[[], Tensor]) -> None:
+        self._draw = draw
+        self._copy = -1
+        self._value: Tensor | None = None
+
+    def __call__(self, copy: int) -> Tensor:
+        if copy < self._copy:
+            raise RuntimeError("copies must be visited in increasing order")
+        while self._copy < copy:
+            self._value = self._draw()
+            self._copy += 1
+        return self._value
+
+
+def _stack_draws(draws: _CopyDraws, copies: slice, samples: slice) -> Tensor:
+    """``[n_copies, n_samples, ...]`` draws of a rectangle of rows (for ``build_rows``)."""
+    return torch.stack([draws(c)[samples] for c in range(copies.start, copies.stop)])
+
+
+def _randn(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``N(0, 1)`` draws on the generator's device (default: ``device``), moved to ``device``."""
+    where = device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def _rand(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``U[0, 1)`` draws on the generator's device (default: ``device``), moved to ``device``."""
+    where = device if generator is None else generator.device
+    return torch.rand(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def _rows(start: int, stop: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row indices ``start..stop-1`` and the sample of each (copy-major layout)."""
+    rows = torch.arange(start, stop, device=device)
+    return rows, rows % batch
+
+
+def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
+    """Floating-point, finite images ``[B, C, H, W]``."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"{name} must be a tensor of images [B, C, H, W], got {type(inputs).__name__}"
+        )
+    if inputs.ndim != 4:
+        raise ValueError(
+            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] (add a channel "
+            "dimension with .unsqueeze(1) for grey images)"
+        )
+    if not inputs.is_floating_point():
+        raise TypeError(f"{name} has dtype {inputs.dtype}: expected floating-point images")
+    if min(inputs.shape) == 0:
+        raise ValueError(f"{name} has shape {list(inputs.shape)}: expected non-empty images")
+    check_finite([inputs], [name])
+    return inputs.detach()
+
+
+def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
+    """Finite maps ``[B, H, W]`` (channels summed) matching ``images [B, C, H, W]``."""
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"saliency must be a tensor, got {type(saliency).__name__}")
+    if saliency.dtype == torch.bool or saliency.is_complex():
+        raise TypeError(f"saliency must hold real numbers, got dtype {saliency.dtype}")
+    if saliency.ndim not in (3, 4):
+        raise ValueError(
+            f"saliency has shape {list(saliency.shape)}: expected [B, H, W] or [B, C, H, W]"
+        )
+    maps = saliency.detach()
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    if maps.ndim == 4:
+        maps = maps.sum(dim=1)
+    if images is not None:
+        expected = (images.shape[0], *images.shape[2:])
+        if tuple(maps.shape) != expected:
+            raise ValueError(
+                f"saliency has shape {list(saliency.shape)} but inputs has "
+                f"{list(images.shape)}: expected maps [B, H, W] = {list(expected)} (or "
+                "[B, C, H, W]) of the same images"
+            )
+        maps = maps.to(images.device)
+    check_finite([maps], ["saliency"])
+    return maps
+
+
+def _check_mask(mask: Any, images: Tensor) -> Tensor:
+    """A bool mask ``[B, H, W]`` (or ``[B, 1, H, W]``) of the images; every image keeps a pixel."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor [B, H, W] (True = impute), got {kind}")
+    if mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    expected = (images.shape[0], *images.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask has shape {list(mask.shape)} but inputs has {list(images.shape)}: expected "
+            f"[B, H, W] = {list(expected)}"
+        )
+    mask = mask.to(images.device)
+    full = mask.flatten(1).all(dim=1)
+    if bool(full.any()):
+        raise ValueError(
+            f"mask covers every pixel of image(s) {full.nonzero()[:, 0].tolist()}: nothing is "
+            "left to interpolate from"
+        )
+    return mask
+
+
+def _check_fractions(fractions: Any) -> tuple[float, ...]:
+    if isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
+        fractions = (fractions,)
+    if isinstance(fractions, Tensor):
+        fractions = fractions.tolist()
+    if not isinstance(fractions, Sequence) or isinstance(fractions, str) or not fractions:
+        raise TypeError(f"fractions must be a non-empty sequence of numbers, got {fractions!r}")
+    out = []
+    for p in fractions:
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"fractions must hold numbers, got {p!r}")
+        if not 0 < p < 1:
+            raise ValueError(f"fractions must lie in (0, 1), got {p!r}")
+        out.append(float(p))
+    return tuple(out)
+
+
+def _check_batch_size(batch_size: Any, batch: int) -> int:
+    return batch if batch_size is None else check_positive_int(batch_size, "batch_size")
+
+
+def _check_tolerance(tol: Any, max_iter: Any) -> None:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    check_positive_int(max_iter, "max_iter")

@@ -1,0 +1,370 @@
+"""Robustness and faithfulness of explanations, from perturbed copies of the inputs.
+
+* :func:`max_sensitivity` (Yeh et al. 2019): how much an explanation changes under small
+  uniform perturbations of the input, relative to its size (lower is better);
+* :func:`infidelity` (Yeh et al. 2019): how far the attributions' prediction of the score drop
+  under random perturbations is from the real drop (lower is better);
+* :func:`faithfulness_correlation` (Bhatt et al. 2020): the correlation, over random subsets of
+  features, between the attributions' sum and the score drop when the subset is removed
+  (higher is better).
+
+As in :mod:`torchattr.metrics.perturbation`, the ``samples x B`` perturbed copies are laid out
+copy-major and go through the model (or the explanation) ``batch_size`` rows at a time; the
+random draws are made per copy, in copy order, so the results do not depend on ``batch_size``.
+Scores follow the target conventions of :mod:`torchattr._core.targets`, ``target=None`` being
+the class predicted on the clean inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchattr._core.checks import check_finite, check_positive_int
+from torchattr._core.chunking import build_rows, row_ranges
+from torchattr._core.targets import Target, normalize_target
+from torchattr.metrics.perturbation import (
+    _check_batch_size,
+    _CopyDraws,
+    _rand,
+    _randn,
+    _rows,
+    _scoring,
+    _stack_draws,
+)
+
+Explain = Callable[[Tensor, Any], Tensor]
+
+
+def max_sensitivity(
+    explain: Explain,
+    inputs: Tensor,
+    *,
+    target: Target = None,
+    radius: float = 0.02,
+    samples: int = 10,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Max-sensitivity (Yeh et al. 2019) of an explanation, per sample: ``[B]``.
+
+        ``SENS_max(x) = max_s ||Phi(x + delta_s) - Phi(x)|| / ||Phi(x)||``
+
+    over ``samples`` perturbations ``delta_s`` drawn uniformly from the ball
+    ``||delta||_inf <= radius`` (``delta = radius * (2 U - 1)``, ``U ~ U[0, 1)`` elementwise,
+    one ``[B, ...]`` draw per sample, in order), with ``||.||`` the Frobenius norm over all
+    dimensions of one sample's explanation. 0 for an explanation that does not move; where
+    ``Phi(x) = 0`` the ratio is 0 if the perturbed explanations are 0 too and ``inf`` if not.
+
+    Args:
+        explain: ``explain(x, target) -> Phi`` for rows ``x [N, ...]`` and their targets
+            (``target[rows]`` for a LongTensor target, else ``target`` itself), returning
+            explanations ``[N, ...]``; e.g. ``functools.partial(ta.saliency, model)`` or
+            ``lambda x, t: ta.integrated_gradients(model, x, target=t)``. It is called on at
+            most ``batch_size`` rows at a time.
+        inputs: ``[B, ...]``, floating point.
+        target: passed to ``explain`` (row by row for a LongTensor ``[B]``). ``None`` lets
+            ``explain`` decide: torchattr's methods then explain each perturbed copy's own
+            predicted class; pass ``model(inputs).argmax(1)`` to hold the clean prediction.
+        radius: half-width of the uniform perturbation, in the inputs' units.
+        samples: number of perturbations.
+        batch_size: rows per ``explain`` call (default B).
+        generator: draws the perturbations (on its device).
+
+    Returns:
+        ``[B]``, float32 (float64 for float64 explanations).
+
+    Example::
+
+        sens = max_sensitivity(functools.partial(ta.saliency, model), images, radius=0.02)
+    """
+    if not callable(explain):
+        raise TypeError(f"explain must be callable (x, target) -> Phi, got {type(explain)}")
+    x = _check_inputs(inputs)
+    _check_number(radius, "radius", positive=True)
+    samples = check_positive_int(samples, "samples")
+    batch = x.shape[0]
+    batch_size = _check_batch_size(batch_size, batch)
+    target = normalize_target(target, batch, x.device)  # None and callables pass through
+    clean = torch.cat(
+        [
+            _explained(explain, x[a:b], _rows_of(target, slice(a, b)), b - a)
+            for a, b in row_ranges(batch, batch_size)
+        ]
+    )
+    clean_norm = clean.flatten(1).norm(dim=1)
+    draws = _CopyDraws(
+        lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
+    )
+    worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
+    for start, stop in row_ranges(samples * batch, batch_size):
+        _, sample = _rows(start, stop, batch, x.device)
+        noisy = build_rows(start, stop, batch, lambda c, s: x[s] + _stack_draws(draws, c, s))
+        moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
+        if moved.shape[1:] != clean.shape[1:]:
+            raise ValueError(
+                f"explain returned {list(moved.shape)} for perturbed rows but {list(clean.shape)} "
+                "for the inputs: explanations must keep their shape"
+            )
+        change = (moved - clean[sample]).flatten(1).norm(dim=1).to(worst.dtype)
+        worst.scatter_reduce_(0, sample, change, reduce="amax")
+    ratio = worst / torch.where(clean_norm > 0, clean_norm, 1)
+    return torch.where(clean_norm > 0, ratio, torch.where(worst > 0, torch.inf, 0.0))
+
+
+def infidelity(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: Target = None,
+    *,
+    samples: int = 10,
+    noise: float = 0.1,
+    perturbation: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
+    normalize: bool = False,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    score: str = "logit",
+) -> Tensor:
+    """Infidelity (Yeh et al. 2019), per sample: ``[B]``.
+
+        ``INFD(Phi, f, x) = mean_s (sum(Phi * I_s) - (f(x) - f(x - I_s)))^2``
+
+    over ``samples`` perturbations ``I_s``: by default ``noise * N(0, 1)`` elementwise (one
+    ``[B, ...]`` draw per sample, in order), or ``perturbation(inputs, generator)`` called once
+    per sample and returning ``I [B, ...]`` shaped like the inputs. ``f`` is the model's score
+    for the target (``score="logit"``: the output; ``"probability"``: after a softmax, or a
+    sigmoid for one logit). 0 means the attributions predict every score drop exactly: the
+    gradient of a linear model has infidelity 0 under any perturbation.
+
+    With ``normalize=True`` the attributions are first rescaled by the best factor
+    ``beta = mean_s(a_s b_s) / mean_s(a_s^2)`` (``a_s = sum(Phi * I_s)``, ``b_s`` the drop), as
+    Captum's ``normalize``: the score then ignores the attributions' scale.
+
+    Args:
+        model: maps rows ``[N, ...]`` to outputs ``[N, classes]`` (or ``[N]``).
+        inputs: ``[B, ...]``, floating point.
+        attributions: shaped like the inputs, or ``[B, H, W]`` maps of ``[B, C, H, W]`` inputs
+            (then shared by the channels: ``sum(Phi * I) = sum_{c,h,w} Phi_hw I_chw``).
+        target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
+            a callable.
+        samples, noise, perturbation: the perturbations, see above.
+        batch_size: rows per model call (default B).
+        generator: draws the default perturbations and is passed to ``perturbation``.
+
+    Returns:
+        ``[B]``, non-negative.
+
+    Example::
+
+        infd = infidelity(model, images, ta.saliency(model, images, abs=False, reduce=None))
+    """
+    x = _check_inputs(inputs)
+    phi = _check_attributions(attributions, x)
+    samples = check_positive_int(samples, "samples")
+    _check_number(noise, "noise", positive=True)
+    if perturbation is not None and not callable(perturbation):
+        raise TypeError(
+            f"perturbation must be callable (inputs, generator) -> I, got {perturbation!r}"
+        )
+    batch = x.shape[0]
+    batch_size = _check_batch_size(batch_size, batch)
+
+    def draw() -> Tensor:
+        if perturbation is None:
+            return noise * _randn(tuple(x.shape), x.dtype, x.device, generator)
+        out = perturbation(x, generator)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"perturbation returned {shape}: expected a tensor shaped like inputs, "
+                f"{list(x.shape)}"
+            )
+        out = out.to(device=x.device, dtype=x.dtype)
+        check_finite([out], ["the perturbation"])
+        return out
+
+    draws = _CopyDraws(draw)
+    predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
+    drop = torch.zeros_like(predicted)
+    with _scoring(model, x, target, score, batch_size) as scorer:
+        for start, stop in row_ranges(samples * batch, batch_size):
+            _, sample = _rows(start, stop, batch, x.device)
+            shift = build_rows(start, stop, batch, lambda c, s: _stack_draws(draws, c, s))
+            predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
+            drop[start:stop] = (scorer.clean[sample] - scorer(x[sample] - shift, sample)).double()
+    a, b = predicted.reshape(samples, batch), drop.reshape(samples, batch)
+    if normalize:
+        energy = (a * a).mean(dim=0)
+        beta = torch.where(energy > 0, (a * b).mean(dim=0) / torch.where(energy > 0, energy, 1), 0)
+        a = beta * a
+    return ((a - b) ** 2).mean(dim=0).to(_result_dtype(phi))
+
+
+def faithfulness_correlation(
+    model: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: Target = None,
+    *,
+    subset_size: int | None = None,
+    runs: int = 100,
+    baseline: float | Tensor = 0.0,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    score: str = "logit",
+) -> Tensor:
+    """Faithfulness correlation (Bhatt et al. 2020), per sample: ``[B]`` in [-1, 1].
+
+        ``mu_F = corr_S( sum_{i in S} Phi_i , f(x) - f(x_[x_S = baseline]) )``
+
+    the Pearson correlation over ``runs`` random subsets ``S`` of ``subset_size`` features
+    (drawn uniformly without replacement, independently per sample and run) between the
+    attributions' sum over the subset and the score drop when the subset is set to the
+    baseline. A feature is an element of the attributions: with maps ``[B, H, W]`` of
+    ``[B, C, H, W]`` inputs, a pixel (all its channels). Input x gradient of a linear model with
+    a zero baseline scores exactly 1. NaN where the attribution sums or the drops do not vary.
+
+    Args:
+        model: maps rows ``[N, ...]`` to outputs ``[N, classes]`` (or ``[N]``).
+        inputs: ``[B, ...]``, floating point.
+        attributions: shaped like the inputs, or ``[B, H, W]`` maps of ``[B, C, H, W]`` inputs.
+        target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
+            a callable.
+        subset_size: features per subset (default: 10% of them, at least 1).
+        runs: number of subsets (>= 2).
+        baseline: the value removed features take: a number, or a tensor broadcastable to the
+            inputs.
+        batch_size: rows per model call (default B).
+        generator: draws the subsets: ``rand([B, F])`` per run, the subset being the
+            ``subset_size`` largest draws.
+        score: ``"logit"`` or ``"probability"``.
+
+    Returns:
+        ``[B]``, float32 (float64 for float64 attributions).
+
+    Example::
+
+        mu = faithfulness_correlation(model, images, ta.input_x_gradient(model, images))
+    """
+    x = _check_inputs(inputs)
+    phi = _check_attributions(attributions, x)
+    runs = check_positive_int(runs, "runs", minimum=2)
+    batch = x.shape[0]
+    features = phi[0].numel()
+    if subset_size is None:
+        subset_size = max(1, round(0.1 * features))
+    subset_size = check_positive_int(subset_size, "subset_size")
+    if subset_size > features:
+        raise ValueError(
+            f"subset_size is {subset_size} but the attributions have {features} features per sample"
+        )
+    fill = _check_baseline(baseline, x)
+    batch_size = _check_batch_size(batch_size, batch)
+
+    def draw() -> Tensor:
+        keys = _rand((batch, features), torch.float32, x.device, generator)
+        chosen = keys.topk(subset_size, dim=1).indices
+        return torch.zeros(batch, features, dtype=torch.bool, device=x.device).scatter_(
+            1, chosen, True
+        )
+
+    draws = _CopyDraws(draw)
+    summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
+    drop = torch.zeros_like(summed)
+    with _scoring(model, x, target, score, batch_size) as scorer:
+        for start, stop in row_ranges(runs * batch, batch_size):
+            _, sample = _rows(start, stop, batch, x.device)
+            subset = build_rows(start, stop, batch, lambda c, s: _stack_draws(draws, c, s))
+            subset = subset.reshape(stop - start, *phi.shape[1:])
+            summed[start:stop] = (phi[sample] * subset).flatten(1).sum(dim=1).double()
+            removed = torch.where(subset, fill[sample], x[sample])
+            drop[start:stop] = (scorer.clean[sample] - scorer(removed, sample)).double()
+    return _pearson(summed.reshape(runs, batch), drop.reshape(runs, batch)).to(_result_dtype(phi))
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation over dim 0 of ``[R, B]`` pairs; NaN where either does not vary."""
+    a = a - a.mean(dim=0)
+    b = b - b.mean(dim=0)
+    scale = (a * a).sum(dim=0).sqrt() * (b * b).sum(dim=0).sqrt()
+    return torch.where(scale > 0, (a * b).sum(dim=0) / torch.where(scale > 0, scale, 1), torch.nan)
+
+
+def _explained(explain: Explain, rows: Tensor, target: Any, n: int) -> Tensor:
+    """``explain(rows, target)``, checked to be ``[n, ...]``, detached, in at least float32."""
+    out = explain(rows, target)
+    if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] != n:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"explain returned {shape}: expected explanations [N, ...] with N = {n}")
+    out = out.detach()
+    return out.to(torch.promote_types(out.dtype, torch.float32))
+
+
+def _rows_of(target: Target, rows: Tensor | slice) -> Target:
+    """The target of some rows: indexed for a tensor target, else as it is."""
+    return target[rows] if isinstance(target, Tensor) else target
+
+
+def _check_inputs(inputs: Any) -> Tensor:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a tensor [B, ...], got {type(inputs).__name__}")
+    if inputs.ndim < 2:
+        raise ValueError(f"inputs has shape {list(inputs.shape)}: expected a batch [B, ...]")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs has dtype {inputs.dtype}: expected floating point")
+    check_finite([inputs], ["inputs"])
+    return inputs.detach()
+
+
+def _check_attributions(attributions: Any, inputs: Tensor) -> Tensor:
+    """Attributions broadcastable to the inputs: their shape, or ``[B, 1, ...]`` for maps."""
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
+    if not attributions.is_floating_point():
+        raise TypeError(f"attributions has dtype {attributions.dtype}: expected floating point")
+    phi = attributions.detach().to(inputs.device)
+    phi = phi.to(torch.promote_types(phi.dtype, torch.float32))
+    check_finite([phi], ["attributions"])
+    if phi.shape == inputs.shape:
+        return phi
+    if inputs.ndim >= 3 and phi.shape == (inputs.shape[0], *inputs.shape[2:]):
+        return phi.unsqueeze(1)
+    raise ValueError(
+        f"attributions has shape {list(attributions.shape)} but inputs has "
+        f"{list(inputs.shape)}: expected the inputs' shape, or [B, H, W] maps of [B, C, H, W] "
+        "inputs"
+    )
+
+
+def _check_baseline(baseline: Any, inputs: Tensor) -> Tensor:
+    if isinstance(baseline, bool):
+        raise TypeError("baseline must be a number or a tensor, got a bool")
+    if isinstance(baseline, (int, float)):
+        baseline = torch.tensor(float(baseline))
+    if not isinstance(baseline, Tensor):
+        raise TypeError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
+    baseline = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)
+    check_finite([baseline], ["baseline"])
+    try:
+        return torch.broadcast_to(baseline, inputs.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"baseline has shape {list(baseline.shape)}: expected a tensor broadcastable to "
+            f"inputs {list(inputs.shape)}"
+        ) from None
+
+
+def _check_number(value: Any, name: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if positive and not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _result_dtype(phi: Tensor) -> torch.dtype:
+    return torch.float64 if phi.dtype == torch.float64 else torch.float32

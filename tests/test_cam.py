@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 from models import ImageAndTabular, build
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -25,27 +26,6 @@ def _kw(method: str) -> dict:
 
 def _layer(method: str, name: str):
     return None if method == "fullgrad" else name
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "modes": [m.training for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["modes"] == before["modes"]
-    assert after["hooks"] == before["hooks"]
-    assert after["requires_grad"] == before["requires_grad"]
-    for k, v in before["state"].items():
-        assert torch.equal(after["state"][k], v), k
 
 
 # ---------------------------------------------------------------- oracles written out by hand

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 from models import ConvBNNet, build
 from torch import nn
 
@@ -26,27 +27,6 @@ GRADIENT_METHODS = {
 @pytest.fixture(params=sorted(GRADIENT_METHODS))
 def method(request):
     return GRADIENT_METHODS[request.param]
-
-
-def snapshot(model: nn.Module):
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "modes": [m.training for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-    }
-
-
-def assert_unchanged(model, before):
-    after = snapshot(model)
-    assert after["modes"] == before["modes"]
-    assert after["hooks"] == before["hooks"]
-    assert after["requires_grad"] == before["requires_grad"]
-    for k, v in before["state"].items():
-        assert torch.equal(after["state"][k], v), k
 
 
 # ---------------------------------------------------------------- bad input

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
-from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
+from torchattr._core.chunking import add_rows, build_rows, draw, row_index, row_ranges
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -167,7 +167,9 @@ def smoothgrad(
     with untouched(model, problem.layers):
         tensors, outputs = problem.primals(chunk_size)
         sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
-        draws = [_randn((samples, *x.shape), x, generator) for x in tensors]
+        draws = [
+            draw(torch.randn, (samples, *x.shape), x.dtype, x.device, generator) for x in tensors
+        ]
         if target is None:
             _, target = forward_scores(problem, tensors, None, chunk_size, outputs)
         for start, stop in row_ranges(samples * batch, chunk_size):
@@ -234,12 +236,6 @@ def noise_scale(x: Tensor, noise: float, absolute: bool = False) -> Tensor:
 def _noisy_copies(x: Tensor, sigma: Tensor, draws: Tensor, copies: slice, samples: slice) -> Tensor:
     """``x + sigma * eps`` for the noise samples ``copies`` of the samples ``samples``."""
     return torch.addcmul(x[samples], sigma[samples], draws[copies, samples])
-
-
-def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = like.device if generator is None else generator.device
-    draw = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
-    return draw.to(like.device)
 
 
 def _zeros(batch: int, rows_like: Tensor, dtype: torch.dtype) -> Tensor:

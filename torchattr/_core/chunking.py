@@ -65,3 +65,19 @@ def add_rows(acc: Tensor, start: int, values: Tensor) -> None:
         block = values[pos : pos + n_copies * n_samples].unflatten(0, (n_copies, n_samples))
         acc[samples] += block.sum(0).to(acc.dtype)
         pos += n_copies * n_samples
+
+
+def draw(
+    sampler: Callable[..., Tensor],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``sampler(shape)`` (``torch.randn``, ``torch.rand``) from ``generator``, on ``device``.
+
+    The draws are made on the generator's device (``device`` without one) and moved, so a seeded
+    CPU generator gives the same numbers whatever device the inputs live on.
+    """
+    where = device if generator is None else generator.device
+    return sampler(shape, generator=generator, device=where, dtype=dtype).to(device)

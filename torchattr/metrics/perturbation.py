@@ -37,7 +37,7 @@ from torchattr._core.checks import (
     in_training_mode,
     warn_if_training,
 )
-from torchattr._core.chunking import build_rows, row_ranges
+from torchattr._core.chunking import build_rows, draw, row_ranges
 from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
@@ -922,25 +922,17 @@ def _stack_draws(draws: _CopyDraws, copies: slice, samples: slice) -> Tensor:
 
 
 def _randn(
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: Any
 ) -> Tensor:
-    """``N(0, 1)`` draws on the generator's device (default: ``device``), moved to ``device``."""
-    where = device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+    """``N(0, 1)`` draws (see :func:`torchattr._core.chunking.draw`)."""
+    return draw(torch.randn, shape, dtype, device, generator)
 
 
 def _rand(
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: Any
 ) -> Tensor:
-    """``U[0, 1)`` draws on the generator's device (default: ``device``), moved to ``device``."""
-    where = device if generator is None else generator.device
-    return torch.rand(shape, generator=generator, device=where, dtype=dtype).to(device)
+    """``U[0, 1)`` draws (see :func:`torchattr._core.chunking.draw`)."""
+    return draw(torch.rand, shape, dtype, device, generator)
 
 
 def _rows(start: int, stop: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:

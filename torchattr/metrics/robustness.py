@@ -26,7 +26,7 @@ from torch import Tensor
 from torchattr._core.checks import check_finite, check_positive_int
 from torchattr._core.chunking import build_rows, row_ranges
 from torchattr._core.targets import Target, normalize_target
-from torchattr.metrics.perturbation import (
+from torchattr.metrics._shared import (
     _check_batch_size,
     _CopyDraws,
     _rand,

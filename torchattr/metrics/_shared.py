@@ -1,0 +1,250 @@
+"""Shared by the perturbation and robustness metrics: scoring perturbed copies, random draws
+per copy, argument checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchattr._core.checks import (
+    check_choice,
+    check_finite,
+    check_positive_int,
+    in_training_mode,
+    warn_if_training,
+)
+from torchattr._core.chunking import draw, row_ranges
+from torchattr._core.state import untouched
+from torchattr._core.targets import (
+    Target,
+    normalize_target,
+    resolve_target,
+    row_scores,
+    target_range,
+)
+
+SCORES = ("logit", "probability")
+
+
+@dataclass
+class _Scorer:
+    """The explained score of perturbed rows: ``score(model(rows))`` at each row's target.
+
+    ``target`` is resolved on the clean inputs (None -> the class predicted there), so that every
+    copy of a sample is scored for the class of the sample itself; ``clean`` holds the clean
+    scores ``[B]``.
+    """
+
+    model: Callable[..., Any]
+    target: Target  # a LongTensor [B] or a callable, once resolved
+    score: str
+    clean: Tensor
+
+    def __call__(self, rows: Tensor, sample: Tensor) -> Tensor:
+        """Scores ``[N]`` of the perturbed ``rows`` of the samples ``sample [N]``."""
+        target = self.target[sample] if isinstance(self.target, Tensor) else self.target
+        return _scores(self.model(rows), target, self.score)
+
+
+@contextmanager
+def _scoring(
+    model: Callable[..., Any], inputs: Tensor, target: Target, score: str, batch_size: int
+) -> Iterator[_Scorer]:
+    """Check the model and target, then (without gradients, the model's state restored on exit)
+    score the clean inputs in chunks of ``batch_size`` rows and yield the scorer of their copies.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
+    check_choice(score, "score", SCORES)
+    target = normalize_target(target, inputs.shape[0], inputs.device)
+    if isinstance(target, Tensor) and target.ndim == 2:
+        raise ValueError(
+            f"target has shape {list(target.shape)}: metrics score one class per image, "
+            "expected [B]"
+        )
+    warn_if_training(in_training_mode(model))
+    with untouched(model), torch.no_grad():
+        clean, resolved = [], []
+        known_range = target_range(target)
+        for start, stop in row_ranges(inputs.shape[0], batch_size):
+            output = model(inputs[start:stop])
+            part = target[start:stop] if isinstance(target, Tensor) else target
+            part = resolve_target(part, output, known_range)
+            resolved.append(part)
+            clean.append(_scores(output, part, score))
+        target = target if callable(target) else torch.cat(resolved)
+        yield _Scorer(model, target, score, torch.cat(clean))
+
+
+def _scores(output: Any, target: Target, score: str) -> Tensor:
+    """``[N]`` scores of resolved targets, after a softmax / sigmoid for probabilities."""
+    if score == "probability":
+        output = _as_probabilities(output)
+    scores = row_scores(output, target)
+    if scores.ndim != 1:
+        raise ValueError(
+            f"callable target returned scores {list(scores.shape)}: metrics need one score per "
+            "row, [N]"
+        )
+    return scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
+
+
+def _as_probabilities(output: Any) -> Tensor:
+    """Softmax over the classes of ``[N, C]`` logits; sigmoid of a single logit per row."""
+    if not isinstance(output, Tensor) or output.ndim not in (1, 2):
+        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model output has shape {shape}: score='probability' needs [N, C] or [N] logits; "
+            "pass score='logit' with a callable target"
+        )
+    output = output.to(torch.promote_types(output.dtype, torch.float32))
+    if output.ndim == 1 or output.shape[1] == 1:
+        return output.sigmoid()
+    return output.softmax(dim=1)
+
+
+class _CopyDraws:
+    """Random draws ``[B, ...]`` for copies 0, 1, 2, ..., taken from the generator in copy order.
+
+    Rows are visited in increasing order, so each copy's draw is made once, in the same order
+    whatever the chunking: results do not depend on ``batch_size``.
+    """
+
+    def __init__(self, draw: Callable[[], Tensor]) -> None:
+        self._draw = draw
+        self._copy = -1
+        self._value: Tensor | None = None
+
+    def __call__(self, copy: int) -> Tensor:
+        if copy < self._copy:
+            raise RuntimeError("copies must be visited in increasing order")
+        while self._copy < copy:
+            self._value = self._draw()
+            self._copy += 1
+        return self._value
+
+
+def _stack_draws(draws: _CopyDraws, copies: slice, samples: slice) -> Tensor:
+    """``[n_copies, n_samples, ...]`` draws of a rectangle of rows (for ``build_rows``)."""
+    return torch.stack([draws(c)[samples] for c in range(copies.start, copies.stop)])
+
+
+def _randn(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: Any
+) -> Tensor:
+    """``N(0, 1)`` draws (see :func:`torchattr._core.chunking.draw`)."""
+    return draw(torch.randn, shape, dtype, device, generator)
+
+
+def _rand(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: Any
+) -> Tensor:
+    """``U[0, 1)`` draws (see :func:`torchattr._core.chunking.draw`)."""
+    return draw(torch.rand, shape, dtype, device, generator)
+
+
+def _rows(start: int, stop: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row indices ``start..stop-1`` and the sample of each (copy-major layout)."""
+    rows = torch.arange(start, stop, device=device)
+    return rows, rows % batch
+
+
+def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
+    """Floating-point, finite images ``[B, C, H, W]``."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"{name} must be a tensor of images [B, C, H, W], got {type(inputs).__name__}"
+        )
+    if inputs.ndim != 4:
+        raise ValueError(
+            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] (add a channel "
+            "dimension with .unsqueeze(1) for grey images)"
+        )
+    if not inputs.is_floating_point():
+        raise TypeError(f"{name} has dtype {inputs.dtype}: expected floating-point images")
+    if min(inputs.shape) == 0:
+        raise ValueError(f"{name} has shape {list(inputs.shape)}: expected non-empty images")
+    check_finite([inputs], [name])
+    return inputs.detach()
+
+
+def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
+    """Finite maps ``[B, H, W]`` (channels summed) matching ``images [B, C, H, W]``."""
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"saliency must be a tensor, got {type(saliency).__name__}")
+    if saliency.dtype == torch.bool or saliency.is_complex():
+        raise TypeError(f"saliency must hold real numbers, got dtype {saliency.dtype}")
+    if saliency.ndim not in (3, 4):
+        raise ValueError(
+            f"saliency has shape {list(saliency.shape)}: expected [B, H, W] or [B, C, H, W]"
+        )
+    maps = saliency.detach()
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    if maps.ndim == 4:
+        maps = maps.sum(dim=1)
+    if images is not None:
+        expected = (images.shape[0], *images.shape[2:])
+        if tuple(maps.shape) != expected:
+            raise ValueError(
+                f"saliency has shape {list(saliency.shape)} but inputs has "
+                f"{list(images.shape)}: expected maps [B, H, W] = {list(expected)} (or "
+                "[B, C, H, W]) of the same images"
+            )
+        maps = maps.to(images.device)
+    check_finite([maps], ["saliency"])
+    return maps
+
+
+def _check_mask(mask: Any, images: Tensor) -> Tensor:
+    """A bool mask ``[B, H, W]`` (or ``[B, 1, H, W]``) of the images; every image keeps a pixel."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor [B, H, W] (True = impute), got {kind}")
+    if mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    expected = (images.shape[0], *images.shape[2:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"mask has shape {list(mask.shape)} but inputs has {list(images.shape)}: expected "
+            f"[B, H, W] = {list(expected)}"
+        )
+    mask = mask.to(images.device)
+    full = mask.flatten(1).all(dim=1)
+    if bool(full.any()):
+        raise ValueError(
+            f"mask covers every pixel of image(s) {full.nonzero()[:, 0].tolist()}: nothing is "
+            "left to interpolate from"
+        )
+    return mask
+
+
+def _check_fractions(fractions: Any) -> tuple[float, ...]:
+    if isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
+        fractions = (fractions,)
+    if isinstance(fractions, Tensor):
+        fractions = fractions.tolist()
+    if not isinstance(fractions, Sequence) or isinstance(fractions, str) or not fractions:
+        raise TypeError(f"fractions must be a non-empty sequence of numbers, got {fractions!r}")
+    out = []
+    for p in fractions:
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise TypeError(f"fractions must hold numbers, got {p!r}")
+        if not 0 < p < 1:
+            raise ValueError(f"fractions must lie in (0, 1), got {p!r}")
+        out.append(float(p))
+    return tuple(out)
+
+
+def _check_batch_size(batch_size: Any, batch: int) -> int:
+    return batch if batch_size is None else check_positive_int(batch_size, "batch_size")
+
+
+def _check_tolerance(tol: Any, max_iter: Any) -> None:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    check_positive_int(max_iter, "max_iter")

@@ -63,7 +63,7 @@ from torch.nn import functional as F
 
 from torchattr._core.checks import check_choice, check_positive_int
 from torchattr._core.chunking import row_ranges
-from torchattr._core.grad import Problem, accumulation_dtype, prepare
+from torchattr._core.grad import Problem, accumulation_dtype, forward_scores, prepare
 from torchattr._core.inputs import Inputs, call_model
 from torchattr._core.layers import hooked, layer_name
 from torchattr._core.state import untouched
@@ -746,7 +746,7 @@ def _forward_maps(
             "reshape hides: pass reshape=None or (h, w) (tokens), or use another method"
         )
     raw, outputs = _capture(problem, layers, names, chunk)
-    target, base = _clean_scores(problem, outputs, target, chunk)
+    base, target = forward_scores(problem, problem.tensors, target, chunk, outputs)
     multi = base.ndim == 2
     k = base.shape[1] if multi else 1
     lows = []
@@ -771,20 +771,6 @@ def _forward_maps(
             low = weighted_sum(ablationcam_weights(base_, scores.reshape(b, c, k).to(a.dtype)), a)
         lows.append(low.reshape(b, k, *spatial))
     return lows, multi
-
-
-def _clean_scores(
-    problem: Problem, outputs: list[Any], target: Target, chunk: int
-) -> tuple[Target, Tensor]:
-    """Resolved target and explained scores ``[B]`` / ``[B, K]`` of the clean forward."""
-    scores, targets = [], []
-    for (start, stop), output in zip(row_ranges(problem.batch, chunk), outputs):
-        part = target[start:stop] if isinstance(target, Tensor) else target
-        part = resolve_target(part, output, problem.target_range)
-        scores.append(row_scores(output, part))
-        targets.append(part)
-    resolved = target if callable(target) else torch.cat(targets)
-    return resolved, torch.cat(scores)
 
 
 def _masked_scores(

@@ -283,6 +283,9 @@ def test_top_codes_sums_repeated_codes_and_skips_padding():
         absolute=True,
     )
     assert by_size == [[("diabetes", pytest.approx(0.9))], [("flu", pytest.approx(-0.2))]]
+    with_ids = ta.top_codes(scores, ids, vocab, k=2, mask=PAD, with_ids=True)
+    assert [[code for code, _, _ in row] for row in with_ids] == [[5, 3], [4, 2]]
+    assert with_ids[0][0][1:] == ranking[0][0]
 
 
 def test_top_codes_bad_input():

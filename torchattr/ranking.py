@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +17,8 @@ def top_codes(
     k: int = 5,
     mask: Tensor | int | None = None,
     absolute: bool = False,
-) -> list[list[tuple[str, float]]]:
+    with_ids: bool = False,
+) -> list[list[tuple[Any, ...]]]:
     """Top-k codes per sample with their scores, from per-position attributions.
 
     ``attributions`` and ``ids`` are ``[B, L]`` (e.g. the output of ``integrated_gradients(...,
@@ -25,7 +27,8 @@ def top_codes(
     left out. Codes are ranked by score, highest first (by ``|score|`` with ``absolute=True``) and
     named through ``vocabulary`` (a mapping or sequence from id to name; the id itself otherwise).
 
-    Returns a list of B lists of ``(name, score)`` pairs, at most k each.
+    Returns a list of B lists of ``(name, score)`` pairs, at most k each (``(id, name, score)``
+    triples with ``with_ids=True``, e.g. to find where a known code ranks).
 
     Example::
 
@@ -50,7 +53,10 @@ def top_codes(
         unique, inverse = torch.unique(codes[kept], return_inverse=True)
         totals = torch.zeros(len(unique), dtype=scores.dtype).index_add_(0, inverse, scores[kept])
         order = (totals.abs() if absolute else totals).argsort(descending=True, stable=True)[:k]
-        rankings.append([(_name(vocabulary, int(unique[i])), float(totals[i])) for i in order])
+        entries = [
+            (int(unique[i]), _name(vocabulary, int(unique[i])), float(totals[i])) for i in order
+        ]
+        rankings.append([e if with_ids else e[1:] for e in entries])
     return rankings
 
 

@@ -27,6 +27,7 @@ from torchattr._core.targets import (
     row_scores,
     target_range,
 )
+from torchattr.metrics.localisation import summed_maps
 
 SCORES = ("logit", "probability")
 
@@ -175,18 +176,7 @@ def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
 
 def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
     """Finite maps ``[B, H, W]`` (channels summed) matching ``images [B, C, H, W]``."""
-    if not isinstance(saliency, Tensor):
-        raise TypeError(f"saliency must be a tensor, got {type(saliency).__name__}")
-    if saliency.dtype == torch.bool or saliency.is_complex():
-        raise TypeError(f"saliency must hold real numbers, got dtype {saliency.dtype}")
-    if saliency.ndim not in (3, 4):
-        raise ValueError(
-            f"saliency has shape {list(saliency.shape)}: expected [B, H, W] or [B, C, H, W]"
-        )
-    maps = saliency.detach()
-    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
-    if maps.ndim == 4:
-        maps = maps.sum(dim=1)
+    maps = summed_maps(saliency)
     if images is not None:
         expected = (images.shape[0], *images.shape[2:])
         if tuple(maps.shape) != expected:

@@ -220,8 +220,8 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(positive, numerator / torch.where(positive, denominator, 1), 0)
 
 
-def _saliency_maps(saliency: Tensor) -> Tensor:
-    """Validate and channel-sum the maps: ``[B, H, W]`` in at least float32."""
+def summed_maps(saliency: Any) -> Tensor:
+    """Type- and shape-checked maps, channels summed: ``[B, H, W]`` in at least float32."""
     if not isinstance(saliency, Tensor):
         raise TypeError(f"saliency must be a tensor, got {type(saliency).__name__}")
     if saliency.dtype == torch.bool or saliency.is_complex():
@@ -232,10 +232,13 @@ def _saliency_maps(saliency: Tensor) -> Tensor:
             "(add a batch dimension with .unsqueeze(0) for a single map)"
         )
     maps = saliency.detach()
-    if maps.dtype != torch.float64:
-        maps = maps.float()
-    if maps.ndim == 4:
-        maps = maps.sum(dim=1)
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    return maps.sum(dim=1) if maps.ndim == 4 else maps
+
+
+def _saliency_maps(saliency: Tensor) -> Tensor:
+    """Validate and channel-sum the maps: ``[B, H, W]``, finite and non-negative."""
+    maps = summed_maps(saliency)
     if not torch.compiler.is_compiling():
         if not bool(torch.isfinite(maps).all()):
             raise ValueError("saliency contains NaN or inf values")

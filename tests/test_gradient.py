@@ -145,10 +145,9 @@ def test_tuple_and_dict_inputs_match_captum():
 
 
 def noisy_reference(model, x, target, samples, sigma, seed):
-    """Captum Saliency on the documented noise draws: randn([samples, *x.shape], generator)."""
-    draws = torch.randn(
-        (samples, *x.shape), generator=torch.Generator().manual_seed(seed), dtype=x.dtype
-    )
+    """Captum Saliency on the documented noise draws: randn(x.shape, generator) per sample."""
+    g = torch.Generator().manual_seed(seed)
+    draws = [torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(samples)]
     grads = torch.stack(
         [captum_saliency(model, x + sigma * d, target, absolute=False) for d in draws]
     )
@@ -222,3 +221,27 @@ def test_zero_noise_smoothgrad_is_the_gradient():
         ta.smoothgrad(model, x, TARGETS, samples=2, noise=0.0),
         captum_saliency(model, x, TARGETS, absolute=False),
     )
+
+
+def test_smoothgrad_with_several_inputs_does_not_depend_on_chunking():
+    torch.manual_seed(0)
+    model = ImageAndTabular().double().eval()
+    batch = {
+        "image": torch.randn(3, 1, 8, 8, dtype=torch.float64),
+        "labs": torch.randn(3, 4, dtype=torch.float64),
+    }
+    results = [
+        ta.smoothgrad(
+            model,
+            batch,
+            TARGETS,
+            samples=4,
+            kind="var",
+            chunk_size=chunk,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for chunk in (None, 1, 5, 8)
+    ]
+    for other in results[1:]:
+        for key in batch:
+            close(other[key], results[0][key], rtol=1e-10, atol=1e-14)

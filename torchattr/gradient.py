@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
-from torchattr._core.chunking import add_rows, build_rows, draw, row_index, row_ranges
+from torchattr._core.chunking import (
+    CopyDraws,
+    add_rows,
+    build_rows,
+    draw,
+    row_index,
+    row_ranges,
+)
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -141,9 +148,10 @@ def smoothgrad(
     * ``kind="var"``: ``mean_i g_i^2 - (mean_i g_i)^2`` (VarGrad, population variance).
 
     ``sigma = noise * (max(x_b) - min(x_b))`` per sample and input tensor, as in the SmoothGrad
-    paper; pass ``absolute_noise=True`` to use ``noise`` itself as the standard deviation. The
-    noise of each input tensor is drawn at once as ``randn([samples, *x.shape], generator)``
-    (reproducible with a seeded ``generator``). The ``samples x B`` noisy copies go through the
+    paper; pass ``absolute_noise=True`` to use ``noise`` itself as the standard deviation. Noise
+    sample i (i = 0..n-1) draws ``randn(x.shape, generator)`` for each input tensor in order,
+    sample after sample (reproducible with a seeded ``generator``), when the chunk that needs it
+    comes: memory stays bounded by ``chunk_size``. The ``samples x B`` noisy copies go through the
     model as one enlarged batch, at most ``chunk_size`` rows per call. ``target=None`` explains
     the class predicted for the clean input. The output is shaped like the inputs
     (``[B, K, ...]`` for a ``[B, K]`` target), in at least float32.
@@ -167,16 +175,22 @@ def smoothgrad(
     with untouched(model, problem.layers):
         tensors, outputs = problem.primals(chunk_size)
         sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
-        draws = [
-            draw(torch.randn, (samples, *x.shape), x.dtype, x.device, generator) for x in tensors
-        ]
+        copy_noise = CopyDraws(
+            lambda: tuple(
+                draw(torch.randn, tuple(x.shape), x.dtype, x.device, generator) for x in tensors
+            )
+        )
         if target is None:
             _, target = forward_scores(problem, tensors, None, chunk_size, outputs)
         for start, stop in row_ranges(samples * batch, chunk_size):
             _, sample = row_index(start, stop, batch, device)
+            first = start // batch
+            chunk_noise = [copy_noise(c) for c in range(first, (stop - 1) // batch + 1)]
             noisy = tuple(
-                build_rows(start, stop, batch, partial(_noisy_copies, x, sigma, draw))
-                for x, sigma, draw in zip(tensors, sigmas, draws)
+                build_rows(
+                    start, stop, batch, partial(_noisy_copies, x, sigma, chunk_noise, first, i)
+                )
+                for i, (x, sigma) in enumerate(zip(tensors, sigmas))
             )
             rows_target = target[sample] if isinstance(target, Tensor) else target
             grads, _, _ = score_gradients(problem, noisy, rows_target, sample)
@@ -233,9 +247,21 @@ def noise_scale(x: Tensor, noise: float, absolute: bool = False) -> Tensor:
     return (noise * spread).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
 
-def _noisy_copies(x: Tensor, sigma: Tensor, draws: Tensor, copies: slice, samples: slice) -> Tensor:
-    """``x + sigma * eps`` for the noise samples ``copies`` of the samples ``samples``."""
-    return torch.addcmul(x[samples], sigma[samples], draws[copies, samples])
+def _noisy_copies(
+    x: Tensor,
+    sigma: Tensor,
+    noise: list[tuple[Tensor, ...]],
+    first: int,
+    slot: int,
+    copies: slice,
+    samples: slice,
+) -> Tensor:
+    """``x + sigma * eps`` for the noise samples ``copies`` of the samples ``samples``.
+
+    ``noise[c - first][slot]`` is the draw ``[B, ...]`` of noise sample ``c`` for this input.
+    """
+    eps = torch.stack([noise[c - first][slot][samples] for c in range(copies.start, copies.stop)])
+    return torch.addcmul(x[samples], sigma[samples], eps)
 
 
 def _zeros(batch: int, rows_like: Tensor, dtype: torch.dtype) -> Tensor:

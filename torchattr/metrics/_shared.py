@@ -109,32 +109,6 @@ def _as_probabilities(output: Any) -> Tensor:
     return output.softmax(dim=1)
 
 
-class _CopyDraws:
-    """Random draws ``[B, ...]`` for copies 0, 1, 2, ..., taken from the generator in copy order.
-
-    Rows are visited in increasing order, so each copy's draw is made once, in the same order
-    whatever the chunking: results do not depend on ``batch_size``.
-    """
-
-    def __init__(self, draw: Callable[[], Tensor]) -> None:
-        self._draw = draw
-        self._copy = -1
-        self._value: Tensor | None = None
-
-    def __call__(self, copy: int) -> Tensor:
-        if copy < self._copy:
-            raise RuntimeError("copies must be visited in increasing order")
-        while self._copy < copy:
-            self._value = self._draw()
-            self._copy += 1
-        return self._value
-
-
-def _stack_draws(draws: _CopyDraws, copies: slice, samples: slice) -> Tensor:
-    """``[n_copies, n_samples, ...]`` draws of a rectangle of rows (for ``build_rows``)."""
-    return torch.stack([draws(c)[samples] for c in range(copies.start, copies.stop)])
-
-
 def _randn(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator: Any
 ) -> Tensor:

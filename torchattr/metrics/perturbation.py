@@ -34,7 +34,7 @@ from torchattr._core.checks import (
     check_finite,
     check_positive_int,
 )
-from torchattr._core.chunking import build_rows, row_ranges
+from torchattr._core.chunking import CopyDraws, build_rows, row_ranges, stack_draws
 from torchattr._core.targets import (
     Target,
 )
@@ -46,11 +46,9 @@ from torchattr.metrics._shared import (
     _check_maps,
     _check_mask,
     _check_tolerance,
-    _CopyDraws,
     _randn,
     _rows,
     _scoring,
-    _stack_draws,
 )
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
@@ -503,7 +501,7 @@ def road(
     counts = _imputed_counts(fractions, height * width, order)
     batch_size = _check_batch_size(batch_size, batch)
     ranks = _relevance_ranks(maps, generator)
-    noise_draws = _CopyDraws(
+    noise_draws = CopyDraws(
         lambda: _randn((batch, channels, height, width), torch.float32, images.device, generator)
     )
     result = None
@@ -514,7 +512,7 @@ def road(
             holes = _holes(ranks[sample], count, order)
             filled = _linear_fill(images[sample], holes, tol, max_iter)
             if noise > 0:
-                draws = build_rows(start, stop, batch, lambda c, s: _stack_draws(noise_draws, c, s))
+                draws = build_rows(start, stop, batch, lambda c, s: stack_draws(noise_draws, c, s))
                 filled = filled + noise * draws.to(filled.dtype) * holes[:, None]
             scores = scorer(filled.to(images.dtype), sample)
             if result is None:

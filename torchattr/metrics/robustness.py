@@ -24,16 +24,14 @@ import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_finite, check_positive_int
-from torchattr._core.chunking import build_rows, row_ranges
+from torchattr._core.chunking import CopyDraws, build_rows, row_ranges, stack_draws
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
     _check_batch_size,
-    _CopyDraws,
     _rand,
     _randn,
     _rows,
     _scoring,
-    _stack_draws,
 )
 
 Explain = Callable[[Tensor, Any], Tensor]
@@ -96,13 +94,13 @@ def max_sensitivity(
         ]
     )
     clean_norm = clean.flatten(1).norm(dim=1)
-    draws = _CopyDraws(
+    draws = CopyDraws(
         lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
     )
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
     for start, stop in row_ranges(samples * batch, batch_size):
         _, sample = _rows(start, stop, batch, x.device)
-        noisy = build_rows(start, stop, batch, lambda c, s: x[s] + _stack_draws(draws, c, s))
+        noisy = build_rows(start, stop, batch, lambda c, s: x[s] + stack_draws(draws, c, s))
         moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
         if moved.shape[1:] != clean.shape[1:]:
             raise ValueError(
@@ -187,13 +185,13 @@ def infidelity(
         check_finite([out], ["the perturbation"])
         return out
 
-    draws = _CopyDraws(draw)
+    draws = CopyDraws(draw)
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
     with _scoring(model, x, target, score, batch_size) as scorer:
         for start, stop in row_ranges(samples * batch, batch_size):
             _, sample = _rows(start, stop, batch, x.device)
-            shift = build_rows(start, stop, batch, lambda c, s: _stack_draws(draws, c, s))
+            shift = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
             drop[start:stop] = (scorer.clean[sample] - scorer(x[sample] - shift, sample)).double()
     a, b = predicted.reshape(samples, batch), drop.reshape(samples, batch)
@@ -272,13 +270,13 @@ def faithfulness_correlation(
             1, chosen, True
         )
 
-    draws = _CopyDraws(draw)
+    draws = CopyDraws(draw)
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
     with _scoring(model, x, target, score, batch_size) as scorer:
         for start, stop in row_ranges(runs * batch, batch_size):
             _, sample = _rows(start, stop, batch, x.device)
-            subset = build_rows(start, stop, batch, lambda c, s: _stack_draws(draws, c, s))
+            subset = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             subset = subset.reshape(stop - start, *phi.shape[1:])
             summed[start:stop] = (phi[sample] * subset).flatten(1).sum(dim=1).double()
             removed = torch.where(subset, fill[sample], x[sample])

@@ -123,12 +123,6 @@ def _rand(
     return draw(torch.rand, shape, dtype, device, generator)
 
 
-def _rows(start: int, stop: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Row indices ``start..stop-1`` and the sample of each (copy-major layout)."""
-    rows = torch.arange(start, stop, device=device)
-    return rows, rows % batch
-
-
 def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
     """Floating-point, finite images ``[B, C, H, W]``."""
     if not isinstance(inputs, Tensor):

@@ -34,7 +34,7 @@ from torchattr._core.checks import (
     check_finite,
     check_positive_int,
 )
-from torchattr._core.chunking import CopyDraws, build_rows, row_ranges, stack_draws
+from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
 from torchattr._core.targets import (
     Target,
 )
@@ -47,7 +47,6 @@ from torchattr.metrics._shared import (
     _check_mask,
     _check_tolerance,
     _randn,
-    _rows,
     _scoring,
 )
 
@@ -507,8 +506,8 @@ def road(
     result = None
     with _scoring(model, images, target, score, batch_size) as scorer:
         for start, stop in row_ranges(len(fractions) * batch, batch_size):
-            rows, sample = _rows(start, stop, batch, images.device)
-            count = counts.to(images.device)[rows // batch]
+            fraction, sample = row_index(start, stop, batch, images.device)
+            count = counts.to(images.device)[fraction]
             holes = _holes(ranks[sample], count, order)
             filled = _linear_fill(images[sample], holes, tol, max_iter)
             if noise > 0:
@@ -765,7 +764,7 @@ def _causal(
     curves = None
     with _scoring(model, images, target, score, batch_size) as scorer:
         for start, stop in row_ranges((steps + 1) * batch, batch_size):
-            _, sample = _rows(start, stop, batch, images.device)
+            _, sample = row_index(start, stop, batch, images.device)
             scores = scorer(build_rows(start, stop, batch, make), sample)
             if curves is None:
                 curves = scores.new_zeros((steps + 1) * batch)

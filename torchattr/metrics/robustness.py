@@ -24,13 +24,12 @@ import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_finite, check_positive_int
-from torchattr._core.chunking import CopyDraws, build_rows, row_ranges, stack_draws
+from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
     _check_batch_size,
     _rand,
     _randn,
-    _rows,
     _scoring,
 )
 
@@ -99,7 +98,7 @@ def max_sensitivity(
     )
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
     for start, stop in row_ranges(samples * batch, batch_size):
-        _, sample = _rows(start, stop, batch, x.device)
+        _, sample = row_index(start, stop, batch, x.device)
         noisy = build_rows(start, stop, batch, lambda c, s: x[s] + stack_draws(draws, c, s))
         moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
         if moved.shape[1:] != clean.shape[1:]:
@@ -190,7 +189,7 @@ def infidelity(
     drop = torch.zeros_like(predicted)
     with _scoring(model, x, target, score, batch_size) as scorer:
         for start, stop in row_ranges(samples * batch, batch_size):
-            _, sample = _rows(start, stop, batch, x.device)
+            _, sample = row_index(start, stop, batch, x.device)
             shift = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
             drop[start:stop] = (scorer.clean[sample] - scorer(x[sample] - shift, sample)).double()
@@ -275,7 +274,7 @@ def faithfulness_correlation(
     drop = torch.zeros_like(summed)
     with _scoring(model, x, target, score, batch_size) as scorer:
         for start, stop in row_ranges(runs * batch, batch_size):
-            _, sample = _rows(start, stop, batch, x.device)
+            _, sample = row_index(start, stop, batch, x.device)
             subset = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             subset = subset.reshape(stop - start, *phi.shape[1:])
             summed[start:stop] = (phi[sample] * subset).flatten(1).sum(dim=1).double()

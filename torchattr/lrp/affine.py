@@ -1,0 +1,162 @@
+"""Layers with weights as :class:`~torchattr.lrp.rules.Affine` records, and BatchNorm merging.
+
+Weights are read (detached) when the transformed graph runs, so a cached graph always sees the
+model's current parameters. Merging never writes to the model: the merged weight and bias are new
+tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from torchattr.lrp.rules import Affine
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _linear(x: Tensor, w: Tensor) -> Tensor:
+    return F.linear(x, w)
+
+
+def dense(weight: Tensor, bias: Tensor | None) -> Affine:
+    """``z = x W^T + b`` over the last dimension."""
+    return Affine(_linear, weight, bias, channel=-1, in_dim_x=-1, in_dim_w=1, out_dim_w=0)
+
+
+def conv(module: nn.Module, weight: Tensor, bias: Tensor | None) -> Affine:
+    """A ``Conv{1,2,3}d`` module's map with the given weight and bias (any padding mode)."""
+    dims = weight.ndim - 2
+    fn = _CONV_FN[dims]
+    padding = module.padding
+    if module.padding_mode != "zeros":
+        pad = module._reversed_padding_repeated_twice
+        mode = module.padding_mode
+
+        def op(x: Tensor, w: Tensor) -> Tensor:
+            return fn(
+                F.pad(x, pad, mode=mode), w, None, module.stride, 0, module.dilation, module.groups
+            )
+    else:
+        op = functools.partial(
+            _conv,
+            fn=fn,
+            stride=module.stride,
+            padding=padding,
+            dilation=module.dilation,
+            groups=module.groups,
+        )
+    return Affine(
+        op, weight, bias, channel=1, in_dim_x=1, in_dim_w=1, out_dim_w=0, fusable=module.groups == 1
+    )
+
+
+def _conv(
+    x: Tensor, w: Tensor, *, fn: Any, stride: Any, padding: Any, dilation: Any, groups: int
+) -> Tensor:
+    return fn(x, w, None, stride, padding, dilation, groups)
+
+
+def conv_transpose(module: nn.Module, weight: Tensor, bias: Tensor | None) -> Affine:
+    """A ``ConvTranspose{1,2,3}d`` module's map (weights ``[in, out / groups, ...]``)."""
+    fn = _CONV_T_FN[weight.ndim - 2]
+    op = functools.partial(
+        _conv_t,
+        fn=fn,
+        stride=module.stride,
+        padding=module.padding,
+        output_padding=module.output_padding,
+        groups=module.groups,
+        dilation=module.dilation,
+    )
+    return Affine(op, weight, bias, channel=1, in_dim_x=1, in_dim_w=0, out_dim_w=1, fusable=False)
+
+
+def _conv_t(
+    x: Tensor,
+    w: Tensor,
+    *,
+    fn: Any,
+    stride: Any,
+    padding: Any,
+    output_padding: Any,
+    groups: int,
+    dilation: Any,
+) -> Tensor:
+    return fn(x, w, None, stride, padding, output_padding, groups, dilation)
+
+
+def functional_conv(
+    fn: Any,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> Affine:
+    """``F.conv{1,2,3}d(x, weight, bias, ...)`` called in the model's code."""
+    if isinstance(padding, str):
+        raise TypeError(f"padding={padding!r} of a functional convolution is not supported")
+    op = functools.partial(
+        _conv, fn=fn, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
+    return Affine(
+        op, weight, bias, channel=1, in_dim_x=1, in_dim_w=1, out_dim_w=0, fusable=groups == 1
+    )
+
+
+def module_affine(module: nn.Module, batchnorm: nn.Module | None = None) -> Affine:
+    """The current (detached) weights of a dense or convolution module, BatchNorm merged in."""
+    weight = module.weight.detach()
+    bias = None if module.bias is None else module.bias.detach()
+    if batchnorm is not None:
+        out_dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
+        weight, bias = merge_batchnorm(weight, bias, batchnorm, out_dim)
+    if isinstance(module, nn.Linear):
+        return dense(weight, bias)
+    if isinstance(module, CONV_TRANSPOSE):
+        return conv_transpose(module, weight, bias)
+    return conv(module, weight, bias)
+
+
+def merge_batchnorm(
+    weight: Tensor, bias: Tensor | None, bn: nn.Module, out_dim: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm that follows a layer into the layer's weight and bias.
+
+    ``scale = gamma / sqrt(running_var + eps)``, ``w' = w * scale`` (per output channel),
+    ``b' = (b - running_mean) * scale + beta``. Returns new tensors; the modules are untouched.
+    """
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.to(weight.dtype) + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach().to(weight.dtype)
+        shape = [1] * weight.ndim
+        shape[out_dim] = -1
+        merged_weight = weight * scale.reshape(shape)
+        b = torch.zeros_like(scale) if bias is None else bias
+        merged_bias = (b - bn.running_mean.to(weight.dtype)) * scale
+        if bn.bias is not None:
+            merged_bias = merged_bias + bn.bias.detach().to(weight.dtype)
+    return merged_weight, merged_bias
+
+
+def mergeable(layer: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` (with running statistics) can be folded into the ``layer`` before it.
+
+    A dense layer only when its output is ``[B, C]`` (checked again when the graph runs).
+    """
+    if not isinstance(bn, BATCHNORM) or bn.running_mean is None or bn.running_var is None:
+        return False
+    if isinstance(layer, nn.Linear):
+        return isinstance(bn, nn.BatchNorm1d) and layer.out_features == bn.num_features
+    return isinstance(layer, CONV + CONV_TRANSPOSE) and layer.out_channels == bn.num_features

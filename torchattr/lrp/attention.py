@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from torchattr.lrp.affine import dense
-from torchattr.lrp.rules import _Rule, carry, relay, stabilize
+from torchattr.lrp.rules import Constant, _Rule, carry, relay, stabilize
 
 
 def softmax_rule(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -39,6 +39,8 @@ def norm_rule(y: Tensor, x: Tensor, beta: Tensor | None, channel_dim: int | None
     trailing dimensions, as in LayerNorm).
     """
     y = y.detach()
+    if beta is None:  # no affine shift: the identity rule exactly
+        return y + (x - x.detach())
     scaled = y
     if beta is not None:
         beta = beta.detach()
@@ -75,7 +77,7 @@ def attend(
     mask: Tensor | None,
     is_causal: bool,
     scale: float | None,
-    rules: dict[str, _Rule],
+    rules: dict[str, _Rule | None],
 ) -> tuple[Tensor, Tensor]:
     """``softmax(q k^T * scale + mask) v`` over ``[..., L, d]`` (AttnLRP), and the weights."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -85,16 +87,23 @@ def attend(
     if is_causal:
         length_q, length_k = q.shape[-2], k.shape[-2]
         causal = torch.ones(length_q, length_k, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.detach()
-    if scores.requires_grad:
-        weights = softmax_rule(lambda s: torch.softmax(s, dim=-1), scores)
+        mask = causal if mask is None else mask & causal if mask.dtype == torch.bool else (
+            mask.masked_fill(~causal, float("-inf"))
+        )
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
+
+    def masked_softmax(s: Tensor) -> Tensor:
+        # The mask is added inside the softmax: -inf must never meet the rule's arithmetic.
+        return torch.softmax(s if mask is None else s + mask.detach(), dim=-1)
+
+    softmax = rules.get("softmax")
+    if isinstance(softmax, Constant):
+        weights = masked_softmax(scores).detach()
+    elif scores.requires_grad:
+        weights = softmax_rule(masked_softmax, scores)
     else:
-        weights = torch.softmax(scores, dim=-1)
+        weights = masked_softmax(scores)
     return product(torch.matmul, [weights, v], rules["product"]), weights
 
 
@@ -108,7 +117,7 @@ def scaled_dot_product_attention(
     scale: float | None = None,
     enable_gqa: bool = False,
     *,
-    rules: dict[str, _Rule],
+    rules: dict[str, _Rule | None],
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` written out (dropout is off: LRP explains inference)."""
     if enable_gqa:
@@ -130,7 +139,7 @@ def multihead_attention(
     average_attn_weights: bool = True,
     is_causal: bool = False,
     *,
-    rules: dict[str, _Rule],
+    rules: dict[str, _Rule | None],
 ) -> tuple[Tensor, Tensor | None]:
     """``nn.MultiheadAttention.forward`` written out with AttnLRP rules.
 
@@ -208,3 +217,89 @@ def _additive(mask: Tensor, like: Tensor) -> Tensor:
 
 
 __all__ = ["multihead_attention", "norm_rule", "scaled_dot_product_attention", "softmax_rule"]
+
+
+RuleFor = Callable[[str, str, "nn.Module | None"], "_Rule | None"]
+
+
+def encoder_layer(
+    module: nn.TransformerEncoderLayer,
+    src: Tensor,
+    src_mask: Tensor | None = None,
+    src_key_padding_mask: Tensor | None = None,
+    is_causal: bool = False,
+    *,
+    rule_for: RuleFor,
+    name: str,
+) -> Tensor:
+    """``nn.TransformerEncoderLayer.forward`` written out (dropout off).
+
+    Residual sums take the ``Norm`` rule, LayerNorms the AttnLRP rule, the feed-forward layers
+    and projections the composite's dense rule (looked up as ``<name>.linear1`` etc.), the
+    activation ``Pass``.
+    """
+    sum_rule = rule_for(f"{name}.residual", "op", None)
+
+    def residual(a: Tensor, b: Tensor) -> Tensor:
+        live = [i for i, t in enumerate((a, b)) if t.requires_grad]
+        if not live:
+            return a + b
+        return sum_rule.op(torch.add, [a, b], live, 1)
+
+    def norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            y = layer(x)
+        return norm_rule(y, x, layer.bias, None) if x.requires_grad else y
+
+    def self_attention(x: Tensor) -> Tensor:
+        rules = {
+            "in_proj": rule_for(f"{name}.self_attn.in_proj", "dense", None),
+            "out_proj": rule_for(f"{name}.self_attn.out_proj", "dense", module.self_attn.out_proj),
+            "product": rule_for(f"{name}.self_attn.product", "op", None),
+            "softmax": rule_for(f"{name}.self_attn.softmax", "softmax", None),
+        }
+        out, _ = multihead_attention(
+            module.self_attn, x, x, x, src_key_padding_mask, False, src_mask,
+            is_causal=is_causal, rules=rules,
+        )  # fmt: skip
+        return out
+
+    def feed_forward(x: Tensor) -> Tensor:
+        first = rule_for(f"{name}.linear1", "dense", module.linear1)
+        h = project(x, module.linear1.weight, module.linear1.bias, first)
+        with torch.no_grad():
+            activated = module.activation(h.detach())
+        h = activated + (h - h.detach()) if h.requires_grad else activated  # Pass
+        second = rule_for(f"{name}.linear2", "dense", module.linear2)
+        return project(h, module.linear2.weight, module.linear2.bias, second)
+
+    x = src
+    if module.norm_first:
+        x = residual(x, self_attention(norm(module.norm1, x)))
+        return residual(x, feed_forward(norm(module.norm2, x)))
+    x = norm(module.norm1, residual(x, self_attention(x)))
+    return norm(module.norm2, residual(x, feed_forward(x)))
+
+
+def encoder(
+    module: nn.TransformerEncoder,
+    src: Tensor,
+    mask: Tensor | None = None,
+    src_key_padding_mask: Tensor | None = None,
+    is_causal: bool | None = None,
+    *,
+    rule_for: RuleFor,
+    name: str,
+) -> Tensor:
+    """``nn.TransformerEncoder.forward``: its layers written out, then the optional norm."""
+    x = src
+    for i, layer in enumerate(module.layers):
+        x = encoder_layer(
+            layer, x, mask, src_key_padding_mask, bool(is_causal),
+            rule_for=rule_for, name=f"{name}.layers.{i}",
+        )  # fmt: skip
+    if module.norm is not None:
+        with torch.no_grad():
+            y = module.norm(x)
+        x = norm_rule(y, x, module.norm.bias, None) if x.requires_grad else y
+    return x

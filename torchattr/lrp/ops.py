@@ -12,7 +12,8 @@ batchnorm  a BatchNorm not merged into a preceding layer (``Pass``)
 norm       LayerNorm, GroupNorm, RMSNorm: standard deviation held constant (AttnLRP)
 softmax    softmax (AttnLRP: ``R_x = x (R_s - s sum R_s)``)
 embedding  relevance ends here for integer ids (summed over the embedding dimension)
-attention  ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention`` (AttnLRP rules)
+attention  ``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)``,
+           ``F.scaled_dot_product_attention``: written out with AttnLRP rules
 route      reshapes, concatenation, indexing, padding, max pooling, dropout: the plain gradient
            already routes relevance correctly
 unknown    anything else: an error if relevance reaches it (assign a rule by name)
@@ -57,6 +58,8 @@ _NORM_MODULES = (
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
 )  # fmt: skip
 
+_ATTENTION_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
+
 #: Modules the tracer keeps whole (calls to them become single nodes).
 LEAF_MODULES = (
     _ROUTE_MODULES
@@ -66,7 +69,8 @@ LEAF_MODULES = (
     + BATCHNORM
     + CONV
     + CONV_TRANSPOSE
-    + (nn.Linear, nn.Softmax, nn.Embedding, nn.MultiheadAttention)
+    + (nn.Linear, nn.Softmax, nn.Embedding)
+    + _ATTENTION_MODULES
 )
 
 _ROUTE_FUNCTIONS = {
@@ -144,7 +148,7 @@ def module_kind(module: nn.Module) -> str:
         return "softmax"
     if isinstance(module, nn.Embedding):
         return "embedding"
-    if isinstance(module, nn.MultiheadAttention):
+    if isinstance(module, _ATTENTION_MODULES):
         return "attention"
     if isinstance(module, nn.Upsample) and module.mode == "nearest":
         return "route"

@@ -27,6 +27,7 @@ and ``stab(z) = z + eps * sign(z)`` (``sign(0) = +1``), the rules for layers wit
 ``WSquare()``      ``w_ij^2 R_j / stab(sum_i w_ij^2 + b_j^2)``
 ``Norm()``         the epsilon rule (``eps = 1e-6``) with the node's own map, no parameter change
 ``Pass()``         ``R_i = R_i`` (same shape in and out)
+``Constant()``     the output is a constant: no relevance flows in (CP-LRP on attention weights)
 =================  ==========================================================================
 
 with ``z+_ij = x+ w+ + x- w-`` and ``z-_ij = x+ w- + x- w+``. Operations without weights
@@ -62,8 +63,17 @@ def carry(p: Tensor, x: Tensor) -> Tensor:
 
 
 def relay(value: Tensor, num: Tensor, den: Tensor) -> Tensor:
-    """Value ``value``; relevance ``R`` at the output goes back through ``num`` as ``R / den``."""
-    return value.detach() + (num - num.detach()) / den.detach()
+    """Value ``value``; relevance ``R`` at the output goes back through ``num`` as ``R / den``.
+
+    Where ``den`` is 0 (a zero output under ``epsilon = 0``) the relevance stops: ``0/0 := 0``.
+    """
+    return value.detach() + through(num, den)
+
+
+def through(num: Tensor, den: Tensor) -> Tensor:
+    """Zero-valued; sends ``R`` back through ``num`` as ``R / den`` (``0/0 := 0``)."""
+    den = den.detach()
+    return (num - num.detach()) * torch.where(den == 0, torch.zeros_like(den), den.reciprocal())
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +210,27 @@ class Pass(_Rule):
 
 
 @dataclass(frozen=True)
+class Constant(_Rule):
+    """The node's output is held constant: no relevance flows into it.
+
+    On attention weights (``by_kind({"softmax": Constant()})``) this is the conservative
+    propagation of Ali et al. (ICML 2022, CP-LRP): all relevance of ``A v`` goes to ``v``.
+    """
+
+    accepts_ops = True
+
+    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+        with torch.no_grad():
+            return layer.add_bias(layer.evaluate(x), layer.bias)
+
+    def op(
+        self, fn: Callable[..., Tensor], args: list[Any], live: list[int], factors: int = 1
+    ) -> Tensor:
+        with torch.no_grad():
+            return fn(*args)
+
+
+@dataclass(frozen=True)
 class ZPlus(_Rule):
     """Positive contributions only: ``(x+ w+ + x- w-) R / stab(sum + b+)``."""
 
@@ -244,10 +275,7 @@ class AlphaBeta(_Rule):
         z = layer.add_bias(pos.detach() + neg.detach(), b)
         den_pos = stabilize(layer.add_bias(pos.detach(), _pos(b)), self.epsilon)
         den_neg = stabilize(layer.add_bias(neg.detach(), _neg(b)), self.epsilon)
-        gain = (
-            self.alpha * (pos - pos.detach()) / den_pos - self.beta * (neg - neg.detach()) / den_neg
-        )
-        return z.detach() + gain
+        return z.detach() + self.alpha * through(pos, den_pos) - self.beta * through(neg, den_neg)
 
 
 @dataclass(frozen=True)
@@ -271,10 +299,9 @@ class Gamma(_Rule):
         den_up = stabilize(layer.add_bias(c_up.detach(), _plus(b, g * _pos(b))), self.epsilon)
         den_down = stabilize(layer.add_bias(c_down.detach(), _plus(b, g * _neg(b))), self.epsilon)
         positive = z >= 0
-        gain = torch.where(
-            positive, (c_up - c_up.detach()) / den_up, (c_down - c_down.detach()) / den_down
+        return z.detach() + torch.where(
+            positive, through(c_up, den_up), through(c_down, den_down)
         )
-        return z.detach() + gain
 
 
 @dataclass(frozen=True, eq=False)
@@ -365,6 +392,7 @@ def own_map(
 
 __all__ = [
     "AlphaBeta",
+    "Constant",
     "Epsilon",
     "Flat",
     "Gamma",

@@ -31,7 +31,7 @@ from torchattr.lrp import affine, attention
 from torchattr.lrp.canonize import Annotations, annotate, kind_of, merge_batchnorm
 from torchattr.lrp.composites import Composite, Site, default_rule
 from torchattr.lrp.ops import DIVISIONS, PRODUCTS, describe
-from torchattr.lrp.rules import Epsilon, Pass, RuleError, _Rule, identity
+from torchattr.lrp.rules import Constant, Epsilon, Pass, RuleError, _Rule, identity
 from torchattr.lrp.trace import copy_graph, structure, trace
 
 
@@ -272,11 +272,13 @@ def _handler(
             return _route_handler(node, modules)
         return _unsupported_handler(node, site)
     if kind in _OPLIKE:
-        if not rule.accepts_ops or (kind in ("norm", "softmax") and not isinstance(rule, Pass)):
+        if not rule.accepts_ops or (
+            kind in ("norm", "softmax") and not isinstance(rule, (Pass, Constant))
+        ):
             raise TypeError(
                 f"LRP: rule {rule!r} cannot be applied to node {site.name!r} ({site.target}, "
                 f"kind {kind!r}); operations without weights take Pass, Norm or Epsilon"
-                + (" (norms and softmax: Pass)" if kind in ("norm", "softmax") else "")
+                + (" (norms and softmax: Pass or Constant)" if kind in ("norm", "softmax") else "")
             )
         return _op_handler(node, site, rule, modules)
     raise AssertionError(kind)
@@ -462,34 +464,42 @@ def _softmax_handler(node: fx.Node) -> Callable[..., Any]:
 def _attention_handler(
     node: fx.Node, site: Site, composite: Composite, modules: dict[str, nn.Module]
 ) -> Callable[..., Any]:
-    """Attention written out; projections take the composite's dense rule."""
+    """Attention written out (:mod:`torchattr.lrp.attention`); its projections and feed-forward
+    layers take the composite's rules, looked up as ``<name>.in_proj``, ``<name>.linear1``, ..."""
 
-    def dense_rule(name: str, module: nn.Module | None) -> _Rule:
-        return composite.rule_for(Site(name, "dense", module, False, "Linear")) or Epsilon()
+    def rule_for(name: str, kind: str, module: nn.Module | None) -> _Rule | None:
+        rule = composite.rule_for(Site(name, kind, module, False, kind))
+        if kind == "softmax":  # None: the AttnLRP softmax rule
+            return rule
+        return rule or default_rule(Site(name, kind)) or Epsilon()
 
-    if node.op == "call_module":
-        module = modules[node.target]
+    if node.op != "call_module":
         rules = {
-            "in_proj": dense_rule(f"{node.target}.in_proj", None),
-            "out_proj": dense_rule(f"{node.target}.out_proj", module.out_proj),
-            "product": composite.rule_for(Site(f"{node.target}.product", "op")) or _NORM,
+            "product": rule_for(f"{node.name}.product", "op", None),
+            "softmax": rule_for(f"{node.name}.softmax", "softmax", None),
         }
-        name = node.target
+        return lambda *args, **kwargs: attention.scaled_dot_product_attention(
+            *args, **kwargs, rules=rules
+        )
+    name = node.target
 
-        def mha(*args: Any, **kwargs: Any) -> Any:
-            module = _current().modules[name]
-            if not any(t.requires_grad for t in _tensors((args, kwargs))):
-                with torch.no_grad():
-                    return module(*args, **kwargs)
-            return attention.multihead_attention(module, *args, **kwargs, rules=rules)
+    def attend(*args: Any, **kwargs: Any) -> Any:
+        module = _current().modules[name]
+        if not any(t.requires_grad for t in _tensors((args, kwargs))):
+            with torch.no_grad():
+                return module(*args, **kwargs)
+        if isinstance(module, nn.TransformerEncoder):
+            return attention.encoder(module, *args, **kwargs, rule_for=rule_for, name=name)
+        if isinstance(module, nn.TransformerEncoderLayer):
+            return attention.encoder_layer(module, *args, **kwargs, rule_for=rule_for, name=name)
+        rules = {
+            "in_proj": rule_for(f"{name}.in_proj", "dense", None),
+            "out_proj": rule_for(f"{name}.out_proj", "dense", module.out_proj),
+            "product": rule_for(f"{name}.product", "op", None),
+            "softmax": rule_for(f"{name}.softmax", "softmax", None),
+        }
+        return attention.multihead_attention(module, *args, **kwargs, rules=rules)
 
-        return mha
-    rules = {"product": composite.rule_for(Site(f"{node.name}", "op")) or _NORM}
-
-    def sdpa(*args: Any, **kwargs: Any) -> Tensor:
-        return attention.scaled_dot_product_attention(*args, **kwargs, rules=rules)
-
-    return sdpa
+    return attend
 
 
-_NORM = default_rule(Site("", "op"))

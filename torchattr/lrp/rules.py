@@ -22,7 +22,7 @@ and ``stab(z) = z + eps * sign(z)`` (``sign(0) = +1``), the rules for layers wit
 ``ZPlus()``        ``(x+ w+ + x- w-)_ij R_j / stab(sum_i (x+ w+ + x- w-)_ij + b_j+)``
 ``AlphaBeta(a,b)`` ``a z+_ij / stab(sum z+ + b+) R_j - b z-_ij / stab(sum z- + b-) R_j``
 ``Gamma(g)``       ``z_j >= 0``: ``x+ (w + g w+) + x- (w + g w-)``, bias ``b + g b+``; else swapped
-``ZBox(l, h)``     ``(x w - l w+ - h w-)_ij R_j / stab(sum_i (..)_ij + b_j)``
+``ZBox(l, h)``     ``(x w - l w+ - h w-)_ij R_j / stab(sum_i (..)_ij)``
 ``Flat()``         inputs and weights set to 1, bias 0: ``R`` spread over the receptive field
 ``WSquare()``      ``w_ij^2 R_j / stab(sum_i w_ij^2 + b_j^2)``
 ``Norm()``         the epsilon rule (``eps = 1e-6``) with the node's own map, no parameter change
@@ -323,8 +323,8 @@ class ZBox(_Rule):
         own = layer.evaluate(carry(x, x))
         num = own - layer.terms([(carry(low, x), _pos(w)), (carry(high, x), _neg(w))])
         z = layer.add_bias(own.detach(), layer.bias)
-        den = stabilize(layer.add_bias(num.detach(), layer.bias), self.epsilon)
-        return relay(z, num, den)
+        # The bias cancels: (x; w, b) - (l; w+, b+) - (h; w-, b-), as in Zennit.
+        return relay(z, num, stabilize(num.detach(), self.epsilon))
 
 
 @dataclass(frozen=True)

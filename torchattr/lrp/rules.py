@@ -52,7 +52,13 @@ from torch import Tensor
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1``: never zero for ``epsilon > 0``."""
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1``: never zero for ``epsilon > 0``.
+
+    With ``epsilon = 0``, zeros become ``inf``: dividing by the result gives ``0/0 := 0``
+    (relevance stops at a zero output instead of turning into NaN).
+    """
+    if epsilon == 0:
+        return torch.where(z == 0, torch.inf, z)
     return z + torch.where(z >= 0, epsilon, -epsilon)
 
 
@@ -65,15 +71,14 @@ def carry(p: Tensor, x: Tensor) -> Tensor:
 def relay(value: Tensor, num: Tensor, den: Tensor) -> Tensor:
     """Value ``value``; relevance ``R`` at the output goes back through ``num`` as ``R / den``.
 
-    Where ``den`` is 0 (a zero output under ``epsilon = 0``) the relevance stops: ``0/0 := 0``.
     """
     return value.detach() + through(num, den)
 
 
 def through(num: Tensor, den: Tensor) -> Tensor:
-    """Zero-valued; sends ``R`` back through ``num`` as ``R / den`` (``0/0 := 0``)."""
-    den = den.detach()
-    return (num - num.detach()) * torch.where(den == 0, torch.zeros_like(den), den.reciprocal())
+    """Zero-valued; sends ``R`` back through ``num`` as ``R / den`` (``den`` from
+    :func:`stabilize`, never zero)."""
+    return (num - num.detach()) / den.detach()
 
 
 @dataclass(frozen=True, eq=False)

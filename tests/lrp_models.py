@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from models import _randomise_batchnorm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -110,12 +111,6 @@ def zero_biases(model: nn.Module) -> nn.Module:
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    """Non-trivial BatchNorm statistics and affine parameters (see ``models.py``)."""
+    _randomise_batchnorm(model, seed)
     return model

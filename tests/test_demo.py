@@ -2,87 +2,259 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from torchattr.cli import build_parser, main
-from torchattr.cli.demo import METHODS, choose_explained, config_from_args
+import torchattr as ta
+from torchattr.cli import build_parser, demo, main
+from torchattr.cli.demo import METHODS, METRICS, choose_explained, config_from_args
+from torchattr.data import PhantomNet
 from torchattr.io import normalize_map, save_map
 
 ROOT = Path(__file__).resolve().parents[1]
+N_QUICK = 4
+SIZE = 64
 
 
-def _check_maps(out: Path, count: int) -> dict[str, np.ndarray]:
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One ``torchattr demo --quick`` run in process: its folder and what it printed."""
+    out = tmp_path_factory.mktemp("quick")
+    state = torch.get_rng_state()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--quick", "--out", out]) == 0
+    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is untouched
+    return out, printed.getvalue()
+
+
+def _maps(out: Path, count: int) -> dict[str, np.ndarray]:
     maps = {}
     for method in METHODS:
-        files = sorted((out / method).glob("*.npy"))
+        files = sorted((out / "maps" / method).glob("*.npy"))
         assert len(files) == count, method
         for path in files:
             array = np.load(path)
-            assert array.dtype == np.float32 and array.shape == (64, 64)
+            assert array.dtype == np.float32 and array.shape == (SIZE, SIZE)
             assert array.min() >= 0 and array.max() <= 1
             maps[f"{method}/{path.name}"] = array
     assert not list(out.rglob("*.tmp"))
     return maps
 
 
-def test_quick_demo_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    state = torch.get_rng_state()
-    assert main(["demo", "--quick", "--out", tmp_path]) == 0
-    assert torch.equal(state, torch.get_rng_state())  # the caller's random state is untouched
-    printed = capsys.readouterr().out
-    assert "held-out accuracy" in printed and "uniform map (box area)" in printed
-    for method in METHODS:
-        assert method in printed
-    maps = _check_maps(tmp_path, 4)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["methods"] == list(METHODS)
-    assert len(manifest["images"]) == 4
+def _strict_json(path: Path) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path.name} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_quick_demo_writes_every_output(quick: tuple[Path, str]) -> None:
+    out, printed = quick
+    maps = _maps(out, N_QUICK)
+    manifest = _strict_json(out / "manifest.json")
+    ids = [image["id"] for image in manifest["images"]]
+    assert len(ids) == N_QUICK and manifest["methods"] == list(METHODS)
+    assert {name.split("/")[1] for name in maps} == {f"{i}.npy" for i in ids}
     for image in manifest["images"]:
         assert len(image["boxes_xyxy"]) == 1
         assert 0 < image["area_fraction"] < 0.05
-        assert all(0 <= v <= 1 for v in image["proportional_energy"].values())
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == [f"{i}.png" for i in ids]
+    for name in ("metrics.md", "metrics.json", "methods.png", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert manifest["outputs"] == {
+        "maps": "maps/<method>/<image id>.npy",
+        "metrics_json": "metrics.json",
+        "metrics_md": "metrics.md",
+        "overlays": "overlays/<image id>.png",
+        "plot": "methods.png",
+    }
+    # Printed: progress, the table with every method, and where everything went.
+    assert "held-out accuracy" in printed and "uniform map (box area)" in printed
+    for method in METHODS:
+        assert f"\n{method} " in printed
+    for path in (
+        "maps/<method>/<image id>.npy",
+        "overlays/<image id>.png",
+        "metrics.md",
+        "metrics.json",
+        "methods.png",
+        "manifest.json",
+    ):
+        assert path in printed
+    assert str(out) in printed
 
-    # Same seed, same files.
-    again = tmp_path / "again"
-    assert main(["demo", "--quick", "--out", str(again)]) == 0
-    repeated = _check_maps(again, 4)
-    assert maps.keys() == repeated.keys()
-    assert all(np.array_equal(maps[k], repeated[k]) for k in maps)
+
+def test_quick_demo_metrics(quick: tuple[Path, str]) -> None:
+    out, _ = quick
+    record = _strict_json(out / "metrics.json")
+    manifest = _strict_json(out / "manifest.json")
+    assert record["images"] == [image["id"] for image in manifest["images"]]
+    assert list(record["methods"]) == list(METHODS)
+    assert set(record["metrics"]) == set(METRICS)
+    fractions = record["road_fractions"]
+    assert fractions == list(demo.QUICK["road_fractions"])
+    bounds = {
+        "proportional_energy": (0, 1),
+        "saliency_focus": (0, 1),
+        "pointing_game": (0, 1),
+        "road": (-0.5, 0.5),  # half a difference of probabilities
+    }
+    for entry in [*record["methods"].values(), record["reference"]["random"]]:
+        for metric, (low, high) in bounds.items():
+            values = entry[metric]["per_image"]
+            assert len(values) == N_QUICK
+            assert all(low <= v <= high for v in values), metric
+            assert entry[metric]["mean"] == pytest.approx(np.mean(values))
+            assert entry[metric]["std"] == pytest.approx(np.std(values))
+        assert set(entry["pointing_game"]["per_image"]) <= {0.0, 1.0}
+        for order in ("morf", "lerf"):
+            curve = entry["road_curves"][order]
+            assert len(curve) == len(fractions) and all(0 <= v <= 1 for v in curve)
+    area = record["box_area_fraction"]
+    assert [a["area_fraction"] for a in manifest["images"]] == pytest.approx(area["per_image"])
+    assert manifest["mean"]["saliency"]["road"] == pytest.approx(
+        record["methods"]["saliency"]["road"]["mean"]
+    )
+    table = (out / "metrics.md").read_text()
+    assert "| method | proportional energy | saliency focus | pointing game | ROAD |" in table
+    for name in [*METHODS, "random (reference)", "uniform map (box area)"]:
+        assert f"| {name} |" in table
 
 
-def test_python_m_torchattr_demo(tmp_path: Path) -> None:
+def test_quick_demo_overlay_grids(quick: tuple[Path, str]) -> None:
+    image_module = pytest.importorskip("PIL.Image")
+    out, _ = quick
+    scale, pad, label = demo.DemoConfig.overlay_scale, 4, 14
+    panels = 1 + len(METHODS)
+    for path in (out / "overlays").iterdir():
+        with image_module.open(path) as picture:
+            assert picture.mode == "RGB"
+            width, height = picture.size
+            assert width == panels * SIZE * scale + (panels + 1) * pad
+            assert height == SIZE * scale + label + 2 * pad
+            pixels = np.asarray(picture)
+        # The first panel is the grey image with its lesion box in green.
+        first = pixels[pad + label : pad + label + SIZE * scale, pad : pad + SIZE * scale]
+        green = (first == [0, 255, 0]).all(axis=-1)
+        assert green.any() and (first[~green][:, 0] == first[~green][:, 2]).all()
+
+
+def test_python_m_torchattr_demo_is_deterministic(quick: tuple[Path, str], tmp_path: Path) -> None:
+    """The same options give the same files, also from a fresh interpreter."""
+    first, _ = quick
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
+    again = tmp_path / "again"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torchattr",
-            "demo",
-            "--quick",
-            "--n-explain",
-            "2",
-            "--out",
-            str(tmp_path / "demo"),
-        ],
+        [sys.executable, "-m", "torchattr", "demo", "--quick", "--out", str(again)],
         capture_output=True,
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "proportional energy" in result.stdout
-    _check_maps(tmp_path / "demo", 2)
+    assert "proportional energy" not in result.stderr
+    maps, repeated = _maps(first, N_QUICK), _maps(again, N_QUICK)
+    assert maps.keys() == repeated.keys()
+    assert all(np.array_equal(maps[k], repeated[k]) for k in maps)
+    for name in ("metrics.json", "metrics.md"):
+        assert (first / name).read_text() == (again / name).read_text(), name
+    for overlay in (first / "overlays").iterdir():
+        assert overlay.read_bytes() == (again / "overlays" / overlay.name).read_bytes()
+    settings = _strict_json(first / "manifest.json")["settings"]
+    assert settings.pop("out") == str(first)
+    assert settings == {
+        k: v for k, v in _strict_json(again / "manifest.json")["settings"].items() if k != "out"
+    }
+
+
+def _outputs_without(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *missing: str
+) -> tuple[dict[str, str], list[str]]:
+    """``write_outputs`` of a tiny untrained run with ``missing`` packages made unimportable."""
+    for name in list(sys.modules):
+        if any(name == m or name.startswith(m + ".") for m in missing):
+            monkeypatch.setitem(sys.modules, name, None)
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)
+    config = demo.DemoConfig(out=tmp_path, road_fractions=(0.5,))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, SIZE, SIZE, generator=generator)
+    boxes = [torch.tensor([[10, 10, 16, 16]]), torch.tensor([[30, 20, 36, 28]])]
+    maps = {"saliency": torch.rand(2, SIZE, SIZE, generator=generator)}
+
+    def fake_scores() -> dict[str, torch.Tensor]:
+        scores = {metric: torch.rand(2, generator=generator) for metric in METRICS}
+        return {**scores, "road_morf": torch.rand(2, 1), "road_lerf": torch.rand(2, 1)}
+
+    scores, reference = {"saliency": fake_scores()}, fake_scores()
+    area = torch.tensor([36.0, 48.0]) / SIZE**2
+    notes: list[str] = []
+    outputs = demo.write_outputs(
+        config, images, boxes, ["a", "b"], maps, scores, reference, area, 0.5, notes.append
+    )
+    return outputs, notes
+
+
+def test_demo_without_matplotlib_skips_the_plot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outputs, notes = _outputs_without(monkeypatch, tmp_path, "matplotlib")
+    assert "plot" not in outputs and not (tmp_path / "methods.png").exists()
+    assert any("matplotlib is not installed" in note for note in notes)
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["a.png", "b.png"]
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "maps" / "saliency").is_dir()
+
+
+def test_demo_without_pillow_skips_the_overlays(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outputs, notes = _outputs_without(monkeypatch, tmp_path, "PIL", "matplotlib")
+    assert "overlays" not in outputs and not (tmp_path / "overlays").exists()
+    assert any("Pillow is not installed" in note for note in notes)
+    assert (tmp_path / "metrics.md").is_file()
+
+
+def _fresh_demo_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A separate copy of torchattr.cli.demo, executed now (the registry is built at import)."""
+    spec = importlib.util.spec_from_file_location("_torchattr_demo_copy", demo.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_methods_registry_takes_lrp_when_torchattr_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ("lrp" in METHODS) == hasattr(ta, "lrp")
+    monkeypatch.delattr(ta, "lrp", raising=False)
+    assert "lrp" not in _fresh_demo_module(monkeypatch).METHODS
+    calls = []
+
+    def fake_lrp(model: Any, inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
+        calls.append(inputs.shape)
+        return -inputs  # relevance shaped like the input, any sign
+
+    monkeypatch.setattr(ta, "lrp", fake_lrp, raising=False)
+    methods = _fresh_demo_module(monkeypatch).METHODS
+    assert list(methods)[-1] == "lrp"
+    images = torch.rand(3, 1, 8, 8)
+    maps = methods["lrp"](PhantomNet().eval(), images, demo.DemoConfig())
+    assert calls == [images.shape]
+    torch.testing.assert_close(maps, images[:, 0])  # |R| maximised over the channels
 
 
 def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +272,7 @@ def test_bad_option_exits_2(option: list[str]) -> None:
 def test_quick_preset_and_explicit_options() -> None:
     parser = build_parser()
     quick = config_from_args(parser.parse_args(["demo", "--quick", "--epochs", "3"]))
-    assert quick.epochs == 3 and quick.n_train < 200 and quick.n_explain == 4
+    assert quick.epochs == 3 and quick.n_train < 200 and quick.n_explain == N_QUICK
     full = config_from_args(parser.parse_args(["demo", "--seed", "7", "--out", "x"]))
     assert full.seed == 7 and full.out == Path("x") and full.n_train == 600
 

@@ -4,25 +4,41 @@
 module with ``add_parser(subparsers)``, which registers the subcommand and sets ``handler`` (a
 function ``argparse.Namespace -> int``).
 
-Commands: ``demo`` (:mod:`torchattr.cli.demo`).
+Commands:
+
+* ``demo`` (:mod:`torchattr.cli.demo`): the built-in phantom demo;
+* ``generate`` (:mod:`torchattr.cli.generate`): maps of a data set, ``OUT/<method>/<name>.npy``;
+* ``view`` (:mod:`torchattr.cli.view`): overlays of maps on their images, as PNG;
+* ``evaluate`` (:mod:`torchattr.cli.evaluate`): localisation and ROAD scores of maps;
+* ``compare`` (:mod:`torchattr.cli.compare`): one table and plot across evaluate results.
+
+Exit codes: 0 success; 1 bad input (a missing or unreadable file, a target the model does not
+have, ...), reported on stderr as ``torchattr <command>: error: ...``; 2 bad options (argparse);
+130 interrupted (Ctrl-C; files already written are complete, ``generate`` resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 import torchattr
-from torchattr.cli import demo
+from torchattr.cli import compare, demo, evaluate, generate, view
+from torchattr.cli._common import CommandError
 
-COMMANDS = (demo,)
+COMMANDS = (demo, generate, view, evaluate, compare)
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command."""
     parser = argparse.ArgumentParser(
-        prog="torchattr", description="Functional attribution kernels for PyTorch."
+        prog="torchattr",
+        description="Functional attribution kernels for PyTorch: demo, and maps of a data set "
+        "(generate), overlays (view), scores against boxes (evaluate), tables across methods "
+        "(compare). `torchattr <command> --help` for each.",
     )
     parser.add_argument("--version", action="version", version=f"torchattr {torchattr.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="command")
@@ -36,10 +52,23 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
 
     Path-like arguments are accepted (``main(["demo", "--out", tmp_path])``). Without a command,
     prints the help and returns 2. Invalid options exit through ``argparse`` (``SystemExit(2)``).
+    A :class:`~torchattr.cli._common.CommandError` (bad input) is printed on stderr and gives
+    its exit code (1); Ctrl-C gives 130.
     """
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [os.fspath(a) for a in argv])
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except CommandError as error:
+        print(f"torchattr {args.command}: error: {error}", file=sys.stderr, flush=True)
+        return error.code
+    except KeyboardInterrupt:
+        print(
+            f"torchattr {args.command}: interrupted; files already written are complete",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED

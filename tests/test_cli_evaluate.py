@@ -1,0 +1,188 @@
+"""End-to-end tests of ``torchattr evaluate``: values against direct calls of torchattr.metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_support import tiny
+from cli_support.tiny import run_cli
+from PIL import Image
+
+from torchattr import metrics
+from torchattr.cli._data import resize_map
+from torchattr.data.seeding import derive_seed
+from torchattr.io import load_map, save_map
+
+FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("evaluate")
+    names = tiny.write_png_folder(root / "images")
+    model = tiny.save_torchscript(root / "model.pt")
+    boxes = tiny.lesion_boxes(len(names))
+    with (root / "boxes.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "x1", "y1", "x2", "y2", "label"])
+        writer.writerow(["img_00.png", *boxes[0], "lesion"])
+        writer.writerow(["img_00.png", 12, 12, 16, 16, "second"])  # two boxes for one image
+        for name, box in zip(names[1:4], boxes[1:4]):
+            writer.writerow([name, *box, ""])
+        writer.writerow(["img_05", "", "", "", "", ""])  # listed without boxes; img_04 unlisted
+    return {"root": root, "names": names, "model": model, "boxes": boxes}
+
+
+def _pixels(root: Path, name: str) -> torch.Tensor:
+    image = np.asarray(Image.open(root / "images" / f"{name}.png"), dtype=np.float32) / 255
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def _expected_road(model, x: torch.Tensor, heat: torch.Tensor, name: str) -> dict:
+    target = int(model(x[None]).argmax(dim=1)[0])
+    curves = {
+        order: metrics.road(
+            model, x[None], heat[None], target, fractions=FRACTIONS, order=order,
+            noise=0.01, generator=torch.Generator().manual_seed(derive_seed(0, f"road/{name}")),
+        )
+        for order in ("morf", "lerf")
+    }  # fmt: skip
+    return {
+        "target": target,
+        "road_morf": curves["morf"][0].tolist(),
+        "road_lerf": curves["lerf"][0].tolist(),
+        "road_score": float(metrics.road_summary(curves["morf"], curves["lerf"]).per_image[0]),
+    }
+
+
+def test_values_match_direct_metric_calls(setup: dict, capsys) -> None:
+    root = setup["root"]
+    maps = root / "gen" / "saliency"
+    argv = ["generate", setup["model"], root / "images", "-m", "saliency", "--out", root / "gen"]
+    argv += ["--resize", "20", "20"]
+    assert run_cli(argv, capsys)[0] == 0
+    out = root / "eval"
+    argv = ["evaluate", setup["model"], root / "images", maps, "--boxes", root / "boxes.csv"]
+    code, printed, _ = run_cli([*argv, "--out", out], capsys)
+    assert code == 0
+    assert "| proportional_energy | 4 |" in printed and "| road_score | 6 |" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "histograms.png", "per_image.csv", "per_image.json", "summary.json", "summary.md",
+    ]  # fmt: skip
+    rows = json.loads((out / "per_image.json").read_text())["images"]
+    assert [r["image"] for r in rows] == setup["names"]
+    model = tiny.factory()
+    boxes = {n: [b] for n, b in zip(setup["names"][:4], setup["boxes"][:4])}
+    boxes["img_00"].append([12, 12, 16, 16])
+    for row in rows:
+        name = row["image"]
+        heat = torch.from_numpy(load_map(maps / f"{name}.npy"))
+        if name in boxes:
+            xyxy = [torch.tensor(boxes[name])]
+            assert row["boxes"] == len(boxes[name])
+            for metric in ("proportional_energy", "saliency_focus", "relevance_rank_accuracy"):
+                direct = float(getattr(metrics, metric)(heat[None], xyxy)[0])
+                assert row[metric] == pytest.approx(direct, abs=1e-7), metric
+            assert row["pointing_game"] == bool(
+                metrics.pointing_game(heat[None], xyxy, tolerance=15)[0]
+            )
+        else:
+            assert row["boxes"] == 0 and row["proportional_energy"] is None
+            assert row["pointing_game"] is None
+        # ROAD on the model input: resized to 20 x 20 as recorded in run.json, map resized too
+        x = torch.nn.functional.interpolate(
+            _pixels(root, name)[None], size=(20, 20), mode="bilinear", antialias=True
+        )[0]
+        expected = _expected_road(model, x, resize_map(heat, (20, 20)), name)
+        assert row["target"] == expected["target"]
+        np.testing.assert_allclose(row["road_morf"], expected["road_morf"], atol=1e-6)
+        np.testing.assert_allclose(row["road_lerf"], expected["road_lerf"], atol=1e-6)
+        assert row["road_score"] == pytest.approx(expected["road_score"], abs=1e-6)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"images": 6, "with_boxes": 4, "skipped": 0}
+    assert summary["preprocessing"]["resize"] == [20, 20]
+    assert summary["road"]["fractions"] == list(FRACTIONS)
+    for metric in ("proportional_energy", "pointing_game", "road_score"):
+        values = np.array([float(r[metric]) for r in rows if r[metric] is not None])
+        stats = summary["metrics"][metric]
+        assert stats["n"] == len(values)
+        assert stats["mean"] == pytest.approx(values.mean())
+        assert stats["std"] == pytest.approx(values.std(ddof=1))
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        assert (stats["q1"], stats["median"], stats["q3"]) == pytest.approx((q1, median, q3))
+        assert (stats["min"], stats["max"]) == pytest.approx((values.min(), values.max()))
+    morf = np.array([r["road_morf"] for r in rows])
+    assert summary["road_curves"]["morf"] == pytest.approx(morf.mean(axis=0).tolist())
+    assert summary["metrics"]["road_morf_40"]["mean"] == pytest.approx(morf[:, 1].mean())
+    markdown = (out / "summary.md").read_text()
+    assert "| metric | n | mean | std | min | q1 | median | q3 | max |" in markdown
+    assert "2 image(s) have no box" in markdown
+    table = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [r["image"] for r in table] == setup["names"] and table[4]["proportional_energy"] == ""
+    assert float(table[0]["road_morf_20"]) == pytest.approx(rows[0]["road_morf"][0])
+
+
+def test_localisation_only_and_json_boxes(setup: dict, tmp_path: Path, capsys) -> None:
+    root = setup["root"]
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        heat = np.zeros((16, 16), np.float32)
+        heat[0:4, 0:4] = 1
+        save_map(maps / f"{name}.npy", heat)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(
+        json.dumps([{"image": n, "x1": 0, "y1": 0, "x2": 8, "y2": 8} for n in setup["names"]])
+    )
+    argv = ["evaluate", "not-loaded.pt", root / "images", maps, "--boxes", boxes, "--no-road"]
+    code, printed, _ = run_cli([*argv, "--out", tmp_path / "out", "--tolerance", "0"], capsys)
+    assert code == 0 and "road_score" not in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metrics"]["proportional_energy"]["mean"] == pytest.approx(1.0)
+    assert summary["metrics"]["saliency_focus"]["mean"] == pytest.approx(0.25)
+    # K = 64: the 16 ones, and 48 of the 240 tied zeros, 48 of them in the box: (16 + 9.6) / 64
+    assert summary["metrics"]["relevance_rank_accuracy"]["mean"] == pytest.approx(0.4)
+    assert summary["metrics"]["pointing_game"]["mean"] == 1.0 and summary["road_curves"] is None
+
+
+def test_bad_inputs(setup: dict, tmp_path: Path, capsys) -> None:
+    root = setup["root"]
+    images, model = root / "images", setup["model"]
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        save_map(maps / f"{name}.npy", np.random.default_rng(0).random((16, 16)))
+    (tmp_path / "unknown.json").write_text(json.dumps({"img_77": [[0, 0, 4, 4]]}))
+    (tmp_path / "xywh.csv").write_text("img_00,10,10,4,4\n")
+    partial = tmp_path / "partial"
+    shutil.copytree(maps, partial)
+    (partial / "img_03.npy").unlink()
+    small = tmp_path / "small"
+    shutil.copytree(maps, small)
+    save_map(small / "img_02.npy", np.zeros((8, 8)))
+    cases = [
+        (["evaluate", model, images, maps, "--boxes", tmp_path / "unknown.json"], "img_77"),
+        (["evaluate", model, images, maps, "--boxes", tmp_path / "xywh.csv"], "x2 < x1"),
+        (["evaluate", model, images, partial], "have no map"),
+        (["evaluate", model, images, small], "has shape [8, 8]"),
+        (["evaluate", model, images, maps, "--no-road"], "nothing to evaluate"),
+        (["evaluate", model, images, tmp_path / "nowhere"], "MAPS"),
+        (["evaluate", model, images, maps, "--target", "7"], "target 7 is out of range"),
+        (["evaluate", tmp_path / "nope.pt", images, maps], "MODEL"),
+    ]
+    for k, (argv, message) in enumerate(cases):
+        out = tmp_path / f"out_{k}"
+        code, _, err = run_cli([*argv, "--out", out], capsys)
+        assert code == 1 and "torchattr evaluate: error:" in err and message in err, (argv, err)
+        assert not out.exists() or not any(out.iterdir())
+    # with --on-error skip: warnings, the others evaluated
+    argv = ["evaluate", model, images, partial, "--boxes", tmp_path / "unknown.json"]
+    code, _, err = run_cli([*argv, "--out", tmp_path / "ok", "--on-error", "skip"], capsys)
+    assert code == 0 and "img_77" in err and "img_03" in err
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["counts"]["images"] == 5 and summary["counts"]["with_boxes"] == 0

@@ -1,0 +1,576 @@
+"""``torchattr evaluate MODEL DATA MAPS --boxes FILE --out DIR``: scores of a folder of maps.
+
+Per image (the map as saved: the image's own size, values in [0, 1]):
+
+* localisation against the ground-truth boxes (images listed in ``--boxes`` with at least one
+  box; the others get ``null`` and stay out of these statistics):
+  :func:`~torchattr.metrics.proportional_energy`, :func:`~torchattr.metrics.saliency_focus`,
+  :func:`~torchattr.metrics.pointing_game` (``--tolerance`` pixels),
+  :func:`~torchattr.metrics.relevance_rank_accuracy`;
+* ROAD (:func:`~torchattr.metrics.road`, noisy linear imputation) of the class explained by
+  ``generate``: MoRF and LeRF scores at ``--fractions`` percent (default 20 40 60 80) of the
+  model input (the map resized to it when the preprocessing resizes), and
+  ``road_score = mean_p (LeRF - MoRF) / 2`` (:func:`~torchattr.metrics.road_summary`). The
+  tie-breaker and the noise of image ``name`` come from a generator seeded with
+  ``derive_seed(--seed, "road/<name>")``, the same for MoRF and LeRF.
+
+The preprocessing and target default to those ``generate`` recorded for MAPS in its ``run.json``.
+Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
+mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
+``histograms.png`` (with matplotlib). Under ``torchrun`` each process scores the shard
+``names[rank::world]``; rank 0 gathers the per-image results and writes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchattr import metrics
+from torchattr.cli import _dist
+from torchattr.cli._common import (
+    CommandError,
+    Reporter,
+    add_common_options,
+    add_preprocessing_options,
+    float_in,
+    shorten,
+    target_arg,
+)
+from torchattr.cli._data import (
+    Box,
+    LoadedModel,
+    Preprocess,
+    check_box_extents,
+    check_box_names,
+    load_boxes,
+    load_model,
+    open_images,
+    read_batches,
+    resize_map,
+)
+from torchattr.cli._progress import progress
+from torchattr.cli._runs import method_record, now
+from torchattr.data.seeding import derive_seed
+from torchattr.io import load_map, map_names, save_json, write_atomic
+
+LOCALISATION = (
+    "proportional_energy",
+    "saliency_focus",
+    "pointing_game",
+    "relevance_rank_accuracy",
+)
+STATISTICS = ("n", "mean", "std", "min", "q1", "median", "q3", "max")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``evaluate`` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="localisation and ROAD scores of a folder of maps: per image and summary",
+        description="Score the maps in MAPS (one <image name>.npy per image of DATA) against "
+        "the --boxes (proportional energy, saliency focus, pointing game, relevance rank "
+        "accuracy) and by ROAD with MODEL; write OUT/per_image.json and .csv, "
+        "OUT/summary.json and .md (mean, std, quartiles) and OUT/histograms.png. Runs "
+        "unchanged under torchrun.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="model file or package.module:factory")
+    parser.add_argument("data", metavar="DATA", help="folder of images or tensor file")
+    parser.add_argument("maps", metavar="MAPS", type=Path, help="folder of <image name>.npy maps")
+    parser.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        help="ground-truth boxes, JSON or CSV (image, x1, y1, x2, y2[, label]); without it only "
+        "ROAD is computed",
+    )
+    parser.add_argument(
+        "--target",
+        type=target_arg,
+        default=None,
+        help="class whose score ROAD follows: 'argmax' or an index (default: as generate "
+        "recorded in run.json, else argmax)",
+    )
+    parser.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float_in(0, 100, low_open=True),
+        default=[20.0, 40.0, 60.0, 80.0],
+        metavar="PERCENT",
+        help="ROAD: percentages of pixels imputed (MoRF) / kept (LeRF) (default: 20 40 60 80)",
+    )
+    parser.add_argument(
+        "--road-noise",
+        type=float_in(0, 10),
+        default=0.01,
+        help="ROAD: sd of the noise added to imputed pixels, model-input units (default: 0.01)",
+    )
+    parser.add_argument(
+        "--score",
+        choices=("logit", "probability"),
+        default="logit",
+        help="ROAD: the model's logit or softmax probability of the class (default: logit)",
+    )
+    parser.add_argument(
+        "--no-road", action="store_true", help="skip ROAD (localisation only; MODEL unused)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float_in(0, 1e6),
+        default=15.0,
+        help="pointing game: distance in pixels from the boxes that still counts as a hit "
+        "(default: 15)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's draws (default: 0)")
+    add_common_options(parser, distributed=True)
+    add_preprocessing_options(parser, saved=True)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``torchattr evaluate``: returns the exit code."""
+    dist = _dist.setup(args.device)
+    try:
+        return _evaluate(args, dist)
+    finally:
+        dist.close()
+
+
+def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
+    start = time.perf_counter()
+    report = Reporter("evaluate", dist.rank, dist.world)
+    maps_dir: Path = args.maps
+    if args.no_road and args.boxes is None:
+        raise CommandError("nothing to evaluate: --no-road without --boxes (give either)")
+    if not maps_dir.is_dir():
+        raise CommandError(f"MAPS {maps_dir}: no such folder")
+    record = method_record(maps_dir) or {}
+    preprocess = Preprocess.from_args(args, record.get("preprocessing"))
+    target = _target(args, record)
+    if record:
+        saved_target = record.get("target")
+        if saved_target is not None and saved_target != ("argmax" if target is None else target):
+            report.warn(
+                f"--target {target} differs from the target the maps explain ({saved_target}, "
+                "as recorded in run.json)"
+            )
+        if record.get("preprocessing") not in (None, preprocess.as_dict()):
+            report.warn(
+                "the preprocessing differs from the one the maps were generated with (run.json: "
+                f"{record['preprocessing']}); ROAD then scores other inputs than were explained"
+            )
+    names_file = args.names
+    saved_names = (record.get("data") or {}).get("names")
+    if names_file is None and isinstance(saved_names, str) and Path(args.data).is_file():
+        names_file = saved_names if Path(saved_names).is_file() else None  # as generate read it
+    images = open_images(args.data, names_file)
+    names = _evaluated_names(images.names, map_names(maps_dir), maps_dir, args.on_error, report)
+    boxes: dict[str, list[Box]] = {}
+    if args.boxes is not None:
+        boxes = check_box_names(
+            load_boxes(args.boxes), images.names, args.boxes, args.on_error, report
+        )
+        check_box_extents(boxes, images.sizes, report)
+    else:
+        report.note("no --boxes: localisation metrics are not computed")
+    fractions = tuple(p / 100 for p in args.fractions)
+    if len(set(fractions)) != len(fractions):
+        raise CommandError(f"--fractions has repeated values: {args.fractions}")
+    loaded = None if args.no_road else load_model(args.model, dist.device)
+
+    shard = dist.shard(names)
+    results: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    with progress(len(shard), "evaluate", enabled=dist.rank == 0) as bar:
+        for batch in read_batches(images, shard, preprocess, args.batch_size, args.workers):
+            for item in batch:
+                bar.update(1)
+                if item.error is not None:
+                    if args.on_error == "stop":
+                        raise CommandError(f"{item.error}; stopped (or pass --on-error skip)")
+                    report.warn(f"skipped {item.error}", local=True)
+                    failed[item.name] = item.error
+                    continue
+                saliency = torch.from_numpy(load_map(maps_dir / f"{item.name}.npy"))
+                if tuple(saliency.shape) != item.size:
+                    raise CommandError(
+                        f"{maps_dir / item.name}.npy has shape {list(saliency.shape)} but the "
+                        f"image is {item.size[0]}x{item.size[1]}: maps must have their image's "
+                        "size (as generate saves them)"
+                    )
+                if not bool(torch.isfinite(saliency).all()) or bool((saliency < 0).any()):
+                    raise CommandError(
+                        f"{maps_dir / item.name}.npy holds negative, NaN or inf values: expected "
+                        "maps in [0, 1] as generate saves them"
+                    )
+                row: dict[str, Any] = {"image": item.name}
+                if args.boxes is not None:
+                    row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))
+                if loaded is not None:
+                    row.update(
+                        road_scores(
+                            loaded,
+                            item.name,
+                            item.input,
+                            saliency,
+                            target,
+                            fractions,
+                            args,
+                            dist.device,
+                        )
+                    )
+                results.append(row)
+
+    everyone = dist.gather({"results": results, "failed": failed})
+    if dist.rank == 0:
+        rows = sorted((r for part in everyone for r in part["results"]), key=lambda r: r["image"])
+        failures: dict[str, str] = {}
+        for part in everyone:
+            failures.update(part["failed"])
+        config = {
+            "maps": str(maps_dir.resolve()),
+            "method": maps_dir.resolve().name,
+            "data": images.describe(),
+            "boxes": str(Path(args.boxes).resolve()) if args.boxes else None,
+            "model": loaded.describe() if loaded is not None else None,
+            "preprocessing": preprocess.as_dict(),
+            "target": "argmax" if target is None else target,
+            "road": None
+            if args.no_road
+            else {
+                "fractions": list(fractions),
+                "noise": args.road_noise,
+                "score": args.score,
+                "seed": args.seed,
+            },
+            "pointing_game_tolerance": args.tolerance,
+            "processes": dist.world,
+        }
+        _write(args.out, config, rows, failures, fractions, report, time.perf_counter() - start)
+    return 0
+
+
+def _target(args: argparse.Namespace, record: dict[str, Any]) -> int | None:
+    if args.target is not None:
+        return args.target
+    saved = record.get("target")
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) else None
+
+
+def _evaluated_names(
+    data_names: list[str], mapped: list[str], maps_dir: Path, on_error: str, report: Reporter
+) -> list[str]:
+    """Images of DATA that have a map; mismatches stop (or are warned about with skip)."""
+    if not mapped:
+        raise CommandError(f"MAPS {maps_dir}: no .npy maps")
+    have = set(mapped)
+    data = set(data_names)
+    without_map = [n for n in data_names if n not in have]
+    without_image = [n for n in mapped if n not in data]
+    for missing, message in (
+        (without_map, f"have no map in {maps_dir} (incomplete generate run?)"),
+        (without_image, f"in {maps_dir} have no image in DATA"),
+    ):
+        if not missing:
+            continue
+        what = "image(s) of DATA" if missing is without_map else "map(s)"
+        text = f"{len(missing)} {what} {message}: {shorten(missing)}"
+        if on_error == "stop":
+            raise CommandError(text + " (pass --on-error skip to evaluate the others)")
+        report.warn(text + "; left out")
+    names = [n for n in data_names if n in have]
+    if not names:
+        raise CommandError(f"no image of DATA has a map in {maps_dir}")
+    return names
+
+
+def localisation(saliency: Tensor, boxes: list[Box], tolerance: float) -> dict[str, Any]:
+    """The four localisation metrics of one map ``[H, W]`` (``None`` without boxes)."""
+    if not boxes:
+        return {"boxes": 0, **{name: None for name in LOCALISATION}}
+    maps = saliency[None]
+    xyxy = [torch.tensor([list(b[:4]) for b in boxes], dtype=torch.long)]
+    return {
+        "boxes": len(boxes),
+        "proportional_energy": float(metrics.proportional_energy(maps, xyxy)[0]),
+        "saliency_focus": float(metrics.saliency_focus(maps, xyxy)[0]),
+        "pointing_game": bool(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
+        "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, xyxy)[0]),
+    }
+
+
+def road_scores(
+    loaded: LoadedModel,
+    name: str,
+    model_input: Tensor,
+    saliency: Tensor,
+    target: int | None,
+    fractions: tuple[float, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """ROAD of one image: the explained class, its clean score, MoRF / LeRF curves and score."""
+    loaded.check_input(tuple(model_input.shape))
+    x = model_input[None].to(device)
+    heat = resize_map(saliency, tuple(model_input.shape[-2:]))[None].to(device)
+    try:
+        with torch.no_grad():
+            output = loaded.module(x)
+        classes = 1 if output.ndim == 1 else output.shape[1]
+        if target is not None and target >= classes:
+            raise CommandError(
+                f"target {target} is out of range: MODEL {loaded.spec} has {classes} output "
+                f"class(es), so the target must be 0..{classes - 1}"
+            )
+        explained = int(output.argmax(dim=1)[0]) if target is None and classes > 1 else target or 0
+        curves = {}
+        seed = derive_seed(args.seed, f"road/{name}")
+        for order in ("morf", "lerf"):  # the same draws for both: one tie-breaking order
+            curves[order] = metrics.road(
+                loaded.module,
+                x,
+                heat,
+                explained,
+                fractions=fractions,
+                order=order,
+                noise=args.road_noise,
+                generator=torch.Generator().manual_seed(seed),
+                batch_size=args.batch_size,
+                score=args.score,
+            )
+    except CommandError:
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError) as error:
+        text = str(error).strip().splitlines()
+        raise CommandError(
+            f"ROAD failed: {type(error).__name__}: {text[0] if text else ''}"
+        ) from None
+    summary = metrics.road_summary(curves["morf"], curves["lerf"])
+    return {
+        "target": explained,
+        "road_morf": [float(v) for v in curves["morf"][0]],
+        "road_lerf": [float(v) for v in curves["lerf"][0]],
+        "road_score": float(summary.per_image[0]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics and files
+# --------------------------------------------------------------------------------------------
+
+
+def statistics(values: list[float]) -> dict[str, float | int | None]:
+    """n, mean, sample standard deviation (n - 1), min, quartiles (linear), max."""
+    data = np.asarray([float(v) for v in values if v is not None], dtype=np.float64)
+    if data.size == 0:
+        return {key: (0 if key == "n" else None) for key in STATISTICS}
+    q1, median, q3 = np.percentile(data, [25, 50, 75])
+    return {
+        "n": int(data.size),
+        "mean": float(data.mean()),
+        "std": float(data.std(ddof=1)) if data.size > 1 else None,
+        "min": float(data.min()),
+        "q1": float(q1),
+        "median": float(median),
+        "q3": float(q3),
+        "max": float(data.max()),
+    }
+
+
+def summarise(
+    rows: list[dict[str, Any]], fractions: tuple[float, ...] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Statistics of every metric over the images, and the mean ROAD curves."""
+    table: dict[str, Any] = {}
+    for name in (*LOCALISATION, "road_score"):
+        if any(name in r for r in rows):
+            table[name] = statistics([float(r[name]) for r in rows if r.get(name) is not None])
+    road = None
+    if fractions is not None and rows and "road_morf" in rows[0]:
+        morf = np.asarray([r["road_morf"] for r in rows], dtype=np.float64)
+        lerf = np.asarray([r["road_lerf"] for r in rows], dtype=np.float64)
+        for k, p in enumerate(fractions):
+            percent = _percent(p)
+            table[f"road_morf_{percent}"] = statistics(morf[:, k].tolist())
+            table[f"road_lerf_{percent}"] = statistics(lerf[:, k].tolist())
+        road = {
+            "fractions": list(fractions),
+            "morf": morf.mean(axis=0).tolist(),
+            "lerf": lerf.mean(axis=0).tolist(),
+            "gap": ((lerf - morf) / 2).mean(axis=0).tolist(),
+        }
+    return table, road
+
+
+def _percent(p: float) -> str:
+    value = p * 100
+    return f"{value:g}".replace(".", "_")
+
+
+def _write(
+    out: Path,
+    config: dict[str, Any],
+    rows: list[dict[str, Any]],
+    failures: dict[str, str],
+    fractions: tuple[float, ...],
+    report: Reporter,
+    seconds: float,
+) -> None:
+    road_fractions = None if config["road"] is None else fractions
+    table, road = summarise(rows, road_fractions)
+    with_boxes = sum(1 for r in rows if r.get("boxes"))
+    counts = {
+        "images": len(rows),
+        "with_boxes": with_boxes,
+        "skipped": len(failures),
+    }
+    notes = []
+    if config["boxes"] is not None and with_boxes < len(rows):
+        notes.append(
+            f"{len(rows) - with_boxes} image(s) have no box: localisation metrics are null for "
+            "them and left out of their statistics"
+        )
+    if failures:
+        notes.append(f"{len(failures)} image(s) skipped (unreadable): {shorten(sorted(failures))}")
+    histogram = _histograms(out / "histograms.png", rows, table)
+    if histogram is None and _has_matplotlib():
+        notes.append("histograms.png not written: no metric has a value")
+    elif histogram is None:
+        notes.append("histograms.png not written: matplotlib is not installed")
+    summary = {
+        "command": "evaluate",
+        "updated": now(),
+        **config,
+        "counts": counts,
+        "metrics": table,
+        "road_curves": road,
+        "skipped": [{"image": n, "error": failures[n]} for n in sorted(failures)],
+        "notes": notes,
+    }
+    save_json(out / "per_image.json", {"method": config["method"], "images": rows})
+    write_atomic(out / "per_image.csv", _csv(rows, road_fractions))
+    save_json(out / "summary.json", summary)
+    markdown = _markdown(summary)
+    write_atomic(out / "summary.md", markdown)
+    for note in notes:
+        if "skipped" in note:
+            report.warn(note)
+        else:
+            report.note(note)
+    report.result(markdown)
+    files = "per_image.json, per_image.csv, summary.json, summary.md"
+    files += ", histograms.png" if histogram else ""
+    report.result(f"wrote {files} to {out} in {seconds:.1f} s")
+
+
+def _csv(rows: list[dict[str, Any]], fractions: tuple[float, ...] | None) -> str:
+    columns = ["image", "boxes", *LOCALISATION]
+    if fractions is not None:
+        columns += ["target", "road_score"]
+        columns += [f"road_morf_{_percent(p)}" for p in fractions]
+        columns += [f"road_lerf_{_percent(p)}" for p in fractions]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        flat = dict(row)
+        if fractions is not None:
+            for k, p in enumerate(fractions):
+                flat[f"road_morf_{_percent(p)}"] = row["road_morf"][k]
+                flat[f"road_lerf_{_percent(p)}"] = row["road_lerf"][k]
+        writer.writerow(["" if flat.get(c) is None else flat.get(c) for c in columns])
+    return buffer.getvalue()
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    counts = summary["counts"]
+    lines = [
+        f"# Evaluation of {summary['method']} maps",
+        "",
+        f"- maps: `{summary['maps']}`",
+        f"- images: {counts['images']} ({counts['with_boxes']} with boxes, "
+        f"{counts['skipped']} skipped)",
+        f"- target: {summary['target']}",
+    ]
+    if summary["model"] is not None:
+        lines.append(f"- model: `{summary['model']['spec']}`")
+    if summary["road"] is not None:
+        road = summary["road"]
+        lines.append(
+            f"- ROAD: {road['score']} after noisy linear imputation (noise {road['noise']}), "
+            f"seed {road['seed']}"
+        )
+    lines.append(f"- pointing game tolerance: {summary['pointing_game_tolerance']:g} px")
+    lines += ["", "| metric | " + " | ".join(STATISTICS) + " |"]
+    lines.append("|---" * (len(STATISTICS) + 1) + "|")
+    for name, stats in summary["metrics"].items():
+        cells = [_cell(stats[key]) for key in STATISTICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    curves = summary["road_curves"]
+    if curves is not None:
+        lines += [
+            "",
+            "ROAD curves (mean over images; MoRF lower is better, LeRF higher is better):",
+            "",
+            "| fraction | MoRF | LeRF | (LeRF - MoRF) / 2 |",
+            "|---|---|---|---|",
+        ]
+        for p, m, lv, g in zip(curves["fractions"], curves["morf"], curves["lerf"], curves["gap"]):
+            lines.append(f"| {p:g} | {_cell(m)} | {_cell(lv)} | {_cell(g)} |")
+    if summary["notes"]:
+        lines += ["", *[f"Note: {note}" for note in summary["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _histograms(path: Path, rows: list[dict[str, Any]], table: dict[str, Any]) -> Path | None:
+    """One histogram per per-image metric in one figure (None without matplotlib)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    from torchattr.viz import save_png
+
+    shown = [n for n in (*LOCALISATION, "road_score") if table.get(n, {}).get("n")]
+    if not shown:
+        return None
+    columns = min(3, len(shown))
+    rows_count = -(-len(shown) // columns)
+    figure = Figure(figsize=(4 * columns, 3 * rows_count), layout="constrained")
+    for k, name in enumerate(shown):
+        axes = figure.add_subplot(rows_count, columns, k + 1)
+        values = [float(r[name]) for r in rows if r.get(name) is not None]
+        if name == "pointing_game":
+            axes.bar(["miss", "hit"], [values.count(0.0), values.count(1.0)], color="tab:blue")
+        else:
+            axes.hist(values, bins=min(20, max(5, len(values) // 2)), color="tab:blue")
+            axes.axvline(float(np.mean(values)), color="tab:red", label="mean")
+            axes.legend()
+        axes.set_title(f"{name} (n={len(values)})")
+        axes.set_ylabel("images")
+        axes.tick_params(axis="x", labelrotation=30)
+    return save_png(path, figure)

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from torchattr._core.checks import check_choice
+from torchattr.io import write_atomic
 
 PathLike = str | os.PathLike[str]
 Array = Tensor | np.ndarray
@@ -626,7 +626,7 @@ def save_png(path: PathLike, image: Any, *, dpi: float | None = None) -> Path:
         options: dict[str, Any] = {"format": "png"}
         if dpi is not None:
             options["dpi"] = dpi
-        return _atomic_write(target, lambda handle: image.savefig(handle, **options))
+        return write_atomic(target, lambda handle: image.savefig(handle, **options))
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8:
             raise TypeError(f"image must be a uint8 array or a Figure, got {_describe(image)}")
@@ -638,20 +638,6 @@ def save_png(path: PathLike, image: Any, *, dpi: float | None = None) -> Path:
             f"image has shape {list(image.shape)}: expected [H, W], [H, W, 3] or [H, W, 4]"
         )
     pil_image = _pillow()[0].fromarray(np.ascontiguousarray(image))
-    return _atomic_write(target, lambda handle: pil_image.save(handle, format="PNG"))
+    return write_atomic(target, lambda handle: pil_image.save(handle, format="PNG"))
 
 
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write through ``write(handle)`` to a temporary sibling, then ``os.replace`` it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with mode 0o666 honours the umask, unlike tempfile.mkstemp (always 0o600).
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target

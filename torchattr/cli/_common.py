@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 EXIT_ERROR = 1
 ON_ERROR = ("stop", "skip")
@@ -203,3 +206,15 @@ def shorten(items: Sequence[Any], limit: int = 5) -> str:
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 image``, ``3 images``."""
     return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body with one intra-op thread (small models on a shared CPU run fastest so);
+    the caller's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -47,8 +47,7 @@ import dataclasses
 import importlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from torch import Tensor, nn
 import torchattr as ta
 from torchattr import metrics, viz
 from torchattr.cli import demo_ehr
+from torchattr.cli._common import one_thread
 from torchattr.data import PhantomNet, derive_seed, make_phantoms
 from torchattr.io import normalize_map, save_map
 from torchattr.metrics.perturbation import FRACTIONS
@@ -233,7 +233,7 @@ def run_demo(config: DemoConfig, log: Log = print) -> dict[str, Any]:
     Runs on one CPU thread (restored afterwards): the model and images are so small that
     intra-op threads gain little on an idle machine and cost 10x and more on a busy one.
     """
-    with _one_thread():
+    with one_thread():
         return _run_demo(config, log)
 
 
@@ -646,16 +646,6 @@ def build_manifest(
         },
         "images": images,
     }
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _importable(module: str) -> bool:

@@ -27,8 +27,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+from torchattr.cli._common import one_thread
 from torchattr.data import EHRData, EHRNet, derive_seed, make_ehr
 from torchattr.data.ehr import PAD, UNK
 
@@ -92,7 +92,7 @@ def run_demo(config: EHRDemoConfig, log: Log = print) -> dict[str, Any]:
     add synchronisation, which costs 10x and more on a busy machine; one thread also keeps the
     numbers independent of the core count.
     """
-    with _one_thread():
+    with one_thread():
         return _run_demo(config, log)
 
 
@@ -363,16 +363,6 @@ def build_summary(
         "mean_attribution": {k: v.flatten(1).sum(1).mean().item() for k, v in attributions.items()},
         "patients": patients,
     }
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _percent(flags: Tensor) -> str:

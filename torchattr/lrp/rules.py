@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -88,6 +88,9 @@ class Affine:
     ``channel`` is the output dimension the bias and output channels live on (1 for convolutions,
     -1 for dense layers); ``fusable`` says whether inputs may be concatenated along that
     dimension of ``x`` and ``weight`` (dense layers, and convolutions with ``groups == 1``).
+    Weights derived by rules (``w+``, stacked weights, ...) are kept in ``memo`` (see
+    :meth:`derived`): a program caches the record for as long as the module's weights are
+    unchanged, so this weight-sized work is done once, not per call.
     """
 
     op: Callable[[Tensor, Tensor], Tensor]
@@ -98,6 +101,14 @@ class Affine:
     in_dim_w: int = 1  # and on the weight
     out_dim_w: int = 0  # output features on the weight
     fusable: bool = True
+    memo: dict[Any, Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def derived(self, key: Any, make: Callable[[], Tensor]) -> Tensor:
+        """``make()``, computed once per record (``key`` names it: rule and parameters)."""
+        value = self.memo.get(key)
+        if value is None:
+            value = self.memo[key] = make()
+        return value
 
     def add_bias(self, y: Tensor, bias: Tensor | None) -> Tensor:
         if bias is None:
@@ -110,21 +121,24 @@ class Affine:
         """``op(x, weight)`` without the bias (default: the layer's own weight)."""
         return self.op(x, self.weight if weight is None else weight)
 
-    def terms(self, pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """``sum_k op(x_k, w_k)``, as one call over concatenated inputs when the layer allows."""
+    def terms(self, pairs: Sequence[tuple[Tensor, Tensor]], key: Any) -> Tensor:
+        """``sum_k op(x_k, w_k)``, as one call over concatenated inputs when the layer allows
+        (the concatenated weight is derived once, under ``key``)."""
         if len(pairs) == 1:
             return self.op(*pairs[0])
         if self.fusable:
             xs = torch.cat([x for x, _ in pairs], dim=self.in_dim_x)
-            ws = torch.cat([w for _, w in pairs], dim=self.in_dim_w)
+            ws = self.derived(("in", key), lambda: torch.cat([w for _, w in pairs], self.in_dim_w))
             return self.op(xs, ws)
         return functools.reduce(operator.add, (self.op(x, w) for x, w in pairs))
 
-    def stacked(self, x: Tensor, weights: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """``op(x, w_k)`` for each ``w_k``: one call with the weights stacked along the outputs."""
+    def stacked(self, x: Tensor, weights: Sequence[Tensor], key: Any) -> tuple[Tensor, ...]:
+        """``op(x, w_k)`` for each ``w_k``: one call with the weights stacked along the outputs
+        (the stacked weight is derived once, under ``key``)."""
         if not self.fusable or len(weights) == 1:
             return tuple(self.op(x, w) for w in weights)
-        out = self.op(x, torch.cat(list(weights), dim=self.out_dim_w))
+        stack = self.derived(("out", key), lambda: torch.cat(list(weights), self.out_dim_w))
+        out = self.op(x, stack)
         return out.chunk(len(weights), dim=self.channel)
 
 
@@ -243,7 +257,9 @@ class ZPlus(_Rule):
 
     def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
         w = layer.weight
-        num = layer.terms([(p, _pos(w) if up else _neg(w)) for p, up in _split(x, nonneg)])
+        wp = layer.derived("w+", lambda: _pos(w))
+        wn = layer.derived("w-", lambda: _neg(w))
+        num = layer.terms([(p, wp if up else wn) for p, up in _split(x, nonneg)], "zplus")
         with torch.no_grad():
             z = layer.add_bias(layer.evaluate(x), layer.bias)
         den = stabilize(layer.add_bias(num.detach(), _pos(layer.bias)), self.epsilon)
@@ -270,13 +286,14 @@ class AlphaBeta(_Rule):
 
     def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
         w, b = layer.weight, layer.bias
-        wp, wn = _pos(w), _neg(w)
+        wp = layer.derived("w+", lambda: _pos(w))
+        wn = layer.derived("w-", lambda: _neg(w))
         if nonneg:
-            pos, neg = layer.stacked(carry(x, x), [wp, wn])
+            pos, neg = layer.stacked(carry(x, x), [wp, wn], "w+w-")
         else:
             (xp, _), (xn, _) = _split(x, False)
-            pos = layer.terms([(xp, wp), (xn, wn)])
-            neg = layer.terms([(xp, wn), (xn, wp)])
+            pos = layer.terms([(xp, wp), (xn, wn)], "zplus")
+            neg = layer.terms([(xp, wn), (xn, wp)], "zminus")
         z = layer.add_bias(pos.detach() + neg.detach(), b)
         den_pos = stabilize(layer.add_bias(pos.detach(), _pos(b)), self.epsilon)
         den_neg = stabilize(layer.add_bias(neg.detach(), _neg(b)), self.epsilon)
@@ -292,13 +309,14 @@ class Gamma(_Rule):
 
     def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
         g, w, b = self.gamma, layer.weight, layer.bias
-        up, down = w + g * _pos(w), w + g * _neg(w)
+        up = layer.derived(("gamma+", g), lambda: w + g * _pos(w))
+        down = layer.derived(("gamma-", g), lambda: w + g * _neg(w))
         if nonneg:
-            c_up, c_down = layer.stacked(carry(x, x), [up, down])
+            c_up, c_down = layer.stacked(carry(x, x), [up, down], ("gamma", g))
         else:
             (xp, _), (xn, _) = _split(x, False)
-            c_up = layer.terms([(xp, up), (xn, down)])
-            c_down = layer.terms([(xp, down), (xn, up)])
+            c_up = layer.terms([(xp, up), (xn, down)], ("gamma up", g))
+            c_down = layer.terms([(xp, down), (xn, up)], ("gamma down", g))
         # c_up + c_down = (2 + gamma) x w: the layer's own output comes for free.
         z = layer.add_bias((c_up.detach() + c_down.detach()) / (2 + g), b)
         den_up = stabilize(layer.add_bias(c_up.detach(), _plus(b, g * _pos(b))), self.epsilon)
@@ -326,7 +344,9 @@ class ZBox(_Rule):
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
         own = layer.evaluate(carry(x, x))
-        num = own - layer.terms([(carry(low, x), _pos(w)), (carry(high, x), _neg(w))])
+        wp = layer.derived("w+", lambda: _pos(w))
+        wn = layer.derived("w-", lambda: _neg(w))
+        num = own - layer.terms([(carry(low, x), wp), (carry(high, x), wn)], "zbox")
         z = layer.add_bias(own.detach(), layer.bias)
         # The bias cancels: (x; w, b) - (l; w+, b+) - (h; w-, b-), as in Zennit.
         return relay(z, num, stabilize(num.detach(), self.epsilon))
@@ -339,7 +359,8 @@ class Flat(_Rule):
     epsilon: float = 1e-6
 
     def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
-        return _input_free(x, layer, torch.ones_like(layer.weight), None, self.epsilon)
+        ones = layer.derived("ones", lambda: torch.ones_like(layer.weight))
+        return _input_free(x, layer, ones, None, self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -350,7 +371,8 @@ class WSquare(_Rule):
 
     def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
         b = layer.bias
-        return _input_free(x, layer, layer.weight**2, None if b is None else b**2, self.epsilon)
+        square = layer.derived("w^2", lambda: layer.weight**2)
+        return _input_free(x, layer, square, None if b is None else b**2, self.epsilon)
 
 
 def _input_free(

@@ -361,6 +361,15 @@ def _layer_handler(
     nonneg = isinstance(source, fx.Node) and facts.nonneg.get(source.name, False)
     if node.op == "call_module":
         name = node.target
+        cached: dict[bool, tuple[Any, affine.Affine]] = {}
+
+        def weights(module: nn.Module, bn: nn.Module | None) -> affine.Affine:
+            """The layer's record (BatchNorm merged), rebuilt only when a parameter changed."""
+            key = _versions(module, bn)
+            hit = cached.get(bn is None)
+            if hit is None or hit[0] != key:
+                hit = cached[bn is None] = (key, affine.module_affine(module, bn))
+            return hit[1]
 
         def layer(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             if args or kwargs:
@@ -369,9 +378,9 @@ def _layer_handler(
             module = modules[name]
             bn = None if bn_name is None else modules[bn_name]
             if bn is not None and isinstance(module, nn.Linear) and x.ndim != 2:
-                out = _apply(rule, x, affine.module_affine(module), nonneg)
+                out = _apply(rule, x, weights(module, None), nonneg)
                 return identity(_batchnorm_eval(bn_name)(out.detach()), out)
-            return _apply(rule, x, affine.module_affine(module, bn), nonneg)
+            return _apply(rule, x, weights(module, bn), nonneg)
 
         return layer
     function = node.target
@@ -396,6 +405,17 @@ def _layer_handler(
         return _apply(rule, input, layer, nonneg)
 
     return functional
+
+
+def _versions(*modules: nn.Module | None) -> tuple[Any, ...]:
+    """Identity and in-place version of every parameter and buffer of ``modules``: equal keys
+    mean equal values (an optimiser step or ``load_state_dict`` bumps the version)."""
+    return tuple(
+        (id(t), t.data_ptr(), t._version, t.dtype, t.device)
+        for m in modules
+        if m is not None
+        for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+    )
 
 
 def _apply(rule: _Rule, x: Tensor, layer: affine.Affine, nonneg: bool) -> Tensor:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 import torchattr as ta
 from torchattr import metrics, viz
 from torchattr.cli import demo_ehr
-from torchattr.cli._common import one_thread
+from torchattr.cli._common import int_at_least, one_thread
 from torchattr.data import PhantomNet, derive_seed, make_phantoms
 from torchattr.io import normalize_map, save_map
 from torchattr.metrics.perturbation import FRACTIONS
@@ -189,7 +189,7 @@ def add_parser(subparsers: Any) -> None:
         default = getattr(DemoConfig, name.replace("-", "_"))
         parser.add_argument(
             f"--{name}",
-            type=_int_at_least(minimum),
+            type=int_at_least(minimum),
             default=None,
             help=f"{what} (default: {default}, {QUICK[name.replace('-', '_')]} with --quick)",
         )
@@ -662,16 +662,3 @@ def _seed(config: DemoConfig, stream: str) -> int:
 
 def _generator(config: DemoConfig, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(_seed(config, stream))
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
-        return value
-
-    return parse

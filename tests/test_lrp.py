@@ -321,3 +321,58 @@ def test_norm_rule_on_average_pool_and_mean():
     relevance = ta.lrp(Mean().eval(), x, composite=ta.composites.by_kind({"op": Norm()}))
     score = x.mean()
     torch.testing.assert_close(relevance[0], x[0] * (score / 3) / (score + 1e-6))
+
+
+class _Volumes(nn.Module):
+    """Conv3d, ConvTranspose2d, GroupNorm, Upsample, AvgPool1d and Conv1d in one graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c3 = nn.Conv3d(1, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 3, 2, stride=2)
+        self.gn = nn.GroupNorm(1, 3)
+        self.resize = nn.Upsample(scale_factor=0.5, mode="bilinear")
+        self.c1 = nn.Conv1d(3, 2, 3)
+        self.pool = nn.AvgPool1d(2)
+        self.head = nn.Linear(2 * 15, 3)
+
+    def forward(self, x):
+        v = torch.relu(self.c3(x)).mean(dim=2)              # [B, 4, 8, 8]
+        u = self.resize(self.gn(torch.relu(self.up(v))))     # [B, 3, 8, 8]
+        s = self.pool(torch.relu(self.c1(u.flatten(2)[..., :32])))  # [B, 2, 15]
+        return self.head(s.flatten(1))
+
+
+def test_more_layer_kinds_run_and_reproduce_the_forward():
+    model = _double(_Volumes())
+    x = torch.randn(2, 1, 4, 8, 8, dtype=torch.float64)
+    composites = (None, ta.composites.EpsilonAlpha2Beta1(), ta.composites.EpsilonGammaBox(-5, 5))
+    for composite in composites:
+        relevance, report = ta.lrp(model, x, composite=composite, return_conservation=True)
+        assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+        expected = model(x).max(dim=1).values.detach()
+        torch.testing.assert_close(report.score, expected, rtol=1e-10, atol=1e-12)
+    plan = {site.name: (site.kind, rule) for site, rule in ta.lrp_rules(model)}
+    assert plan["c3"] == ("conv", ta.rules.Flat()) and plan["up"] == ("conv", ZPlus())
+    assert plan["gn"] == ("norm", None) and plan["resize"] == ("op", Norm())
+
+
+def test_lrp0_on_conv3d_and_transposed_convolutions_is_gradient_times_input():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c3 = nn.Conv3d(1, 3, 3, padding=1)
+            self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1)
+            self.head = nn.Linear(2, 4)
+
+        def forward(self, x):
+            v = torch.relu(self.c3(x)).amax(dim=2)
+            return self.head(torch.relu(self.up(v)).mean(dim=(2, 3)))
+
+    model = _double(Net())
+    x = torch.randn(3, 1, 3, 6, 6, dtype=torch.float64)
+    target = torch.tensor([1, 0, 3])
+    torch.testing.assert_close(
+        ta.lrp(model, x, target, composite=E0), gradient_x_input(model, x, target),
+        rtol=1e-9, atol=1e-12,
+    )

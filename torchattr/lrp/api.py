@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchattr._core.checks import check_finite, in_training_mode
+from torchattr._core.checks import check_gradient_inputs, in_training_mode
 from torchattr._core.inputs import Inputs, call_model, flatten, unflatten
 from torchattr._core.state import untouched
 from torchattr._core.targets import (
@@ -100,7 +100,8 @@ def lrp(
         print(report)                                                    # per-sample sums
     """
     tensors, spec = flatten(inputs)
-    batch = _check_inputs(tensors, spec.names())
+    # Integer ids are allowed (they feed embeddings); float inputs must be finite.
+    batch = check_gradient_inputs(tensors, spec, skip=[not t.is_floating_point() for t in tensors])
     device = tensors[0].device
     target = normalize_target(target, batch, device)
     known = target_range(target)
@@ -125,7 +126,7 @@ def lrp(
         seed = cotangent * output.detach()
         float_slots = [i for i, t in enumerate(leaves) if t.requires_grad]
         wrt = [leaves[i] for i in float_slots] + [leaf for _, leaf in call.sinks]
-        if not any(w.grad_fn is not None or w.requires_grad for w in wrt):
+        if not wrt:
             raise ValueError("no input carries relevance: inputs must be float or feed embeddings")
         grads = torch.autograd.grad(output, wrt, seed, allow_unused=True, is_grads_batched=multi)
         scores = row_scores(output.detach(), target)
@@ -137,28 +138,6 @@ def lrp(
     dims_from = 2 if multi else 1
     total = sum(r.flatten(dims_from).sum(-1) for r in per_slot)
     return relevance, Conservation(total, scores.to(total.dtype))
-
-
-def _check_inputs(tensors: tuple[Tensor, ...], names: tuple[str, ...]) -> int:
-    batch = None
-    floats = []
-    for name, t in zip(names, tensors):
-        if t.ndim == 0:
-            raise ValueError(f"{name} is a scalar: expected a batch, shape [B, ...]")
-        if t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"{name} has dtype {t.dtype}: expected floats or integer ids")
-        if batch is None:
-            batch = t.shape[0]
-        elif t.shape[0] != batch:
-            raise ValueError(
-                f"{name} has batch size {t.shape[0]} but {names[0]} has {batch}: "
-                "all inputs must share the leading batch dimension"
-            )
-        if t.is_floating_point():
-            floats.append((name, t))
-    if floats:
-        check_finite([t for _, t in floats], [n for n, _ in floats])
-    return int(batch)
 
 
 def _collect(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from torchattr.lrp.ops import LEAF_MODULES
@@ -65,7 +64,3 @@ def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:
     new.output(output)
     return new, mapping
 
-
-def tensor_args(args: Any) -> list[torch.Tensor]:
-    """Every tensor in a nested structure of args."""
-    return [a for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]

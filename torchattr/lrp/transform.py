@@ -215,17 +215,8 @@ def _callable(node: fx.Node) -> Callable[..., Any]:
 def _live(args: tuple[Any, ...], kwargs: dict[str, Any], site: Site) -> list[int]:
     """Positions of positional tensor arguments that carry relevance."""
     live = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
-    nested = [
-        t
-        for i, a in enumerate(args)
-        if not isinstance(a, Tensor)
-        for t in torch.utils._pytree.tree_leaves(a)
-        if isinstance(t, Tensor) and t.requires_grad
-    ] + [
-        t
-        for t in torch.utils._pytree.tree_leaves(kwargs)
-        if isinstance(t, Tensor) and t.requires_grad
-    ]
+    others = [a for a in args if not isinstance(a, Tensor)]
+    nested = any(t.requires_grad for t in _tensors((others, kwargs)))
     if nested:
         raise TypeError(
             f"LRP: relevance reaches node {site.name!r} ({site.target}) through a keyword or "

@@ -21,7 +21,7 @@ independently (eval mode).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -60,6 +60,33 @@ def normalize_target(target: Target, batch: int, device: torch.device) -> Target
             f"target has shape {list(target.shape)}: expected [B] or [B, K] with B = {batch}"
         )
     return target
+
+
+def logits_of(output: Any) -> Tensor:
+    """The tensor an index target selects from: the output itself, its ``"logits"`` entry (dicts,
+    Hugging Face ``ModelOutput``), or the first element of a tuple/list output.
+
+    Raises a ``ValueError`` naming the output's structure when there is no such tensor (pass a
+    callable target then: it receives the whole output).
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        found = output.get("logits") if "logits" in output else getattr(output, "logits", None)
+        if isinstance(found, Tensor):
+            return found
+        raise ValueError(
+            f"model output is a {type(output).__name__} with keys {list(output.keys())} and no "
+            "'logits' tensor: index targets need logits; pass a callable target that maps the "
+            "output to [B] scores"
+        )
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise ValueError(
+        f"model output is a {type(output).__name__}: index targets need a logits tensor [B, C], "
+        "a dict with 'logits', or a tuple whose first element is the logits; pass a callable "
+        "target that maps the output to [B] scores"
+    )
 
 
 def num_classes(output: Any, target: Target) -> int:

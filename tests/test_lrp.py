@@ -240,11 +240,11 @@ def test_dict_inputs_codes_and_labs():
 def test_composite_overrides_by_name_type_and_dict():
     model = _double(DenseBlockNet())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    plan = {site.name: rule for site, rule in ta.lrp_rules(model)}
+    plan = {site.name: rule for site, rule in ta.lrp_rules(model, x)}
     assert plan["stem"] == ta.rules.Flat() and plan["c1"] == ZPlus()
     assert plan["head"] == Epsilon() and isinstance(plan["cat"], type(None))
     override = ta.composites.by_name({"c1": Epsilon(0.5)}) | ta.composites.EpsilonPlusFlat()
-    plan = {site.name: rule for site, rule in ta.lrp_rules(model, override)}
+    plan = {site.name: rule for site, rule in ta.lrp_rules(model, x, override)}
     assert plan["c1"] == Epsilon(0.5) and plan["c2"] == ZPlus()
     same = ta.lrp(model, x, composite={"c1": Epsilon(0.5)})
     torch.testing.assert_close(same, ta.lrp(model, x, composite=override))
@@ -296,17 +296,24 @@ def test_errors_name_the_problem():
         def forward(self, x):
             return torch.special.erf(x).sum(1, keepdim=True)
 
-    with pytest.raises(TypeError, match=r"no rule for node 'special_erf'.*by_name"):
+    with pytest.raises(TypeError, match=r"no rule for operation 'special_erf'.*by_name"):
         ta.lrp(Erf().eval(), torch.randn(2, 3))
     fixed = ta.lrp(Erf().eval(), torch.randn(2, 3), composite={"special_erf": Pass()})
     assert fixed.shape == (2, 3)
+
+
+def test_control_flow_on_values_runs_as_the_model_does():
+    """The model's own forward runs: a branch on a value takes the same path as the model."""
 
     class Branchy(nn.Module):
         def forward(self, x):
             return x if x.sum() > 0 else -x
 
-    with pytest.raises(TypeError, match=r"tracing Branchy failed.*control flow"):
-        ta.lrp(Branchy().eval(), torch.randn(2, 3))
+    x = torch.tensor([[1.0, -3.0, 0.5]], dtype=torch.float64)
+    target = torch.tensor([1])
+    relevance = ta.lrp(Branchy().eval(), x, target, composite=E0)
+    torch.testing.assert_close(relevance, gradient_x_input(Branchy().eval(), x, target))
+    assert relevance[0, 1] == 3.0 and relevance[0, 0] == 0.0
 
 
 def test_norm_rule_on_average_pool_and_mean():
@@ -352,7 +359,7 @@ def test_more_layer_kinds_run_and_reproduce_the_forward():
         assert relevance.shape == x.shape and torch.isfinite(relevance).all()
         expected = model(x).max(dim=1).values.detach()
         torch.testing.assert_close(report.score, expected, rtol=1e-10, atol=1e-12)
-    plan = {site.name: (site.kind, rule) for site, rule in ta.lrp_rules(model)}
+    plan = {site.name: (site.kind, rule) for site, rule in ta.lrp_rules(model, x)}
     assert plan["c3"] == ("conv", ta.rules.Flat()) and plan["up"] == ("conv", ZPlus())
     assert plan["gn"] == ("norm", None) and plan["resize"] == ("op", Norm())
 

@@ -103,9 +103,7 @@ def functional_conv(
     dilation: Any = 1,
     groups: int = 1,
 ) -> Affine:
-    """``F.conv{1,2,3}d(x, weight, bias, ...)`` called in the model's code."""
-    if isinstance(padding, str):
-        raise TypeError(f"padding={padding!r} of a functional convolution is not supported")
+    """``F.conv{1,2,3}d(x, weight, bias, ...)`` as the model calls it (string paddings too)."""
     op = functools.partial(
         _conv, fn=fn, stride=stride, padding=padding, dilation=dilation, groups=groups
     )
@@ -114,39 +112,58 @@ def functional_conv(
     )
 
 
-def module_affine(module: nn.Module, batchnorm: nn.Module | None = None) -> Affine:
-    """The current (detached) weights of a dense or convolution module, BatchNorm merged in."""
-    weight = module.weight.detach()
-    bias = None if module.bias is None else module.bias.detach()
-    if batchnorm is not None:
-        out_dim = 1 if isinstance(module, CONV_TRANSPOSE) else 0
-        weight, bias = merge_batchnorm(weight, bias, batchnorm, out_dim)
-    if isinstance(module, nn.Linear):
-        return dense(weight, bias)
-    if isinstance(module, CONV_TRANSPOSE):
-        return conv_transpose(module, weight, bias)
-    return conv(module, weight, bias)
+def functional_conv_transpose(
+    fn: Any,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+) -> Affine:
+    """``F.conv_transpose{1,2,3}d(x, weight, bias, ...)`` (weights ``[in, out / groups, ...]``)."""
+    op = functools.partial(
+        _conv_t, fn=fn, stride=stride, padding=padding, output_padding=output_padding,
+        groups=groups, dilation=dilation,
+    )  # fmt: skip
+    return Affine(op, weight, bias, channel=1, in_dim_x=1, in_dim_w=0, out_dim_w=1, fusable=False)
+
+
+def _mm(x: Tensor, w: Tensor) -> Tensor:
+    return x @ w
+
+
+def addmm(weight: Tensor, bias: Tensor | None) -> Affine:
+    """``torch.addmm(bias, x, weight) = x @ weight + bias`` (Hugging Face ``Conv1D``: weight
+    ``[in, out]``)."""
+    return Affine(_mm, weight, bias, channel=-1, in_dim_x=-1, in_dim_w=0, out_dim_w=1)
 
 
 def merge_batchnorm(
-    weight: Tensor, bias: Tensor | None, bn: nn.Module, out_dim: int = 0
+    weight: Tensor, bias: Tensor | None, bn: Any, out_dim: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm that follows a layer into the layer's weight and bias.
+
+    ``bn``: a BatchNorm module or its ``(running_mean, running_var, weight, bias, eps)``.
 
     ``scale = gamma / sqrt(running_var + eps)``, ``w' = w * scale`` (per output channel),
     ``b' = (b - running_mean) * scale + beta``. Returns new tensors; the modules are untouched.
     """
+    if isinstance(bn, nn.Module):
+        bn = (bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    mean, var, gamma, beta, eps = bn
     with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var.to(weight.dtype) + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach().to(weight.dtype)
+        scale = torch.rsqrt(var.to(weight.dtype) + eps)
+        if gamma is not None:
+            scale = scale * gamma.detach().to(weight.dtype)
         shape = [1] * weight.ndim
         shape[out_dim] = -1
         merged_weight = weight * scale.reshape(shape)
         b = torch.zeros_like(scale) if bias is None else bias
-        merged_bias = (b - bn.running_mean.to(weight.dtype)) * scale
-        if bn.bias is not None:
-            merged_bias = merged_bias + bn.bias.detach().to(weight.dtype)
+        merged_bias = (b - mean.to(weight.dtype)) * scale
+        if beta is not None:
+            merged_bias = merged_bias + beta.detach().to(weight.dtype)
     return merged_weight, merged_bias
 
 

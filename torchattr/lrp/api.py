@@ -1,28 +1,34 @@
-"""``lrp``: Layer-wise Relevance Propagation on the model's traced graph."""
+"""``lrp``: Layer-wise Relevance Propagation on the model's forward as it runs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode
-from torchattr._core.inputs import Inputs, call_model, flatten, unflatten
+from torchattr._core.inputs import Inputs, flatten, unflatten
 from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
+    _check_scores,
+    logits_of,
     normalize_target,
-    output_cotangent,
     resolve_target,
     row_scores,
     target_range,
 )
+from torchattr._core.wrapped import unwrap
+from torchattr.lrp.capture import Facts, LRPError, Planner, Step
 from torchattr.lrp.composites import Composite, Site, resolve
+from torchattr.lrp.relevance import Relevance, close
 from torchattr.lrp.rules import _Rule
-from torchattr.lrp.transform import program, running
 
 
 @dataclass(frozen=True)
@@ -62,35 +68,51 @@ def lrp(
     target: Target = None,
     *,
     composite: Composite | Mapping[Any, _Rule] | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
     return_conservation: bool = False,
 ) -> Any:
     """Layer-wise Relevance Propagation: relevance of every input feature for the target score.
 
     The relevance at the output is seeded with the explained score, ``R_out = s * onehot(t)``
-    (``s`` = the target's logit), and sent back layer by layer with the composite's rules, so
-    the input relevance sums to ``s`` up to what biases and stabilisers absorb. The model is
-    traced with ``torch.fx`` (cached), BatchNorm is merged into the layer before it, every sum
-    gets the ``Norm`` rule, and each rule rewrites its node so that one ordinary backward through
-    the rewritten graph gives the relevance (see :mod:`torchattr.lrp.rules`). LRP explains the
-    model's inference function: dropout is the identity and BatchNorm uses its running
-    statistics. The model is never modified.
+    (``s`` = the target's logit), and sent back operation by operation with the composite's
+    rules, so the input relevance sums to ``s`` up to what biases and stabilisers absorb.
+
+    The model's own forward runs (twice): first plainly, recording every operation relevance
+    reaches and the module it belongs to; then with each such operation replaced by its rule
+    (same value, the rule's gradient), and one backward gives the relevance (see
+    :mod:`torchattr.lrp.capture`). Hooks, pre-hooks, parametrisations, pruning, control flow on
+    shapes, einops and Hugging Face code run as they are; BatchNorm is merged into the layer
+    before it; the second forward's output is checked against the first on every call, and a
+    difference raises an error naming the first operation that differs. LRP explains the
+    model's inference function (dropout off, BatchNorm with running statistics). Wrapped models
+    (``nn.DataParallel``, DDP, ``torch.compile``) are unwrapped. The model is never modified.
 
     Args:
-        model: an ``nn.Module`` that ``torch.fx`` can trace (no Python control flow on values).
+        model: an ``nn.Module`` (or a wrapper of one).
         inputs: ``[B, ...]`` tensor, tuple or dict of tensors (see the shared conventions);
             integer ids are attributed at the output of the embedding they feed, summed over
             the embedding dimension.
         target: None (argmax), int, ``[B]``, ``[B, K]`` (K classes per sample: one forward and
-            one batched backward) or a callable ``output -> scores [B]``.
+            one batched backward) or a callable ``output -> scores [B]``. Index targets select
+            from the logits (a tensor output, a dict or ``ModelOutput``'s ``"logits"``, or a
+            tuple's first element); a callable receives the whole output.
         composite: which rule goes where (:mod:`torchattr.lrp.composites`); None is
             ``EpsilonPlusFlat()``; a dict ``{module type | name glob | predicate: rule}`` is laid
             over ``EpsilonPlusFlat()``.
+        forward_kwargs: extra keyword arguments for the model (attention masks, token type
+            ids, integer tensors included), passed unchanged and never attributed.
         return_conservation: also return a :class:`Conservation` report.
 
     Returns:
         Relevance shaped like ``inputs`` (``[B, K, ...]`` per tensor for a ``[B, K]`` target;
-        ``[B, L]`` for ids ``[B, L]``), in the inputs' floating dtype; with
-        ``return_conservation``, ``(relevance, report)``.
+        ``[B, L]`` for ids ``[B, L]``), float32 or wider; with ``return_conservation``,
+        ``(relevance, report)``.
+
+    Raises:
+        TypeError: an operation relevance reaches has no rule (the message names it, its module
+            and the composite entry that fixes it), or a rule does not fit its operation.
+        LRPError: the relevance program differs from the model, or the forward takes another
+            path in the second run (control flow on values, random draws).
 
     Example::
 
@@ -99,6 +121,9 @@ def lrp(
                                    return_conservation=True)
         print(report)                                                    # per-sample sums
     """
+    inner, prefix = unwrap(model)
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
     tensors, spec = flatten(inputs)
     # Integer ids are allowed (they feed embeddings); float inputs must be finite.
     batch = check_gradient_inputs(tensors, spec, skip=[not t.is_floating_point() for t in tensors])
@@ -106,38 +131,159 @@ def lrp(
     target = normalize_target(target, batch, device)
     known = target_range(target)
     composite = resolve(composite)
-    relevance_program = program(model, composite, spec, len(tensors))
-    if in_training_mode(model) and not torch.compiler.is_compiling():
-        import warnings
-
+    extra = _forward_kwargs(forward_kwargs, spec)
+    if in_training_mode(inner) and not torch.compiler.is_compiling():
         warnings.warn(
             "model has modules in training mode; LRP explains its inference function "
             "(dropout off, BatchNorm with running statistics)",
             UserWarning,
             stacklevel=2,
         )
-    with untouched(model), torch.enable_grad(), running(model) as call:
-        leaves = tuple(
-            t.detach().requires_grad_(True) if t.is_floating_point() else t for t in tensors
+    with untouched(inner), restored_buffers(inner) as restore, torch.inference_mode(False):
+        tensors = tuple(t.clone() if t.is_inference() else t for t in tensors)
+        steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
+        restore()
+        grads, scores, sinks, float_slots, cotangent, multi = _relevance(
+            inner, composite, prefix, steps, tensors, spec, extra, target, known, reference
         )
-        output = call_model(relevance_program.module, leaves, spec)
-        target = resolve_target(target, output, known)
-        cotangent, multi = output_cotangent(output, target)
-        seed = cotangent * output.detach()
-        float_slots = [i for i, t in enumerate(leaves) if t.requires_grad]
-        wrt = [leaves[i] for i in float_slots] + [leaf for _, leaf in call.sinks]
-        if not wrt:
-            raise ValueError("no input carries relevance: inputs must be float or feed embeddings")
-        grads = torch.autograd.grad(output, wrt, seed, allow_unused=True, is_grads_batched=multi)
-        scores = row_scores(output.detach(), target)
-    classes = cotangent.shape[0] if multi else None
-    per_slot = _collect(tensors, float_slots, call.sinks, grads, classes)
+    classes = cotangent if multi else None
+    per_slot = _collect(tensors, float_slots, sinks, grads, classes)
     relevance = unflatten(per_slot, spec)
     if not return_conservation:
         return relevance
     dims_from = 2 if multi else 1
     total = sum(r.flatten(dims_from).sum(-1) for r in per_slot)
     return relevance, Conservation(total, scores.to(total.dtype))
+
+
+def _forward_kwargs(forward_kwargs: Mapping[str, Any] | None, spec: Any) -> dict[str, Any]:
+    if forward_kwargs is None:
+        return {}
+    if not isinstance(forward_kwargs, Mapping) or not all(
+        isinstance(k, str) for k in forward_kwargs
+    ):
+        raise TypeError(
+            "forward_kwargs must be a dict of keyword arguments for the model, got "
+            f"{type(forward_kwargs).__name__}"
+        )
+    clash = set(forward_kwargs) & set(spec.keys if spec.kind == "dict" else ())
+    if clash:
+        raise ValueError(f"forward_kwargs repeats the inputs' keys {sorted(clash)}")
+    return dict(forward_kwargs)
+
+
+def _facts(tensors: tuple[Tensor, ...]) -> list[Facts]:
+    return [Facts(frozenset({i}), ids=not t.is_floating_point()) for i, t in enumerate(tensors)]
+
+
+def _plan(
+    model: nn.Module,
+    composite: Composite,
+    prefix: str,
+    tensors: tuple[Tensor, ...],
+    spec: Any,
+    extra: dict[str, Any],
+) -> tuple[list[Step], Any]:
+    """The plain forward: the steps relevance reaches, and the model's output."""
+    planner = Planner(model, composite, prefix, {})
+    with torch.no_grad():
+        copies = tuple(t.detach().clone() for t in tensors)
+        for t, facts in zip(copies, _facts(tensors)):
+            planner.facts[t] = facts
+        with planner.active():
+            output = call_model(model, copies, spec, extra)
+    return planner.finish(), output
+
+
+def _relevance(
+    model: nn.Module,
+    composite: Composite,
+    prefix: str,
+    steps: list[Step],
+    tensors: tuple[Tensor, ...],
+    spec: Any,
+    extra: dict[str, Any],
+    target: Target,
+    known: Any,
+    reference: Any,
+) -> tuple[Any, ...]:
+    """The forward under the rules, the exactness check, and the backward."""
+    with torch.enable_grad():
+        leaves = tuple(
+            t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in tensors
+        )
+        output, run = _run_rules(model, composite, prefix, steps, leaves, spec, extra)
+        _check_exact(output, reference, lambda: _diagnose(
+            model, composite, prefix, steps, leaves, spec, extra))  # fmt: skip
+        logits = None if callable(target) else logits_of(output)
+        target = resolve_target(target, logits if logits is not None else output, known)
+        if callable(target):
+            scores = target(output)
+            _check_scores(scores, output)
+        else:
+            scores = row_scores(logits, target)
+        multi = scores.ndim == 2
+        seed = scores.detach()
+        if multi:
+            k = scores.shape[1]
+            seed = torch.eye(k, dtype=seed.dtype, device=seed.device)[:, None, :] * seed[None]
+        float_slots = [i for i, t in enumerate(leaves) if t.requires_grad]
+        wrt = [leaves[i] for i in float_slots] + [leaf for _, leaf in run.sinks]
+        if not wrt:
+            raise ValueError("no input carries relevance: inputs must be float or feed embeddings")
+        if not scores.requires_grad:
+            raise LRPError("LRP: the explained score does not depend on the inputs")
+        grads = torch.autograd.grad(scores, wrt, seed, allow_unused=True, is_grads_batched=multi)
+    k = scores.shape[1] if multi else 0
+    return grads, scores.detach(), run.sinks, float_slots, k, multi
+
+
+def _run_rules(
+    model: nn.Module,
+    composite: Composite,
+    prefix: str,
+    steps: list[Step],
+    leaves: tuple[Tensor, ...],
+    spec: Any,
+    extra: dict[str, Any],
+    diagnose: bool = False,
+) -> tuple[Any, Relevance]:
+    run = Relevance(model, composite, prefix, steps, diagnose)
+    # The model receives copies: an in-place operation on an input must not hit the leaves.
+    copies = tuple(t.clone() if t.requires_grad else t for t in leaves)
+    for t, facts in zip(copies, _facts(leaves)):
+        run.facts[t] = facts
+    with run.active():
+        output = call_model(model, copies, spec, extra)
+    if run.index != len(steps):
+        missing = steps[run.index].site
+        raise LRPError(
+            f"LRP: the forward took another path than in the plan pass: operation "
+            f"{missing.name!r} ({missing.target}) did not run again. The model's control flow "
+            "depends on values or on random draws; LRP needs a deterministic inference forward"
+        )
+    return output, run
+
+
+def _diagnose(*args: Any) -> None:
+    """Run the rules again, comparing every step with the plain operation, to name the first
+    that differs (called only when the outputs differ)."""
+    with torch.enable_grad():
+        _run_rules(*args, diagnose=True)
+
+
+def _check_exact(output: Any, reference: Any, diagnose: Any) -> None:
+    """The relevance program must reproduce the model's output (float tolerance)."""
+    got = [t for t in tree_leaves(output) if isinstance(t, Tensor) and t.is_floating_point()]
+    want = [t for t in tree_leaves(reference) if isinstance(t, Tensor) and t.is_floating_point()]
+    if len(got) == len(want) and all(close(a, b) for a, b in zip(got, want)):
+        return
+    diagnose()
+    raise LRPError(
+        "LRP: the relevance program's output differs from the model's output, but no single "
+        "operation differs from its plain value; the model is not deterministic between calls "
+        "(random draws, state updated by the forward)"
+    )
 
 
 def _collect(
@@ -175,18 +321,49 @@ def _collect(
 
 def lrp_rules(
     model: nn.Module,
+    inputs: Inputs,
     composite: Composite | Mapping[Any, _Rule] | None = None,
-    inputs: Inputs | None = None,
+    *,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> list[tuple[Site, _Rule | None]]:
-    """Which rule each node of ``model``'s graph gets under ``composite`` (nothing is run).
+    """Which rule each operation relevance reaches gets under ``composite``, for ``inputs``.
 
-    Returns ``(site, rule)`` pairs in graph order; ``site.name`` is what ``by_name`` matches.
-    Routing nodes (reshapes, max pooling, ...) show ``None``: they keep their plain gradient.
-    ``inputs`` (optional) fixes the input layout (tensor / tuple / dict), as in :func:`lrp`.
+    Runs the model's forward once (plainly, no gradients) and returns ``(site, rule)`` pairs in
+    the order the operations ran; ``site.name`` is what ``by_name`` matches (a module's own
+    operation: the module's path, e.g. ``"features.0"``; others ``"<module path>.<op>"``, e.g.
+    ``"layer1.0.add"``). Routing operations (reshapes, max pooling, ...) show ``None``: they
+    keep their plain gradient; so do norms and softmax under their AttnLRP rules.
     """
-    if inputs is None:
-        spec_inputs: Inputs = torch.zeros(1)
-    else:
-        spec_inputs = inputs
-    tensors, spec = flatten(spec_inputs)
-    return list(program(model, resolve(composite), spec, len(tensors)).plan)
+    inner, prefix = unwrap(model)
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
+    tensors, spec = flatten(inputs)
+    extra = _forward_kwargs(forward_kwargs, spec)
+    with untouched(inner), restored_buffers(inner), torch.inference_mode(False):
+        steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
+    return [(step.site, step.rule) for step in steps]
+
+
+def call_model(model: Any, tensors: tuple[Tensor, ...], spec: Any, extra: dict[str, Any]) -> Any:
+    """Call ``model`` with the inputs as the user's structure implies, plus ``extra`` keywords."""
+    if spec.kind == "dict":
+        return model(**dict(zip(spec.keys, tensors)), **extra)
+    return model(*tensors, **extra)
+
+
+@contextmanager
+def restored_buffers(model: nn.Module) -> Iterator[Callable[[], None]]:
+    """Yields ``restore()``, which puts back every buffer a forward changed; called on exit too
+    (a forward that updates state in eval mode runs twice here and must not drift)."""
+    saved = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for b, version, value in saved:
+                if b._version != version:
+                    b.copy_(value)
+
+    try:
+        yield restore
+    finally:
+        restore()

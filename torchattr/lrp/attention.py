@@ -4,22 +4,23 @@ In the relevance-as-gradient convention of :mod:`torchattr.lrp.rules`:
 
 * softmax ``s = softmax(x)``: ``R_x = x * (R_s - s * sum(R_s))``;
 * products ``q k^T`` and ``A v``: the uniform rule (each relevance-carrying factor gets half);
-* LayerNorm / GroupNorm / RMSNorm with the standard deviation held constant: the identity on the
-  normalisation and the epsilon rule on the element-wise affine part,
-  ``R_x = (gamma * x_hat) / stab(y) * R_y``;
-* ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention``: written out as projections
-  (the composite's dense rule), a scaled product, masks (constants), softmax, a product and the
-  output projection, so that every piece gets its rule.
+* LayerNorm / GroupNorm / RMSNorm / InstanceNorm with the standard deviation held constant:
+  the map is then linear (centring included) and relevance follows its epsilon rule, with the
+  shift ``beta`` as the bias;
+* ``F.multi_head_attention_forward`` and ``F.scaled_dot_product_attention``: written out as
+  projections (the composite's dense rule), a scaled product, masks (constants), softmax, a
+  product and the output projection, so that every piece gets its rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchattr.lrp.affine import dense
 from torchattr.lrp.rules import Constant, _Rule, carry, relay, stabilize
@@ -32,24 +33,70 @@ def softmax_rule(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return relay(value, s, torch.where(value > 0, value, torch.ones_like(value)))
 
 
-def norm_rule(y: Tensor, x: Tensor, beta: Tensor | None, channel_dim: int | None) -> Tensor:
-    """``y = gamma * x_hat + beta`` (computed); relevance ``R_x = (y - beta) / stab(y) * R_y``.
+def norm_rule(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], y: Tensor) -> Tensor:
+    """A normalisation ``y`` (computed) of ``x = args[0]`` with the AttnLRP rule.
 
-    ``channel_dim``: where ``beta`` ([C]) lives on ``y`` (None: ``beta`` broadcasts over the
-    trailing dimensions, as in LayerNorm).
+    With the standard deviation ``sigma`` held constant, every normalisation is linear in ``x``:
+    ``L(x) = gamma * (x - mean(x)) / sigma`` (``F.layer_norm``, ``F.group_norm``,
+    ``F.instance_norm`` with input statistics) or ``gamma * x / sigma`` (``F.rms_norm``,
+    running statistics), and ``y = L(x) + beta``. Relevance follows the epsilon rule of that map
+    with ``beta`` as its bias: ``R_x = x * J_L^T (R_y / y)`` (``0/0 := 0``); the centring is
+    kept (the mean is a linear map), only ``sigma`` is constant. ``name``: the function's name;
+    ``args``, ``kwargs``: the call's arguments.
     """
-    y = y.detach()
-    if beta is None:  # no affine shift: the identity rule exactly
-        return y + (x - x.detach())
-    scaled = y
-    if beta is not None:
-        beta = beta.detach()
-        if channel_dim is not None:
-            shape = [1] * y.ndim
-            shape[channel_dim] = -1
-            beta = beta.reshape(shape)
-        scaled = y - beta
-    return y + (x - x.detach()) * (scaled / stabilize(y, 1e-6))
+    x, bound = args[0], _bind_norm(name, args, kwargs)
+    gamma, eps = bound.get("weight"), bound.get("eps")
+    with torch.no_grad():
+        xd = x.detach()
+        if name == "layer_norm" or name == "rms_norm":
+            dims = tuple(range(-len(bound["normalized_shape"]), 0))
+            view = xd
+        elif name == "group_norm":
+            view, dims = xd.reshape(xd.shape[0], bound["num_groups"], -1), (-1,)
+        elif bound.get("use_input_stats", True):  # instance norm: per sample and channel
+            view, dims = xd.reshape(xd.shape[0], xd.shape[1], -1), (-1,)
+        else:  # instance norm with running statistics: an affine map per channel
+            view, dims = None, ()
+        centred = name != "rms_norm" and view is not None
+        if view is None:
+            sigma = _channels(bound["running_var"], xd).add(eps).sqrt()
+        elif name == "rms_norm":
+            eps = torch.finfo(xd.dtype).eps if eps is None else eps
+            sigma = view.pow(2).mean(dims, keepdim=True).add(eps).sqrt()
+        else:
+            sigma = view.var(dims, unbiased=False, keepdim=True).add(eps).sqrt()
+    c = carry(x, x)
+    if view is None:
+        num = c / sigma
+    else:
+        grouped = c.reshape(view.shape)
+        if centred:
+            grouped = grouped - grouped.mean(dims, keepdim=True)
+        num = (grouped / sigma).reshape(x.shape)
+    if gamma is not None:
+        num = num * (gamma.detach() if name in ("layer_norm", "rms_norm") else _channels(gamma, x))
+    return relay(y, num, stabilize(y.detach(), 0.0))
+
+
+_NORM_SIGNATURES = {
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+    "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
+    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias",
+                      "use_input_stats", "momentum", "eps"),
+}  # fmt: skip
+
+
+def _bind_norm(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = {"eps": None if name == "rms_norm" else 1e-5}
+    bound.update(zip(_NORM_SIGNATURES[name], args))
+    bound.update(kwargs)
+    return bound
+
+
+def _channels(t: Tensor, like: Tensor) -> Tensor:
+    """A per-channel ``[C]`` tensor shaped to broadcast over ``[B, C, ...]``."""
+    return t.detach().reshape(1, -1, *([1] * (like.ndim - 2)))
 
 
 def product(fn: Callable[..., Tensor], args: list[Any], rule: _Rule) -> Tensor:
@@ -87,8 +134,12 @@ def attend(
     if is_causal:
         length_q, length_k = q.shape[-2], k.shape[-2]
         causal = torch.ones(length_q, length_k, dtype=torch.bool, device=q.device).tril()
-        mask = causal if mask is None else mask & causal if mask.dtype == torch.bool else (
-            mask.masked_fill(~causal, float("-inf"))
+        mask = (
+            causal
+            if mask is None
+            else mask & causal
+            if mask.dtype == torch.bool
+            else (mask.masked_fill(~causal, float("-inf")))
         )
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
@@ -129,7 +180,7 @@ def scaled_dot_product_attention(
 
 
 def multihead_attention(
-    module: nn.MultiheadAttention,
+    module: Any,
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -216,90 +267,56 @@ def _additive(mask: Tensor, like: Tensor) -> Tensor:
     return mask.to(like.dtype)
 
 
-__all__ = ["multihead_attention", "norm_rule", "scaled_dot_product_attention", "softmax_rule"]
-
-
-RuleFor = Callable[[str, str, "nn.Module | None"], "_Rule | None"]
-
-
-def encoder_layer(
-    module: nn.TransformerEncoderLayer,
-    src: Tensor,
-    src_mask: Tensor | None = None,
-    src_key_padding_mask: Tensor | None = None,
+def multi_head_attention_forward(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    embed_dim_to_check: int,
+    num_heads: int,
+    in_proj_weight: Tensor | None,
+    in_proj_bias: Tensor | None,
+    bias_k: Tensor | None,
+    bias_v: Tensor | None,
+    add_zero_attn: bool,
+    dropout_p: float,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    training: bool = True,
+    key_padding_mask: Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: Tensor | None = None,
+    use_separate_proj_weight: bool = False,
+    q_proj_weight: Tensor | None = None,
+    k_proj_weight: Tensor | None = None,
+    v_proj_weight: Tensor | None = None,
+    static_k: Tensor | None = None,
+    static_v: Tensor | None = None,
+    average_attn_weights: bool = True,
     is_causal: bool = False,
     *,
-    rule_for: RuleFor,
-    name: str,
-) -> Tensor:
-    """``nn.TransformerEncoderLayer.forward`` written out (dropout off).
-
-    Residual sums take the ``Norm`` rule, LayerNorms the AttnLRP rule, the feed-forward layers
-    and projections the composite's dense rule (looked up as ``<name>.linear1`` etc.), the
-    activation ``Pass``.
-    """
-    sum_rule = rule_for(f"{name}.residual", "op", None)
-
-    def residual(a: Tensor, b: Tensor) -> Tensor:
-        live = [i for i, t in enumerate((a, b)) if t.requires_grad]
-        if not live:
-            return a + b
-        return sum_rule.op(torch.add, [a, b], live, 1)
-
-    def norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            y = layer(x)
-        return norm_rule(y, x, layer.bias, None) if x.requires_grad else y
-
-    def self_attention(x: Tensor) -> Tensor:
-        rules = {
-            "in_proj": rule_for(f"{name}.self_attn.in_proj", "dense", None),
-            "out_proj": rule_for(f"{name}.self_attn.out_proj", "dense", module.self_attn.out_proj),
-            "product": rule_for(f"{name}.self_attn.product", "op", None),
-            "softmax": rule_for(f"{name}.self_attn.softmax", "softmax", None),
-        }
-        out, _ = multihead_attention(
-            module.self_attn, x, x, x, src_key_padding_mask, False, src_mask,
-            is_causal=is_causal, rules=rules,
-        )  # fmt: skip
-        return out
-
-    def feed_forward(x: Tensor) -> Tensor:
-        first = rule_for(f"{name}.linear1", "dense", module.linear1)
-        h = project(x, module.linear1.weight, module.linear1.bias, first)
-        with torch.no_grad():
-            activated = module.activation(h.detach())
-        h = activated + (h - h.detach()) if h.requires_grad else activated  # Pass
-        second = rule_for(f"{name}.linear2", "dense", module.linear2)
-        return project(h, module.linear2.weight, module.linear2.bias, second)
-
-    x = src
-    if module.norm_first:
-        x = residual(x, self_attention(norm(module.norm1, x)))
-        return residual(x, feed_forward(norm(module.norm2, x)))
-    x = norm(module.norm1, residual(x, self_attention(x)))
-    return norm(module.norm2, residual(x, feed_forward(x)))
+    rules: dict[str, _Rule | None],
+) -> tuple[Tensor, Tensor | None]:
+    """``F.multi_head_attention_forward`` (what ``nn.MultiheadAttention`` calls, sequence
+    first) written out with AttnLRP rules (dropout off)."""
+    if static_k is not None or static_v is not None:
+        raise TypeError("LRP does not support multi-head attention with static_k / static_v")
+    layer = SimpleNamespace(
+        bias_k=bias_k, add_zero_attn=add_zero_attn, batch_first=False, num_heads=num_heads,
+        _qkv_same_embed_dim=not use_separate_proj_weight, in_proj_weight=in_proj_weight,
+        q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight, v_proj_weight=v_proj_weight,
+        in_proj_bias=in_proj_bias,
+        out_proj=SimpleNamespace(weight=out_proj_weight, bias=out_proj_bias),
+    )  # fmt: skip
+    return multihead_attention(
+        layer, query, key, value, key_padding_mask, need_weights, attn_mask,
+        average_attn_weights, is_causal, rules=rules,
+    )  # fmt: skip
 
 
-def encoder(
-    module: nn.TransformerEncoder,
-    src: Tensor,
-    mask: Tensor | None = None,
-    src_key_padding_mask: Tensor | None = None,
-    is_causal: bool | None = None,
-    *,
-    rule_for: RuleFor,
-    name: str,
-) -> Tensor:
-    """``nn.TransformerEncoder.forward``: its layers written out, then the optional norm."""
-    x = src
-    for i, layer in enumerate(module.layers):
-        x = encoder_layer(
-            layer, x, mask, src_key_padding_mask, bool(is_causal),
-            rule_for=rule_for, name=f"{name}.layers.{i}",
-        )  # fmt: skip
-    if module.norm is not None:
-        with torch.no_grad():
-            y = module.norm(x)
-        x = norm_rule(y, x, module.norm.bias, None) if x.requires_grad else y
-    return x
+__all__ = [
+    "multi_head_attention_forward",
+    "multihead_attention",
+    "norm_rule",
+    "scaled_dot_product_attention",
+    "softmax_rule",
+]

@@ -315,7 +315,8 @@ def _collect(
             shape = t.shape if classes is None else (classes, *t.shape)
             dtype = t.dtype if t.is_floating_point() else torch.get_default_dtype()
             r = torch.zeros(shape, dtype=dtype, device=t.device)
-        result.append((r if classes is None else r.movedim(0, 1)).detach())
+        r = r if classes is None else r.movedim(0, 1)
+        result.append(r.detach().to(torch.promote_types(r.dtype, torch.float32)))
     return result
 
 
@@ -332,7 +333,8 @@ def lrp_rules(
     the order the operations ran; ``site.name`` is what ``by_name`` matches (a module's own
     operation: the module's path, e.g. ``"features.0"``; others ``"<module path>.<op>"``, e.g.
     ``"layer1.0.add"``). Routing operations (reshapes, max pooling, ...) show ``None``: they
-    keep their plain gradient; so do norms and softmax under their AttnLRP rules.
+    keep their plain gradient; so do norms and softmax under their AttnLRP rules, and a
+    BatchNorm merged into the layer before it (that layer's rule covers both).
     """
     inner, prefix = unwrap(model)
     if not isinstance(inner, nn.Module):
@@ -341,7 +343,7 @@ def lrp_rules(
     extra = _forward_kwargs(forward_kwargs, spec)
     with untouched(inner), restored_buffers(inner), torch.inference_mode(False):
         steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
-    return [(step.site, step.rule) for step in steps]
+    return [(step.site, None if step.merged else step.rule) for step in steps]
 
 
 def call_model(model: Any, tensors: tuple[Tensor, ...], spec: Any, extra: dict[str, Any]) -> Any:

@@ -423,8 +423,6 @@ class Planner(_Capture):
         facts = Facts(frozenset().union(*(f.depends for f in live)), any(f.layered for f in live))
         self._record(Step("module", site, rule if isinstance(rule, _Rule) else None), output,
                      facts)  # fmt: skip
-        self.steps[-1].candidate = None
-        self.steps[-1].batchnorm = (rule,)  # the module rule (a Rule or an implied name)
         return None
 
     def finish(self) -> list[Step]:
@@ -511,8 +509,29 @@ def check_supported(site: Site, kind: str, rule: _Rule | None, name: str) -> Non
         )
 
 
+_RECURRENT = {
+    "lstm",
+    "gru",
+    "rnn_tanh",
+    "rnn_relu",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_tanh_cell",
+    "rnn_relu_cell",
+    "_pack_padded_sequence",
+}
+
+
 def no_rule_message(site: Site, name: str) -> str:
+    """The error for an operation without a rule, with a fix that is right for it."""
     module = site.module
+    if name in _RECURRENT:
+        return (
+            f"LRP has no rule for the recurrent layer {site.name!r} ({site.target}): the gated "
+            "LRP rules of Arras et al. (2017) are not implemented. Explain recurrent models "
+            "with ta.integrated_gradients or ta.input_x_gradient, or give the layer "
+            "ta.rules.Constant() by name if its relevance may be dropped"
+        )
     where = ""
     fix = (
         f"Assign one by name, e.g. composite=ta.composites.by_name({{{site.name!r}: "

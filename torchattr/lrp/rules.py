@@ -59,7 +59,7 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """
     if epsilon == 0:
         return torch.where(z == 0, torch.inf, z)
-    return z + torch.where(z >= 0, epsilon, -epsilon)
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def carry(p: Tensor, x: Tensor) -> Tensor:

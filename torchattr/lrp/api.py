@@ -14,7 +14,6 @@ from torch.utils._pytree import tree_leaves
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode
 from torchattr._core.inputs import Inputs, flatten, unflatten
-from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
     _check_scores,
@@ -139,7 +138,7 @@ def lrp(
             UserWarning,
             stacklevel=2,
         )
-    with untouched(inner), restored_buffers(inner) as restore, torch.inference_mode(False):
+    with restored_buffers(inner) as restore, torch.inference_mode(False):
         tensors = tuple(t.clone() if t.is_inference() else t for t in tensors)
         steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
         restore()
@@ -189,7 +188,7 @@ def _plan(
     with torch.no_grad():
         copies = tuple(t.detach().clone() for t in tensors)
         for t, facts in zip(copies, _facts(tensors)):
-            planner.facts[t] = facts
+            planner.set_fact(t, facts)
         with planner.active():
             output = call_model(model, copies, spec, extra)
     return planner.finish(), output
@@ -252,7 +251,7 @@ def _run_rules(
     # The model receives copies: an in-place operation on an input must not hit the leaves.
     copies = tuple(t.clone() if t.requires_grad else t for t in leaves)
     for t, facts in zip(copies, _facts(leaves)):
-        run.facts[t] = facts
+        run.set_fact(t, facts)
     with run.active():
         output = call_model(model, copies, spec, extra)
     if run.index != len(steps):
@@ -341,7 +340,7 @@ def lrp_rules(
         raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
     tensors, spec = flatten(inputs)
     extra = _forward_kwargs(forward_kwargs, spec)
-    with untouched(inner), restored_buffers(inner), torch.inference_mode(False):
+    with restored_buffers(inner), torch.inference_mode(False):
         steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
     return [(step.site, None if step.merged else step.rule) for step in steps]
 

@@ -29,6 +29,7 @@ are kept per tensor object for the duration of the call.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +40,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from torchattr.lrp.composites import Composite, Site, default_rule
@@ -94,6 +94,7 @@ class Step:
     batchnorm: tuple[Any, ...] | None = None  # a BatchNorm's (mean, var, weight, bias, eps)
     candidate: int | None = None  # a BatchNorm: the layer step that may take it
     channels: int | None = None  # a layer: its output channels (for the merge check)
+    shape: tuple[int, ...] = ()  # a layer: its output shape
 
 
 @dataclass
@@ -142,6 +143,27 @@ def _leave_module(module: nn.Module, args: Any, output: Any) -> Any:
 # the shared machinery of both passes
 
 
+_ATTRIBUTE = "_torchattr_lrp_facts"
+_TOKENS = itertools.count()
+
+
+def leaves(tree: Any) -> list[Any]:
+    """The leaves of nested tuples, lists and dicts (what operations take and return)."""
+    if not isinstance(tree, (tuple, list, dict)):
+        return [tree]
+    out: list[Any] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, (tuple, list)):
+            stack.extend(reversed(node))
+        else:
+            out.append(node)
+    return out
+
+
 def _is_float(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
@@ -156,7 +178,7 @@ class _Capture(TorchFunctionMode):
         self.prefix = prefix
         self.paths = {id(m): name for name, m in model.named_modules()}
         self.stack: list[_Frame] = []
-        self.facts: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.token = next(_TOKENS)  # facts are stored on the tensors, tagged with this call
         self.index = 0  # steps met so far
         self.counters: dict[str, int] = {}
 
@@ -234,16 +256,21 @@ class _Capture(TorchFunctionMode):
     # -- facts
 
     def fact(self, t: Any) -> Facts | None:
-        return self.facts.get(t) if isinstance(t, Tensor) else None
+        """The facts of a tensor relevance reaches in this call (None for any other object)."""
+        found = getattr(t, _ATTRIBUTE, None) if isinstance(t, Tensor) else None
+        return found[1] if found is not None and found[0] == self.token else None
+
+    def set_fact(self, t: Tensor, facts: Facts) -> None:
+        setattr(t, _ATTRIBUTE, (self.token, facts))
 
     def _live(self, tree: Any) -> bool:
-        return any(self.fact(t) is not None for t in tree_leaves(tree))
+        return any(self.fact(t) is not None for t in leaves(tree))
 
     def mark(self, tree: Any, facts: Facts) -> None:
         """Record ``facts`` for the floating tensors of ``tree`` (integer ones only when ids)."""
-        for t in tree_leaves(tree):
+        for t in leaves(tree):
             if isinstance(t, Tensor) and (_is_float(t) or (facts.ids and t.dtype != torch.bool)):
-                self.facts[t] = facts
+                self.set_fact(t, facts)
 
     def output_facts(self, name: str, kind: str, live: list[Facts]) -> Facts:
         """Facts of an operation's outputs from those of its relevance-carrying inputs."""
@@ -267,17 +294,19 @@ class _Capture(TorchFunctionMode):
         """One intercepted operation: run it plainly, or as a step when relevance reaches it."""
         if self.stack and self.stack[-1].opaque is not None:
             return self.plain(func, args, kwargs)
-        flat, _ = tree_flatten((args, kwargs))
+        flat = leaves((args, kwargs))
         live = [f for f in (self.fact(t) for t in flat) if f is not None]
         if not live:
             return self.plain(func, args, kwargs)
         name, in_place = op_name(func)
+        if name not in _METADATA:
+            self.seen(flat)
         kind = kind_of(name)
         floats = [f for f in live if not f.ids]
         if not floats:  # only integer ids: routing keeps them ids, anything else ends them
-            out = self.plain(func, args, kwargs)
             if kind == "embedding":
                 return self.embedding(func, args, kwargs, live[0])
+            out = self.plain(func, args, kwargs)
             if kind == "route":
                 self.mark(
                     out, replace(live[0], depends=frozenset().union(*(f.depends for f in live)))
@@ -289,6 +318,9 @@ class _Capture(TorchFunctionMode):
         return self.step(func, name, kind, in_place, args, kwargs, floats, first)
 
     # -- implemented by the passes
+
+    def seen(self, flat: list[Any]) -> None:
+        """An operation reads the values of the tensors in ``flat``."""
 
     def plain(self, func: Any, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError
@@ -326,6 +358,16 @@ _QUERIES = {
 }  # fmt: skip
 
 
+#: Operations that read only a tensor's metadata, not its values.
+_METADATA = {
+    "size", "dim", "numel", "stride", "is_contiguous", "data_ptr", "element_size", "len",
+    "shape", "dtype", "device", "ndim", "is_floating_point", "is_complex", "requires_grad",
+    "grad_fn", "is_leaf", "grad", "layout", "storage_offset", "nelement", "is_cuda", "is_sparse",
+    "is_quantized", "is_meta", "names", "output_nr", "_version", "is_nested", "get_device",
+    "is_inference", "ndimension",
+}  # fmt: skip
+
+
 def _is_query(name: str) -> bool:
     """Operations whose result carries no relevance: shapes, comparisons, fresh tensors."""
     return name in _QUERIES
@@ -353,11 +395,11 @@ class Planner(_Capture):
         self.steps.append(step)
         self.uses.append(0)
         self.mark(out, facts)
-        for t in tree_leaves(out):
+        for t in leaves(out):
             if isinstance(t, Tensor):
                 self.producer[t] = len(self.steps) - 1
 
-    def _count_uses(self, flat: list[Any]) -> None:
+    def seen(self, flat: list[Any]) -> None:
         for t in flat:
             i = self.producer.get(t) if isinstance(t, Tensor) else None
             if i is not None:
@@ -366,8 +408,7 @@ class Planner(_Capture):
     def step(self, func, name, kind, in_place, args, kwargs, live, first):  # type: ignore[no-untyped-def]
         site = self.site(name, kind, func, first)
         rule = self.composite.rule_for(site) or default_rule(site)
-        flat = tree_leaves((args, kwargs))
-        self._count_uses(flat)
+        flat = leaves((args, kwargs))
         check_supported(site, kind, rule, name)
         first_live = next(t for t in flat if self.fact(t) is not None and not self.fact(t).ids)
         step = Step(name, site, rule, nonneg=self.fact(first_live).nonneg)
@@ -375,11 +416,12 @@ class Planner(_Capture):
             step.gated = _gates(args, self.fact)
         out = self.plain(func, args, kwargs)
         if kind in ("dense", "conv") and isinstance(out, Tensor):
+            step.shape = tuple(out.shape)
             step.channels = out.shape[1] if out.ndim > 1 and kind == "conv" else out.shape[-1]
             if kind == "dense" and out.ndim != 2:
                 step.channels = None  # BatchNorm1d over [B, C, L] does not fold into a linear
         if kind == "batchnorm":
-            step.batchnorm = _batchnorm_parameters(args, kwargs)
+            step.batchnorm = batchnorm_parameters(args, kwargs)
             source = self.producer.get(first_live)
             if (
                 source is not None
@@ -396,8 +438,7 @@ class Planner(_Capture):
     def embedding(self, func: Any, args: Any, kwargs: Any, facts: Facts) -> Any:
         name = "embedding"
         site = self.site(name, "embedding", func, False)
-        flat = tree_leaves((args, kwargs))
-        self._count_uses(flat)
+        leaves((args, kwargs))
         out = self.plain(func, args, kwargs)
         if len(facts.depends) > 1:
             raise LRPError(
@@ -409,7 +450,7 @@ class Planner(_Capture):
 
     def module_step(self, frame: _Frame, output: Any) -> Any:
         site = self._module_site(frame)
-        flat = tree_leaves(frame.inputs)
+        flat = leaves(frame.inputs)
         live = [f for f in (self.fact(t) for t in flat) if f is not None and not f.ids]
         if not live or not isinstance(output, Tensor):
             if frame.opaque in ("rmsnorm", "activation"):
@@ -419,7 +460,7 @@ class Planner(_Capture):
                 "one tensor output and a relevance-carrying tensor input"
             )
         rule = frame.opaque
-        self._count_uses(flat)
+        self.seen(flat)
         facts = Facts(frozenset().union(*(f.depends for f in live)), any(f.layered for f in live))
         self._record(Step("module", site, rule if isinstance(rule, _Rule) else None), output,
                      facts)  # fmt: skip
@@ -445,7 +486,7 @@ def _gates(args: Any, fact: Callable[[Any], Facts | None]) -> tuple[int, ...]:
     return gates if len(gates) == 1 else ()
 
 
-def _batchnorm_parameters(args: Any, kwargs: Any) -> tuple[Any, ...]:
+def batchnorm_parameters(args: Any, kwargs: Any) -> tuple[Any, ...]:
     """``(running_mean, running_var, weight, bias, eps)`` of an ``F.batch_norm`` call."""
     names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
              "eps")  # fmt: skip
@@ -553,5 +594,4 @@ def no_rule_message(site: Site, name: str) -> str:
     )
 
 
-__all__ = ["Facts", "LRPError", "Planner", "Step"]
-del tree_map, tree_unflatten
+__all__ = ["Facts", "LRPError", "Planner", "Step", "leaves"]

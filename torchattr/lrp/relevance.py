@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from torchattr.lrp import affine, attention
@@ -24,6 +24,7 @@ from torchattr.lrp.capture import (
     _Capture,
     _Frame,
     inference,
+    leaves,
 )
 from torchattr.lrp.composites import Composite, Site, default_rule
 from torchattr.lrp.ops import DIVISIONS, PRODUCTS
@@ -52,7 +53,7 @@ class Relevance(_Capture):
     def plain(self, func: Any, args: Any, kwargs: Any) -> Any:
         inside = bool(self.stack) and self.stack[-1].opaque is not None
         if not inside:
-            for t in tree_leaves((args, kwargs)):
+            for t in leaves((args, kwargs)):
                 if (
                     isinstance(t, Tensor)
                     and t.requires_grad
@@ -99,6 +100,7 @@ class Relevance(_Capture):
                 "model's forward). Give the enclosing module one rule, e.g. "
                 "ta.composites.by_name({'<module path>': ta.rules.Pass()}) | composite"
             )
+        self.raw = (args, kwargs)  # parameters as they are: layer records are cached on them
         args, kwargs = tree_map(self._constant, (args, kwargs))
         kwargs = inference(func, args, kwargs)
         written = None
@@ -112,7 +114,7 @@ class Relevance(_Capture):
             raise TypeError(f"LRP: {site.name!r} ({site.target}): {error}") from None
         if written is not None:
             out = written.copy_(out)
-        if self.diagnose and kind != "batchnorm":
+        if self.diagnose and kind != "batchnorm" and step.merge is None:
             self._compare(func, args, kwargs, out, site)
         self.mark(out, self.output_facts(name, kind, live))
         return out
@@ -126,7 +128,7 @@ class Relevance(_Capture):
     def _compare(self, func: Any, args: Any, kwargs: Any, out: Any, site: Site) -> None:
         with torch.no_grad():
             expected = func(*tree_map(_detached, args), **tree_map(_detached, kwargs))
-        for got, want in zip(tree_leaves(out), tree_leaves(expected)):
+        for got, want in zip(leaves(out), leaves(expected)):
             if isinstance(got, Tensor) and got.is_floating_point() and not close(got, want):
                 raise LRPError(
                     f"LRP: the relevance program differs from the model at {site.name!r} "
@@ -145,7 +147,7 @@ class Relevance(_Capture):
         return leaf
 
     def module_step(self, frame: _Frame, output: Any) -> Any:
-        live = [t for t in tree_leaves(frame.inputs) if self.fact(t) is not None]
+        live = [t for t in leaves(frame.inputs) if self.fact(t) is not None]
         floats = [t for t in live if not self.fact(t).ids]
         if not floats or not isinstance(output, Tensor):
             return None
@@ -224,7 +226,7 @@ def _out_of_place(func: Any, name: str, in_place: bool, kwargs: dict[str, Any]) 
 def _live_positions(args: Any, kwargs: Any, step: Step) -> list[int]:
     live = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
     others = [a for a in args if not isinstance(a, Tensor)]
-    if any(isinstance(t, Tensor) and t.requires_grad for t in tree_leaves((others, kwargs))):
+    if any(isinstance(t, Tensor) and t.requires_grad for t in leaves((others, kwargs))):
         raise TypeError(
             f"LRP: relevance reaches {step.site.name!r} ({step.site.target}) through a keyword "
             "or nested argument; rules need it as a positional tensor argument"
@@ -291,7 +293,9 @@ def _norm(rel, func, name, in_place, args, kwargs, step, index):  # type: ignore
 
 def _batchnorm(rel, func, name, in_place, args, kwargs, step, index):  # type: ignore[no-untyped-def]
     if step.merged:
-        return rel.stash.pop(index)
+        from torchattr.lrp.capture import batchnorm_parameters
+
+        return rel.stash.pop(index)(batchnorm_parameters(*rel.raw))
     fn = _out_of_place(func, name, in_place, kwargs)
     live = _live_positions(list(args), kwargs, step)
     return step.rule.op(fn, list(args), live, 1)
@@ -344,28 +348,44 @@ def _layer(rel, func, name, in_place, args, kwargs, step, index):  # type: ignor
     if not x.requires_grad:
         with torch.no_grad():
             return func(*args, **kwargs)
-    bn = rel.steps[step.merge].batchnorm if step.merge is not None else None
-    config = tuple((k, v) for k, v in bound.items() if k not in ("input", "weight", "bias",
-                                                                 "mat1", "mat2"))  # fmt: skip
-    layer = _record(name, family, weight, bias, config, bn)
-    rule = step.rule
-    if bn is None:
-        return rule.layer(x, layer, step.nonneg)
-    rel.stash[step.merge] = rule.layer(x, layer, step.nonneg)
-    with torch.no_grad():
-        return func(*args, **kwargs)
+    config = tuple(
+        (k, v) for k, v in bound.items() if k not in ("input", "weight", "bias", "mat1", "mat2")
+    )
+    raw = dict(zip(_LAYER_SIGNATURES[family], rel.raw[0]))
+    raw.update(rel.raw[1])
+    key = raw["mat2"] if family == "addmm" else raw["weight"]
+
+    def apply(bn: tuple[Any, ...] | None) -> Tensor:
+        layer = _record(name, family, weight, bias, config, bn, key)
+        return step.rule.layer(x, layer, step.nonneg)
+
+    if step.merge is None:
+        return apply(None)
+    # The layer's output feeds only its BatchNorm (checked by the plan pass): the BatchNorm
+    # step computes the merged layer with its current statistics, and nothing reads this
+    # output's values, so they are not computed (an uninitialised tensor of its shape stands
+    # in; the exactness check at the output would see any use of it).
+    rel.stash[step.merge] = apply
+    return x.new_empty(step.shape)
 
 
 def _record(
-    name: str, family: str, weight: Tensor, bias: Tensor | None, config: Any, bn: Any
+    name: str,
+    family: str,
+    weight: Tensor,
+    bias: Tensor | None,
+    config: Any,
+    bn: Any,
+    parameter: Any,
 ) -> affine.Affine:
     """The layer's :class:`~torchattr.lrp.rules.Affine` record (BatchNorm merged), cached per
     weight parameter while the weights, bias, BatchNorm and call configuration are unchanged;
-    computed weights (pruning, parametrisations) get a fresh record every call."""
-    key = (name, _versions(weight, bias, *(bn or ())), config)
-    cacheable = isinstance(weight, nn.Parameter)
+    computed weights (pruning, parametrisations) get a fresh record every call. ``parameter``:
+    the weight as the model passed it (``weight`` is its detached copy)."""
+    key = (name, _versions(parameter, bias, *(bn or ())), config)
+    cacheable = isinstance(parameter, nn.Parameter)
     if cacheable:
-        hit = _RECORDS.get(weight)
+        hit = _RECORDS.get(parameter)
         if hit is not None and hit[0] == key:
             return hit[2]
     w, b = weight.detach(), None if bias is None else bias.detach()
@@ -385,7 +405,7 @@ def _record(
     if cacheable:
         storages = tuple(t.untyped_storage() for t in (weight, bias, *(bn or ()))
                          if isinstance(t, Tensor))  # fmt: skip
-        _RECORDS[weight] = (key, storages, layer)
+        _RECORDS[parameter] = (key, storages, layer)
     return layer
 
 

@@ -3,7 +3,8 @@
 :func:`untouched` is the context in which every method calls the user's model. It
 
 * enters :func:`~torchattr._core.contexts.grad_context` (out of inference mode, grad mode on,
-  for the call only), so that methods work inside ``torch.inference_mode()`` / ``no_grad()``;
+  for the call only), so that methods work inside ``torch.inference_mode()`` / ``no_grad()``
+  (forward-only callers opt out with ``gradients=False``);
 * restores the training flag of every submodule whose flag changed during the call (torchattr
   itself never changes one; this undoes a forward that does);
 * when a submodule is in training mode (batch norm would update its running statistics), copies
@@ -42,15 +43,20 @@ def _lock_of(model: torch.nn.Module) -> threading.RLock:
 
 
 @contextmanager
-def untouched(model: Callable[..., Any], hooked: Iterable[Any] = ()) -> Iterator[None]:
+def untouched(
+    model: Callable[..., Any], hooked: Iterable[Any] = (), *, gradients: bool = True
+) -> Iterator[None]:
     """Context in which ``model`` may be called; its state is restored on exit.
 
     Restores the training flags that changed and, when a submodule is in training mode, the
-    buffers (calls on one model that may write its buffers run one at a time). ``hooked`` is
-    accepted for compatibility and not used: hooks are removed by their handles.
+    buffers (calls on one model that may write its buffers run one at a time). With
+    ``gradients`` (the default) the body runs in :func:`~torchattr._core.contexts.grad_context`;
+    forward-only callers pass ``gradients=False`` and keep the caller's context (a forward
+    inside ``torch.inference_mode()`` stays there). ``hooked`` is accepted for compatibility
+    and not used: hooks are removed by their handles.
     """
     del hooked
-    with grad_context(model):
+    with grad_context(model) if gradients else nullcontext():
         if tracing() or not isinstance(model, torch.nn.Module):
             yield
             return

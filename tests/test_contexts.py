@@ -12,7 +12,7 @@ from models import build
 
 import torchattr as ta
 
-CONTEXTS = ("inference_mode", "no_grad", "inference_inputs", "inference_inputs_no_grad")
+CONTEXTS = ("inference_mode", "no_grad", "inference_inputs")
 
 
 def _call_in(context: str, call, x):

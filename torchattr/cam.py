@@ -33,7 +33,9 @@ randomcam                ``w_k ~ U(-1, 1)``; ``cam = sum_k w_k A_k`` (a sanity b
 The map returned is ``minmax(upsample(relu(cam)))`` per sample (bilinear, ``align_corners=False``;
 linear / trilinear for 1-D / 3-D layers), in ``[0, 1]``. Several layers average their maps and
 rescale the mean. Activations and gradients are captured with forward hooks that exist for the
-duration of the call only; everything stays a tensor on the model's device. The gradient methods
+duration of the call only and act in that call only (other threads' forwards of the same model do
+not see them); everything stays a tensor on the model's device. A wrapped model (DataParallel,
+DDP, ``torch.compile``) is explained through the module it holds, called directly. The gradient methods
 run one forward in which autograd records from the first hooked layer on (nothing before it is
 kept for the backward) and one ``torch.autograd.grad`` down to the layer's output, batched over
 K classes with ``is_grads_batched``; no parameter gradient is computed.
@@ -234,8 +236,9 @@ def cam(
         target: ``None`` (argmax per sample), an int, a LongTensor ``[B]`` (one class per
             sample), ``[B, K]`` (maps ``[B, K, H, W]``) or a callable (see
             :mod:`torchattr._core.targets`).
-        layer: a submodule, its dotted name (``"layer4"``, ``"features.28"``) or a list of them
-            (their maps are averaged). Its output must be ``[B, C, h, w]`` (or tokens
+        layer: a submodule, its dotted name (``"layer4"``, ``"features.28"``; for a wrapped
+            model with or without ``"module."`` / ``"_orig_mod."``) or a list of them (their
+            maps are averaged). Its output must be ``[B, C, h, w]`` (or tokens
             ``[B, N, D]``, see ``reshape``) and it must run once per forward. For ``fullgrad``
             it selects where the bias layers are searched (``None``: the whole model).
         size: the output size (an int or ``(H, W)``); default: the input's spatial size.

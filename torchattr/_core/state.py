@@ -5,8 +5,10 @@
 * enters :func:`~torchattr._core.contexts.grad_context` (out of inference mode, grad mode on,
   for the call only), so that methods work inside ``torch.inference_mode()`` / ``no_grad()``
   (forward-only callers opt out with ``gradients=False``);
-* restores the training flag of every submodule whose flag changed during the call (torchattr
-  itself never changes one; this undoes a forward that does);
+* restores the training flag of every submodule whose flag changed during the call. torchattr
+  itself never writes a flag (no ``eval()`` / ``train()`` on the user's model, so no other
+  thread can see a flipped mode); this only undoes a forward that flips one. Nothing is written
+  when no flag changed;
 * when a submodule is in training mode (batch norm would update its running statistics), copies
   every buffer and writes the copies back on exit, holding a per-model lock for the whole call
   so that concurrent calls on one shared model neither see nor restore each other's updates.

@@ -35,10 +35,10 @@ linear / trilinear for 1-D / 3-D layers), in ``[0, 1]``. Several layers average 
 rescale the mean. Activations and gradients are captured with forward hooks that exist for the
 duration of the call only and act in that call only (other threads' forwards of the same model do
 not see them); everything stays a tensor on the model's device. A wrapped model (DataParallel,
-DDP, ``torch.compile``) is explained through the module it holds, called directly. The gradient methods
-run one forward in which autograd records from the first hooked layer on (nothing before it is
-kept for the backward) and one ``torch.autograd.grad`` down to the layer's output, batched over
-K classes with ``is_grads_batched``; no parameter gradient is computed.
+DDP, ``torch.compile``) is explained through the module it holds, called directly. The gradient
+methods run one forward in which autograd records from the first hooked layer on (nothing before
+it is kept for the backward) and one ``torch.autograd.grad`` down to the layer's output, batched
+over K classes with ``is_grads_batched``; no parameter gradient is computed.
 
 Vision transformers: a layer output ``[B, N, D]`` for an image input ``[B, C, H, W]`` is read as
 tokens and turned into a grid ``[B, D, h, w]`` (channels = the embedding). The automatic rule

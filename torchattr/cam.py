@@ -33,10 +33,12 @@ randomcam                ``w_k ~ U(-1, 1)``; ``cam = sum_k w_k A_k`` (a sanity b
 The map returned is ``minmax(upsample(relu(cam)))`` per sample (bilinear, ``align_corners=False``;
 linear / trilinear for 1-D / 3-D layers), in ``[0, 1]``. Several layers average their maps and
 rescale the mean. Activations and gradients are captured with forward hooks that exist for the
-duration of the call only; everything stays a tensor on the model's device. The gradient methods
-run one forward in which autograd records from the first hooked layer on (nothing before it is
-kept for the backward) and one ``torch.autograd.grad`` down to the layer's output, batched over
-K classes with ``is_grads_batched``; no parameter gradient is computed.
+duration of the call only and act in that call only (other threads' forwards of the same model do
+not see them); everything stays a tensor on the model's device. A wrapped model (DataParallel,
+DDP, ``torch.compile``) is explained through the module it holds, called directly. The gradient
+methods run one forward in which autograd records from the first hooked layer on (nothing before
+it is kept for the backward) and one ``torch.autograd.grad`` down to the layer's output, batched
+over K classes with ``is_grads_batched``; no parameter gradient is computed.
 
 Vision transformers: a layer output ``[B, N, D]`` for an image input ``[B, C, H, W]`` is read as
 tokens and turned into a grid ``[B, D, h, w]`` (channels = the embedding). The automatic rule
@@ -63,11 +65,13 @@ from torch.nn import functional as F
 
 from torchattr._core.checks import check_choice, check_positive_int
 from torchattr._core.chunking import row_ranges
+from torchattr._core.contexts import call_hooks
 from torchattr._core.grad import Problem, accumulation_dtype, forward_scores, prepare
 from torchattr._core.inputs import Inputs, call_model
 from torchattr._core.layers import hooked, layer_name
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target, output_cotangent, resolve_target, row_scores
+from torchattr._core.wrapped import strip_prefix, unwrap
 
 METHODS = (
     "gradcam",
@@ -232,8 +236,9 @@ def cam(
         target: ``None`` (argmax per sample), an int, a LongTensor ``[B]`` (one class per
             sample), ``[B, K]`` (maps ``[B, K, H, W]``) or a callable (see
             :mod:`torchattr._core.targets`).
-        layer: a submodule, its dotted name (``"layer4"``, ``"features.28"``) or a list of them
-            (their maps are averaged). Its output must be ``[B, C, h, w]`` (or tokens
+        layer: a submodule, its dotted name (``"layer4"``, ``"features.28"``; for a wrapped
+            model with or without ``"module."`` / ``"_orig_mod."``) or a list of them (their
+            maps are averaged). Its output must be ``[B, C, h, w]`` (or tokens
             ``[B, N, D]``, see ``reshape``) and it must run once per forward. For ``fullgrad``
             it selects where the bias layers are searched (``None``: the whole model).
         size: the output size (an int or ``(H, W)``); default: the input's spatial size.
@@ -271,11 +276,14 @@ def cam(
         raise TypeError(f"return_raw must be a bool, got {type(return_raw).__name__}")
     if reshape is not None and not callable(reshape):
         reshape = _check_grid(reshape)
-    problem, target = prepare(model, inputs, target)
     if method == "fullgrad":
         layers, names = _bias_layers(model, layer)
     else:
         layers, names = resolve_cam_layers(model, layer)
+    # A wrapper (DataParallel, DDP, torch.compile) forwards to the module it holds: explain that
+    # module directly (eager, one device), so that the hooks act on the modules that run.
+    model, _ = unwrap(model)
+    problem, target = prepare(model, inputs, target)
     image = problem.tensors[0]
     space = _spatial(image, size)
     chunk = batch_size or problem.batch
@@ -311,7 +319,9 @@ def cam(
 def resolve_cam_layers(model: Any, layer: LayerArg) -> tuple[tuple[nn.Module, ...], list[str]]:
     """Modules (and names for messages) of ``layer``: a module, a dotted name or a list of them.
 
-    An unknown name raises a ValueError listing the closest submodule names (difflib).
+    Names of a wrapped model (DataParallel, DDP, ``torch.compile``) resolve with or without the
+    wrapper's prefix (``"module.layer4"`` or ``"layer4"``). An unknown name raises a ValueError
+    listing the closest submodule names (difflib).
     """
     if layer is None:
         raise TypeError(
@@ -321,7 +331,8 @@ def resolve_cam_layers(model: Any, layer: LayerArg) -> tuple[tuple[nn.Module, ..
     items = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     if not items:
         raise ValueError("layer is an empty list: expected at least one submodule")
-    named = dict(model.named_modules()) if isinstance(model, nn.Module) else {}
+    inner, prefix = unwrap(model)
+    named = dict(inner.named_modules()) if isinstance(inner, nn.Module) else {}
     modules, names = [], []
     for item in items:
         if isinstance(item, str):
@@ -330,13 +341,14 @@ def resolve_cam_layers(model: Any, layer: LayerArg) -> tuple[tuple[nn.Module, ..
                     f"layer {item!r} is a name but model is a {type(model).__name__}, not an "
                     "nn.Module: pass the submodule itself"
                 )
-            if item not in named or not item:
+            found = item if item in named else strip_prefix(item, prefix)
+            if found not in named or not found:
                 raise ValueError(_unknown_layer(item, named))
-            modules.append(named[item])
-            names.append(repr(item))
+            modules.append(named[found])
+            names.append(repr(found))
         elif isinstance(item, nn.Module):
             modules.append(item)
-            names.append(layer_name(model, item))
+            names.append(layer_name(inner, item))
         else:
             raise TypeError(
                 f"layer must be an nn.Module, a dotted submodule name or a list of them, got "
@@ -375,7 +387,7 @@ def _bias_layers(model: Any, layer: LayerArg) -> tuple[tuple[nn.Module, ...], li
             f"{'(the model)' if layer is None else repr(layer)}: nothing to decompose"
         )
     modules = tuple(found.values())
-    return modules, [layer_name(model, m) for m in modules]
+    return modules, [layer_name(unwrap(model)[0], m) for m in modules]
 
 
 def _effective_bias_exists(m: nn.Module) -> bool:
@@ -550,7 +562,8 @@ def _tapped(
     each output ``z`` is captured as the tensor to differentiate with respect to (a leaf if
     nothing before it is recorded) and ``z.clone()`` goes on through the model, so in-place ops
     downstream neither rewrite ``z`` nor hit a leaf. Nothing before the layer is recorded,
-    nested and chained layers all get their gradient. Hooks are removed on exit.
+    nested and chained layers all get their gradient. The hooks act only in this call's thread /
+    context (:func:`~torchattr._core.contexts.call_hooks`) and are removed on exit.
     """
     captured: list[Any] = [None] * len(layers)
     calls = [0] * len(layers)
@@ -577,12 +590,8 @@ def _tapped(
 
         return hook
 
-    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
-    try:
+    with call_hooks([(layer, make_hook(i)) for i, layer in enumerate(layers)]):
         yield captured, calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _never_called(calls: Sequence[int], names: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode, warn_if_training
 from torchattr._core.chunking import row_ranges
+from torchattr._core.contexts import normal_tensor, normal_tensors
 from torchattr._core.inputs import InputSpec, call_model, flatten
 from torchattr._core.layers import Layers, check_ids, hooked, padding_masks, resolve_layers
 from torchattr._core.targets import (
@@ -201,11 +202,12 @@ def prepare(
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
     tensors, spec = flatten(inputs)
+    tensors = normal_tensors(tensors)  # inputs made under torch.inference_mode() (a copy)
     layers = resolve_layers(layer, spec, len(tensors))
     names = spec.names()
     check_ids(tensors, names, layers)
     batch = check_gradient_inputs(tensors, spec, skip=[layer is not None for layer in layers])
-    target = normalize_target(target, batch, tensors[0].device)
+    target = normal_tensor(normalize_target(target, batch, tensors[0].device))
     training = in_training_mode(model)
     warn_if_training(training)
     return Problem(model, tensors, spec, layers, training, target_range(target)), target

@@ -3,8 +3,10 @@
 Each flat input slot either is continuous (its primal is the input itself) or has a layer (its
 primal is that layer's output, and the model still receives the raw input, e.g. integer codes).
 While the model runs, forward hooks replace the layer's output with the primal; they exist for
-the duration of one model call only. A layer must run exactly once per forward: the
-replacement is per call.
+the duration of one model call only and act only in that call's thread / context (see
+:func:`~torchattr._core.contexts.call_hooks`), so concurrent calls on one shared model do not
+see each other's replacements. A layer must run exactly once per forward: the replacement is
+per call.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchattr._core.contexts import call_hooks
 from torchattr._core.inputs import InputSpec
 
 Layers = tuple[nn.Module | None, ...]
@@ -97,12 +100,12 @@ def hooked(
 ) -> Iterator[list[Tensor | None]]:
     """Run the body with layer outputs captured (``outputs=None``) or replaced by ``outputs``.
 
-    Yields the list that receives the captured outputs (detached). On exit every hook is removed
-    and each layer must have run exactly once.
+    Yields the list that receives the captured outputs (detached). The hooks act only in this
+    call (:func:`~torchattr._core.contexts.call_hooks`); on exit they are removed and each layer
+    must have run exactly once.
     """
     captured: list[Tensor | None] = [None] * len(layers)
     calls = [0] * len(layers)
-    handles = []
 
     def make_hook(slot: int) -> Callable[..., Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -127,14 +130,9 @@ def hooked(
 
         return hook
 
-    try:
-        for slot, layer in enumerate(layers):
-            if layer is not None:
-                handles.append(layer.register_forward_hook(make_hook(slot)))
+    hooks = [(layer, make_hook(slot)) for slot, layer in enumerate(layers) if layer is not None]
+    with call_hooks(hooks):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
     for slot, layer in enumerate(layers):
         if layer is not None and calls[slot] == 0:
             raise ValueError(

@@ -69,7 +69,7 @@ def _scoring(
             "expected [B]"
         )
     warn_if_training(in_training_mode(model))
-    with untouched(model), torch.no_grad():
+    with untouched(model, gradients=False), torch.no_grad():
         clean, resolved = [], []
         known_range = target_range(target)
         for start, stop in row_ranges(inputs.shape[0], batch_size):

@@ -80,6 +80,8 @@ CALLS: dict[str, tuple[str, Callable[[Tensor], Any]]] = {
             CNN, x, torch.tensor([[0, 1]] * 3), layer=["features.0", CAM_LAYER], method="layercam"
         ),
     ),
+    "lrp": ("image", lambda x: ta.lrp(CNN, x, LABELS, return_conservation=True)),
+    "lrp_ids": ("ids", lambda ids: ta.lrp(BAG, ids)),
     "deletion": ("image", lambda x: deletion(CNN, x, x.abs().sum(1), step=64)),
     "road": (
         "image",

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode
+from torchattr._core.contexts import grad_context, normal_tensors
 from torchattr._core.inputs import Inputs, flatten, unflatten
 from torchattr._core.targets import (
     Target,
@@ -138,8 +139,8 @@ def lrp(
             UserWarning,
             stacklevel=2,
         )
-    with restored_buffers(inner) as restore, torch.inference_mode(False):
-        tensors = tuple(t.clone() if t.is_inference() else t for t in tensors)
+    with restored_buffers(inner) as restore, grad_context(inner):
+        tensors = normal_tensors(tensors)
         steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
         restore()
         grads, scores, sinks, float_slots, cotangent, multi = _relevance(
@@ -340,7 +341,8 @@ def lrp_rules(
         raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
     tensors, spec = flatten(inputs)
     extra = _forward_kwargs(forward_kwargs, spec)
-    with restored_buffers(inner), torch.inference_mode(False):
+    with restored_buffers(inner), grad_context(inner):
+        tensors = normal_tensors(tensors)
         steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
     return [(step.site, None if step.merged else step.rule) for step in steps]
 

@@ -222,7 +222,10 @@ class _Capture(TorchFunctionMode):
         return self.module_step(frame, output)
 
     def _module_site(self, frame: _Frame) -> Site:
-        return Site(frame.path, "module", frame.module, False, type(frame.module).__name__)
+        return Site(
+            frame.path, "module", frame.module, False, type(frame.module).__name__,
+            self.prefix + frame.path if self.prefix else "",
+        )  # fmt: skip
 
     def site(self, name: str, kind: str, func: Any, first: bool) -> Site:
         """The site of an operation: the first operation relevance reaches in a module without
@@ -238,13 +241,17 @@ class _Capture(TorchFunctionMode):
             and next(iter(frame.module.children()), None) is None
         ):
             frame.own = True
-            return Site(frame.path, kind, module, first, describe(func))
+            return self._named(frame.path, kind, module, first, func)
         counters = self.counters if frame is None else frame.counters
         count = counters.get(name, 0)
         counters[name] = count + 1
         label = name if count == 0 else f"{name}_{count}"
         path = "" if frame is None else frame.path
-        return Site(f"{path}.{label}" if path else label, kind, module, first, describe(func))
+        return self._named(f"{path}.{label}" if path else label, kind, module, first, func)
+
+    def _named(self, name: str, kind: str, module: Any, first: bool, func: Any) -> Site:
+        alias = self.prefix + name if self.prefix else ""
+        return Site(name, kind, module, first, describe(func), alias)
 
     def scope(self) -> str:
         """Where the forward is now, for messages."""

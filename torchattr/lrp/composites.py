@@ -48,7 +48,9 @@ class Site:
     ``name``: the module's qualified name (``"features.0"``) for a module call, the graph node's
     name (``"add_1"``) otherwise; ``kind``: see :mod:`torchattr.lrp.ops`; ``module``: the called
     module or None; ``first``: a dense or convolution layer with no such layer before it;
-    ``target``: a readable description of the operation.
+    ``target``: a readable description of the operation; ``alias``: the name as seen from a
+    wrapper (``"module.features.0"`` inside ``nn.DataParallel``, ``"_orig_mod..."`` inside a
+    compiled module), so that name patterns work with or without the prefix.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Site:
     module: nn.Module | None = None
     first: bool = False
     target: str = ""
+    alias: str = ""  # the name with a wrapper's prefix ("module.fc" for DataParallel)
 
 
 Matcher = Callable[[Site], bool]
@@ -74,7 +77,9 @@ class _ByName:
     pattern: str
 
     def __call__(self, site: Site) -> bool:
-        return fnmatch.fnmatchcase(site.name, self.pattern)
+        return fnmatch.fnmatchcase(site.name, self.pattern) or (
+            bool(site.alias) and fnmatch.fnmatchcase(site.alias, self.pattern)
+        )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torchattr._core.targets import (
 from torchattr._core.wrapped import unwrap
 from torchattr.lrp.capture import Facts, LRPError, Planner, Step
 from torchattr.lrp.composites import Composite, Site, resolve
-from torchattr.lrp.relevance import Relevance, close
+from torchattr.lrp.relevance import Relevance, close, tolerance
 from torchattr.lrp.rules import _Rule
 
 
@@ -213,6 +213,7 @@ def _relevance(
             t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in tensors
         )
         output, run = _run_rules(model, composite, prefix, steps, leaves, spec, extra)
+        _check_layer_inputs(run, steps, leaves[0].dtype)
         _check_exact(output, reference, lambda: _diagnose(
             model, composite, prefix, steps, leaves, spec, extra))  # fmt: skip
         logits = None if callable(target) else logits_of(output)
@@ -263,6 +264,27 @@ def _run_rules(
             "depends on values or on random draws; LRP needs a deterministic inference forward"
         )
     return output, run
+
+
+def _check_layer_inputs(run: Relevance, steps: list[Step], dtype: torch.dtype) -> None:
+    """Every layer received the same input in both passes (its rule takes its output from the
+    plan pass): the first layer whose input differs is named (one device synchronisation)."""
+    if not run.inputs_seen:
+        return
+    now = torch.stack([c for _, c in run.inputs_seen])
+    before = torch.stack([steps[i].checksum for i, _ in run.inputs_seen])
+    drift = ((now[:, 0] - before[:, 0]).abs() / (before[:, 1] + 1e-300)).tolist()
+    tol = tolerance(dtype if dtype.is_floating_point else torch.float32)
+    for (i, _), d in zip(run.inputs_seen, drift):
+        if not d <= tol:
+            site = steps[i].site
+            raise LRPError(
+                f"LRP: the relevance program differs from the model before layer {site.name!r} "
+                f"({site.target}): its input changed between the plain forward and the rules "
+                f"(relative difference {d:.3g}). The model's forward is not deterministic "
+                "(random draws, state updated by the forward) or an operation's rule changed "
+                "its value"
+            )
 
 
 def _diagnose(*args: Any) -> None:

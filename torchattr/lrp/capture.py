@@ -95,6 +95,9 @@ class Step:
     candidate: int | None = None  # a BatchNorm: the layer step that may take it
     channels: int | None = None  # a layer: its output channels (for the merge check)
     shape: tuple[int, ...] = ()  # a layer: its output shape
+    value: Tensor | None = None  # a layer's (or a merged BatchNorm's) output in the plan pass
+    version: int = 0  # ``value._version`` then (an in-place change later makes it unusable)
+    checksum: Tensor | None = None  # a layer: (sum, sum of |.|) of its input in the plan pass
 
 
 @dataclass
@@ -424,6 +427,8 @@ class Planner(_Capture):
         out = self.plain(func, args, kwargs)
         if kind in ("dense", "conv") and isinstance(out, Tensor):
             step.shape = tuple(out.shape)
+            step.value, step.version = out, out._version
+            step.checksum = checksum(first_live)
             step.channels = out.shape[1] if out.ndim > 1 and kind == "conv" else out.shape[-1]
             if kind == "dense" and out.ndim != 2:
                 step.channels = None  # BatchNorm1d over [B, C, L] does not fold into a linear
@@ -439,6 +444,7 @@ class Planner(_Capture):
                 and first_live.ndim >= 2
             ):
                 step.candidate = source
+                step.value, step.version = out, out._version
         self._record(step, out, self.output_facts(name, kind, live))
         return out
 
@@ -479,8 +485,23 @@ class Planner(_Capture):
             i = step.candidate
             if i is not None and self.uses[i] == 1:
                 self.steps[i].merge = j
+                self.steps[i].value = None  # the merged layer's value is the BatchNorm's
                 step.merged = True
+            elif step.site.kind == "batchnorm":
+                step.value = None
         return self.steps
+
+
+def take_value(step: Step) -> Tensor | None:
+    """The plan pass's output of a step, once (None if the forward later changed it in place)."""
+    value, step.value = step.value, None
+    return value if value is not None and value._version == step.version else None
+
+
+def checksum(x: Tensor) -> Tensor:
+    """``(sum x, sum |x|)`` in float64: compares a layer's input across the two passes."""
+    x = x.detach()
+    return torch.stack([x.sum(dtype=torch.float64), x.abs().sum(dtype=torch.float64)])
 
 
 def _gates(args: Any, fact: Callable[[Any], Facts | None]) -> tuple[int, ...]:

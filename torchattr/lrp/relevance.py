@@ -23,8 +23,10 @@ from torchattr.lrp.capture import (
     Step,
     _Capture,
     _Frame,
+    checksum,
     inference,
     leaves,
+    take_value,
 )
 from torchattr.lrp.composites import Composite, Site, default_rule
 from torchattr.lrp.ops import DIVISIONS, PRODUCTS
@@ -45,8 +47,9 @@ class Relevance(_Capture):
         super().__init__(model, composite, prefix)
         self.steps = steps
         self.sinks: list[tuple[int, Tensor]] = []
-        self.stash: dict[int, Tensor] = {}  # BatchNorm step -> the merged layer's output
+        self.stash: dict[int, Any] = {}  # BatchNorm step -> the merged layer's rule
         self.diagnose = diagnose
+        self.inputs_seen: list[tuple[int, Tensor]] = []  # layer step -> its input's checksum
 
     # -- operations relevance does not reach
 
@@ -184,12 +187,17 @@ def _detached(t: Any) -> Any:
     return t.detach() if isinstance(t, Tensor) else t
 
 
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the exactness checks for a floating dtype."""
+    return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
+
+
 def close(a: Tensor, b: Tensor) -> bool:
     """Equal up to the floating-point tolerance of the dtype (relative to the largest value)."""
     a, b = a.detach(), b.detach()
     if a.shape != b.shape:
         return False
-    tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(a.dtype, 3e-2)
+    tol = tolerance(a.dtype)
     scale = b.abs().max() if b.numel() else torch.zeros(())
     nan = torch.isnan(a) != torch.isnan(b)
     diff = torch.nan_to_num((a - b).abs(), nan=0.0, posinf=0.0, neginf=0.0)
@@ -295,7 +303,7 @@ def _batchnorm(rel, func, name, in_place, args, kwargs, step, index):  # type: i
     if step.merged:
         from torchattr.lrp.capture import batchnorm_parameters
 
-        return rel.stash.pop(index)(batchnorm_parameters(*rel.raw))
+        return rel.stash.pop(index)(batchnorm_parameters(*rel.raw), take_value(step))
     fn = _out_of_place(func, name, in_place, kwargs)
     live = _live_positions(list(args), kwargs, step)
     return step.rule.op(fn, list(args), live, 1)
@@ -355,12 +363,14 @@ def _layer(rel, func, name, in_place, args, kwargs, step, index):  # type: ignor
     raw.update(rel.raw[1])
     key = raw["mat2"] if family == "addmm" else raw["weight"]
 
-    def apply(bn: tuple[Any, ...] | None) -> Tensor:
+    rel.inputs_seen.append((index, checksum(x)))
+
+    def apply(bn: tuple[Any, ...] | None, z: Tensor | None) -> Tensor:
         layer = _record(name, family, weight, bias, config, bn, key)
-        return step.rule.layer(x, layer, step.nonneg)
+        return step.rule.layer(x, layer, step.nonneg, z)
 
     if step.merge is None:
-        return apply(None)
+        return apply(None, take_value(step))  # the plan pass's output: not computed again
     # The layer's output feeds only its BatchNorm (checked by the plan pass): the BatchNorm
     # step computes the merged layer with its current statistics, and nothing reads this
     # output's values, so they are not computed (an uninitialised tensor of its shape stands

@@ -14,6 +14,9 @@ transformed graph needs no custom autograd functions and no backward hooks:
 * ``relay(value, num, den)`` has the value ``value`` and sends ``R`` back through ``num`` as
   ``R / den``.
 
+``rule.layer(x, layer, nonneg, z)`` takes the layer's output ``z`` when it is already known (LRP's
+plan pass computed it): the value is then not computed a second time.
+
 With ``z_j = sum_i x_i w_ij + b_j``, ``x+ = max(x, 0)``, ``x- = min(x, 0)`` (same for ``w``, ``b``)
 and ``stab(z) = z + eps * sign(z)`` (``sign(0) = +1``), the rules for layers with weights are
 
@@ -175,7 +178,9 @@ class _Rule:
 
     accepts_ops = False
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         raise NotImplementedError
 
     def op(
@@ -191,9 +196,11 @@ class Epsilon(_Rule):
     epsilon: float = 1e-6
     accepts_ops = True
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         num = layer.evaluate(carry(x, x))
-        z = layer.add_bias(num.detach(), layer.bias)
+        z = layer.add_bias(num.detach(), layer.bias) if z is None else z
         return relay(z, num, stabilize(z, self.epsilon))
 
     def op(
@@ -213,8 +220,12 @@ class Pass(_Rule):
 
     accepts_ops = True
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
-        return identity(layer.add_bias(layer.evaluate(x.detach()), layer.bias), x)
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
+        if z is None:
+            z = layer.add_bias(layer.evaluate(x.detach()), layer.bias)
+        return identity(z, x)
 
     def op(
         self, fn: Callable[..., Tensor], args: list[Any], live: list[int], factors: int = 1
@@ -236,7 +247,11 @@ class Constant(_Rule):
 
     accepts_ops = True
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
+        if z is not None:
+            return z.detach()
         with torch.no_grad():
             return layer.add_bias(layer.evaluate(x), layer.bias)
 
@@ -253,13 +268,16 @@ class ZPlus(_Rule):
 
     epsilon: float = 1e-6
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         w = layer.weight
         wp = layer.derived("w+", lambda: _pos(w))
         wn = layer.derived("w-", lambda: _neg(w))
         num = layer.terms([(p, wp if up else wn) for p, up in _split(x, nonneg)], "zplus")
-        with torch.no_grad():
-            z = layer.add_bias(layer.evaluate(x), layer.bias)
+        if z is None:
+            with torch.no_grad():
+                z = layer.add_bias(layer.evaluate(x), layer.bias)
         den = stabilize(layer.add_bias(num.detach(), _pos(layer.bias)), self.epsilon)
         return relay(z, num, den)
 
@@ -282,7 +300,9 @@ class AlphaBeta(_Rule):
                 f"got alpha={self.alpha}, beta={self.beta}"
             )
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         w, b = layer.weight, layer.bias
         wp = layer.derived("w+", lambda: _pos(w))
         wn = layer.derived("w-", lambda: _neg(w))
@@ -292,7 +312,7 @@ class AlphaBeta(_Rule):
             (xp, _), (xn, _) = _split(x, False)
             pos = layer.terms([(xp, wp), (xn, wn)], "zplus")
             neg = layer.terms([(xp, wn), (xn, wp)], "zminus")
-        z = layer.add_bias(pos.detach() + neg.detach(), b)
+        z = layer.add_bias(pos.detach() + neg.detach(), b) if z is None else z
         den_pos = stabilize(layer.add_bias(pos.detach(), _pos(b)), self.epsilon)
         den_neg = stabilize(layer.add_bias(neg.detach(), _neg(b)), self.epsilon)
         return z.detach() + self.alpha * through(pos, den_pos) - self.beta * through(neg, den_neg)
@@ -305,7 +325,9 @@ class Gamma(_Rule):
     gamma: float = 0.25
     epsilon: float = 1e-6
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         g, w, b = self.gamma, layer.weight, layer.bias
         up = layer.derived(("gamma+", g), lambda: w + g * _pos(w))
         down = layer.derived(("gamma-", g), lambda: w + g * _neg(w))
@@ -316,7 +338,8 @@ class Gamma(_Rule):
             c_up = layer.terms([(xp, up), (xn, down)], ("gamma up", g))
             c_down = layer.terms([(xp, down), (xn, up)], ("gamma down", g))
         # c_up + c_down = (2 + gamma) x w: the layer's own output comes for free.
-        z = layer.add_bias((c_up.detach() + c_down.detach()) / (2 + g), b)
+        if z is None:
+            z = layer.add_bias((c_up.detach() + c_down.detach()) / (2 + g), b)
         den_up = stabilize(layer.add_bias(c_up.detach(), _plus(b, g * _pos(b))), self.epsilon)
         den_down = stabilize(layer.add_bias(c_down.detach(), _plus(b, g * _neg(b))), self.epsilon)
         positive = z >= 0
@@ -335,7 +358,9 @@ class ZBox(_Rule):
     high: float | Tensor = 1.0
     epsilon: float = 1e-6
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         w = layer.weight
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
@@ -343,7 +368,7 @@ class ZBox(_Rule):
         wp = layer.derived("w+", lambda: _pos(w))
         wn = layer.derived("w-", lambda: _neg(w))
         num = own - layer.terms([(carry(low, x), wp), (carry(high, x), wn)], "zbox")
-        z = layer.add_bias(own.detach(), layer.bias)
+        z = layer.add_bias(own.detach(), layer.bias) if z is None else z
         # The bias cancels: (x; w, b) - (l; w+, b+) - (h; w-, b-), as in Zennit.
         return relay(z, num, stabilize(num.detach(), self.epsilon))
 
@@ -354,9 +379,11 @@ class Flat(_Rule):
 
     epsilon: float = 1e-6
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         ones = layer.derived("ones", lambda: torch.ones_like(layer.weight))
-        return _input_free(x, layer, ones, None, self.epsilon)
+        return _input_free(x, layer, ones, None, self.epsilon, z)
 
 
 @dataclass(frozen=True)
@@ -365,19 +392,27 @@ class WSquare(_Rule):
 
     epsilon: float = 1e-6
 
-    def layer(self, x: Tensor, layer: Affine, nonneg: bool = False) -> Tensor:
+    def layer(
+        self, x: Tensor, layer: Affine, nonneg: bool = False, z: Tensor | None = None
+    ) -> Tensor:
         b = layer.bias
         square = layer.derived("w^2", lambda: layer.weight**2)
-        return _input_free(x, layer, square, None if b is None else b**2, self.epsilon)
+        return _input_free(x, layer, square, None if b is None else b**2, self.epsilon, z)
 
 
 def _input_free(
-    x: Tensor, layer: Affine, weight: Tensor, bias: Tensor | None, epsilon: float
+    x: Tensor,
+    layer: Affine,
+    weight: Tensor,
+    bias: Tensor | None,
+    epsilon: float,
+    z: Tensor | None = None,
 ) -> Tensor:
     """Rules that ignore the input's values: ``R_i = sum_j v_ij R_j / stab(sum_i v_ij + c_j)``."""
     num = layer.evaluate(carry(torch.ones_like(x), x), weight)
-    with torch.no_grad():
-        z = layer.add_bias(layer.evaluate(x), layer.bias)
+    if z is None:
+        with torch.no_grad():
+            z = layer.add_bias(layer.evaluate(x), layer.bias)
     return relay(z, num, stabilize(layer.add_bias(num.detach(), bias), epsilon))
 
 

@@ -361,7 +361,7 @@ def _layer(rel, func, name, in_place, args, kwargs, step, index):  # type: ignor
     )
     raw = dict(zip(_LAYER_SIGNATURES[family], rel.raw[0]))
     raw.update(rel.raw[1])
-    key = raw["mat2"] if family == "addmm" else raw["weight"]
+    key = (raw["mat2"], raw["input"]) if family == "addmm" else (raw["weight"], raw.get("bias"))
 
     rel.inputs_seen.append((index, checksum(x)))
 
@@ -386,14 +386,17 @@ def _record(
     bias: Tensor | None,
     config: Any,
     bn: Any,
-    parameter: Any,
+    parameters: tuple[Any, Any],
 ) -> affine.Affine:
     """The layer's :class:`~torchattr.lrp.rules.Affine` record (BatchNorm merged), cached per
     weight parameter while the weights, bias, BatchNorm and call configuration are unchanged;
-    computed weights (pruning, parametrisations) get a fresh record every call. ``parameter``:
-    the weight as the model passed it (``weight`` is its detached copy)."""
-    key = (name, _versions(parameter, bias, *(bn or ())), config)
-    cacheable = isinstance(parameter, nn.Parameter)
+    computed weights (pruning, parametrisations) get a fresh record every call. ``parameters``:
+    the weight and bias as the model passed them (``weight``, ``bias``: detached copies)."""
+    parameter, raw_bias = parameters
+    key = (name, _versions(parameter, raw_bias, *(bn or ())), config)
+    cacheable = isinstance(parameter, nn.Parameter) and (
+        raw_bias is None or isinstance(raw_bias, nn.Parameter)
+    )
     if cacheable:
         hit = _RECORDS.get(parameter)
         if hit is not None and hit[0] == key:

@@ -79,7 +79,7 @@ from benchmarks.models import _randomize_batchnorm, build, parameter_count
 from benchmarks.timing import device_name, peak_mib, synchronize, time_interleaved
 
 Fn = Callable[[], Tensor]
-MODELS = ("resnet18", "vgg16", "vgg16_bn")
+MODELS = ("resnet18", "vgg16", "vgg16_bn", "vit")
 ALIASES = {"vgg": "vgg16", "vgg_bn": "vgg16_bn", "resnet": "resnet18"}
 DEFAULT_MODELS = ("resnet18", "vgg16")
 COMPOSITES = ("EpsilonPlusFlat", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "Epsilon")
@@ -149,6 +149,30 @@ class VGG16(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+VIT_IMAGE = 64
+VIT_LAYERS = 4
+
+
+class ViT(nn.Module):
+    """A ViT-B/16 (Hugging Face ``ViTForImageClassification``: hidden 768, 12 heads, MLP 3072,
+    eager attention) with :data:`VIT_LAYERS` layers instead of 12 (CPU), returning the logits;
+    random weights from the config, nothing downloaded. LRP gives it the AttnLRP rules."""
+
+    def __init__(self, num_classes: int = 1000, image_size: int = VIT_IMAGE) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(
+            image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=VIT_LAYERS,
+            num_attention_heads=12, intermediate_size=3072, num_labels=num_classes,
+            attn_implementation="eager",
+        )  # fmt: skip
+        self.vit = ViTForImageClassification(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.vit(pixel_values=x).logits
+
+
 def build_model(
     name: str, device: str | torch.device = "cpu", *, num_classes: int = 1000, seed: int = 0
 ) -> nn.Module:
@@ -160,6 +184,9 @@ def build_model(
     name = ALIASES.get(name, name)
     if name == "resnet18":
         return build("resnet18", device, num_classes=num_classes, seed=seed)
+    if name == "vit":
+        torch.manual_seed(seed)
+        return ViT(num_classes, image_size=VIT_IMAGE).to(device).eval()
     if name not in ("vgg16", "vgg16_bn"):
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     torch.manual_seed(seed)

@@ -6,9 +6,13 @@ call; they are skipped while ``torch.compile`` traces, where data-dependent bran
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import math
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -36,13 +40,20 @@ def check_gradient_inputs(
             raise ValueError(f"{name} is a scalar: expected a batch, shape [B, ...]")
         if skipped:
             continue
-        if not (t.is_floating_point() or t.is_complex()):
+        if t.is_complex():
+            raise TypeError(
+                f"{name} has dtype {t.dtype}: gradient methods need real floating-point inputs "
+                "(split complex data into real and imaginary channels)"
+            )
+        if not t.is_floating_point():
             raise TypeError(
                 f"{name} has dtype {t.dtype}: gradient methods need floating-point inputs. "
                 "Integer ids (codes, tokens) are attributed through their embedding: pass "
                 "layer=<the embedding module> (a dict of layers for dict inputs)"
             )
     batch = tensors[0].shape[0]
+    if batch == 0:
+        raise ValueError(f"{names[0]} has batch size 0: expected at least one sample, [B >= 1, ...]")
     for name, t in zip(names, tensors):
         if t.shape[0] != batch:
             raise ValueError(
@@ -81,6 +92,15 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
     if chunk_size is None:
         return None
     return check_positive_int(chunk_size, "chunk_size")
+
+
+def check_scale(value: Any, name: str) -> float:
+    """A finite number >= 0 (noise levels, standard deviations), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
@@ -127,3 +147,82 @@ def warn_if_training(training: bool) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword names: Captum's spellings, typos and deprecated aliases
+# --------------------------------------------------------------------------------------------
+
+CAPTUM_NAMES = {
+    "n_steps": "steps",
+    "baselines": "baseline",
+    "internal_batch_size": "chunk_size",
+    "nt_samples": "samples",
+    "nt_samples_batch_size": "chunk_size",
+    "nt_type": "kind",
+    "stdevs": "sigma",
+    "additional_forward_args": "forward_kwargs",
+    "return_convergence_delta": "return_delta",
+    "targets": "target",
+    "n_samples": "samples",
+    "perturbations_per_eval": "chunk_size",
+    "feature_mask": "mask",
+    "layer_baselines": "baseline",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unknown_keyword(function: str, key: str, known: Sequence[str]) -> TypeError:
+    """The TypeError for an unknown keyword ``key``, with the closest known name if any:
+    Captum's spelling of a concept (``n_steps`` -> ``steps``) or a near miss (``targte``)."""
+    guess = CAPTUM_NAMES.get(key)
+    if guess not in known:
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    listed = ", ".join(k for k in known if k not in ("model", "inputs"))
+    return TypeError(
+        f"{function}() got an unexpected keyword argument {key!r}{hint} (keywords: {listed})"
+    )
+
+
+def keywords(renamed: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """Decorate a public function: unknown keywords raise :func:`unknown_keyword`'s
+    "did you mean" TypeError, and deprecated names in ``renamed`` (old -> new) still work for
+    one release with a ``DeprecationWarning``. Known keywords cost one set difference."""
+    renamed = dict(renamed or {})
+
+    def decorate(fn: F) -> F:
+        known = tuple(inspect.signature(fn).parameters)
+        names = frozenset(known)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.keys() - names:
+                kwargs = _rename(fn.__name__, kwargs, known, renamed)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _rename(
+    function: str, kwargs: dict[str, Any], known: Sequence[str], renamed: Mapping[str, str]
+) -> dict[str, Any]:
+    out = dict(kwargs)
+    for key in [k for k in kwargs if k not in known]:
+        new = renamed.get(key)
+        if new is None:
+            raise unknown_keyword(function, key, known)
+        if new in kwargs:
+            raise TypeError(f"{function}() got both {key!r} and {new!r}: pass only {new!r}")
+        warnings.warn(
+            f"{function}(): {key!r} is deprecated and will be removed in the next release; "
+            f"use {new!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        out[new] = out.pop(key)
+    return out

@@ -3,8 +3,8 @@
 ``target`` may be
 
 * ``None``: the argmax of the model's output per sample (the logit of single-logit models);
-* an ``int``: that class for every sample;
-* a LongTensor ``[B]``: one class per sample;
+* an ``int`` (numpy integers too): that class for every sample;
+* a LongTensor ``[B]`` (or a list / numpy integer array): one class per sample;
 * a LongTensor ``[B, K]``: K classes per sample; results gain a class dimension, ``[B, K, ...]``,
   computed from one forward pass and one batched backward (``vmap`` over K cotangents);
 * a callable mapping the model output to scores ``[N]`` (or ``[N, K]``). It is applied to enlarged
@@ -21,9 +21,11 @@ independently (eval mode).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,12 +41,12 @@ def normalize_target(target: Target, batch: int, device: torch.device) -> Target
     """
     if target is None or callable(target):
         return target
-    if isinstance(target, bool):
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError("target must be None, an int, a LongTensor or a callable, got a bool")
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long, device=device)
-    if isinstance(target, (list, tuple)):
-        target = torch.as_tensor(target)
+    if isinstance(target, numbers.Integral):  # int, np.int64, ...
+        return torch.full((batch,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, (list, tuple, np.ndarray, np.generic)):
+        target = torch.as_tensor(np.asarray(target))
     if not isinstance(target, Tensor):
         raise TypeError(
             f"target must be None, an int, a LongTensor [B] or [B, K], or a callable, "

@@ -342,9 +342,9 @@ def road_scores(
                 explained,
                 fractions=fractions,
                 order=order,
-                noise=args.road_noise,
+                sigma=args.road_noise,
                 generator=torch.Generator().manual_seed(seed),
-                batch_size=args.batch_size,
+                chunk_size=args.batch_size,
                 score=args.score,
             )
     except CommandError:

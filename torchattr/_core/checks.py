@@ -128,10 +128,55 @@ def _mode_matters(module: torch.nn.Module) -> bool:
 
 
 def in_training_mode(model: Callable[..., Any]) -> bool:
-    """Whether ``model`` has a submodule in training mode whose behaviour depends on it."""
-    if not isinstance(model, torch.nn.Module):
-        return False
-    return any(m.training and _mode_matters(m) for m in model.modules())
+    """Whether ``model`` (or a module a plain function reaches, see :func:`reachable_modules`)
+    has a submodule in training mode whose behaviour depends on it."""
+    return any(
+        m.training and _mode_matters(m) for root in reachable_modules(model) for m in root.modules()
+    )
+
+
+def reachable_modules(model: Any, depth: int = 3) -> list[torch.nn.Module]:
+    """The ``nn.Module`` s a callable calls: the model itself, or those a plain function holds
+    in closure cells, the globals its code names and its defaults, a bound method's
+    ``__self__``, a ``functools.partial``'s function and arguments, ``depth`` levels deep
+    (``lambda **kw: model(**kw)["logit"]`` reaches ``model``)."""
+    found: list[torch.nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, level: int) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            found.append(obj)
+            return
+        if level == 0:
+            return
+        for child in _held(obj):
+            visit(child, level - 1)
+
+    visit(model, depth)
+    return found
+
+
+def _held(obj: Any) -> list[Any]:
+    """What a function, bound method or partial refers to (see :func:`reachable_modules`)."""
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()]
+    if inspect.ismethod(obj):
+        return [obj.__self__, obj.__func__]
+    if not inspect.isfunction(obj):
+        return []
+    held = []
+    for cell in obj.__closure__ or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    names = obj.__globals__
+    held += [names[n] for n in obj.__code__.co_names if n in names]
+    held += list(obj.__defaults__ or ()) + list((obj.__kwdefaults__ or {}).values())
+    return held
 
 
 def warn_if_training(training: bool) -> None:

@@ -227,5 +227,9 @@ def _check_scores(scores: Any, output: Any) -> Tensor:
 
 
 def _rows(output: Any) -> int:
-    leaves = [x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, Tensor)]
+    """Rows of an output pytree: the leading size of its first tensor leaf that is not 0-d
+    (a dict output may start with a scalar loss)."""
+    leaves = [
+        x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, Tensor) and x.ndim
+    ]
     return leaves[0].shape[0] if leaves else -1

@@ -4,6 +4,7 @@ outputs as pytrees, and the small input checks of issue 12."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import warnings
@@ -74,8 +75,11 @@ def test_old_positional_baseline_is_refused(baseline):
 )
 def test_captum_names_and_typos_get_did_you_mean(call, key, suggestion):
     model, x = small()
-    with pytest.raises(TypeError, match=rf"unexpected keyword argument '{key}'; did you mean "
-                       rf"'{suggestion}'\?"):
+    with pytest.raises(
+        TypeError,
+        match=rf"unexpected keyword argument '{key}'; did you mean "
+        rf"'{suggestion}'\?",
+    ):
         call(model, x, **{key: 1})
 
 
@@ -93,8 +97,10 @@ def test_deprecated_names_still_work_and_warn():
     new = ta.cam(model, x, 1, layer=model[0], method="scorecam", chunk_size=2)
     torch.testing.assert_close(old, new, rtol=0, atol=0)
     road = functools.partial(metrics.road, model, x, maps, 1, fractions=(0.5,))
-    with pytest.warns(DeprecationWarning, match="'noise' is deprecated.*use 'sigma'"):
+    with pytest.warns(DeprecationWarning) as record:
         old = road(noise=0.05, batch_size=2, generator=torch.Generator().manual_seed(0))
+    messages = " ".join(str(w.message) for w in record)
+    assert "'noise' is deprecated" in messages and "'batch_size' is deprecated" in messages
     new = road(sigma=0.05, chunk_size=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(old, new, rtol=0, atol=0)
     with pytest.raises(TypeError, match="got both 'batch_size' and 'chunk_size'"):
@@ -154,8 +160,8 @@ def test_callable_target_on_dict_output_with_scalar_loss(method):
 @pytest.mark.parametrize(
     "wrap",
     [
-        lambda m: (lambda x: {"loss": m(x).sum(), "logits": m(x)}),
-        lambda m: (lambda x: (m(x), m(x).sum())),
+        lambda m: lambda x: {"loss": m(x).sum(), "logits": m(x)},
+        lambda m: lambda x: (m(x), m(x).sum()),
     ],
     ids=["dict-logits", "tuple"],
 )
@@ -257,7 +263,9 @@ def test_results_are_detached(name, train):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients"])
+@pytest.mark.parametrize(
+    "name", ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients"]
+)
 def test_low_precision_inputs_give_float32(name, dtype):
     model, x = small()
     out = GRADIENT_METHODS[name](model.to(dtype), x.to(dtype), 1)
@@ -296,7 +304,7 @@ def test_training_mode_is_seen_through_plain_functions():
     ]
     for fn in glue:
         wanted = (lambda f: lambda **kw: f(**kw)["logit"][:, 0]) if fn is glue[2] else None
-        call = (lambda f: (lambda x: f(x)["logit"]))(fn) if wanted else fn
+        call = (lambda f: lambda x: f(x)["logit"])(fn) if wanted else fn
         inputs = x if wanted else {"x": x}
         with pytest.warns(UserWarning, match="training mode"):
             ta.saliency(call, inputs, 0)
@@ -304,3 +312,45 @@ def test_training_mode_is_seen_through_plain_functions():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ta.saliency(glue[0], {"x": x}, 0)
+
+
+WRONG = """
+import torch
+from torch import Tensor
+import torchattr as ta
+
+model = torch.nn.Linear(4, 2)
+x = torch.rand(3, 4)
+a: dict[str, Tensor] = ta.saliency(model, x)
+b: Tensor = ta.integrated_gradients(model, x, return_delta=True)
+c: Tensor = ta.cam(model, x, layer=model, return_raw=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.environ.get("TORCHATTR_TYPECHECK") != "1",
+    reason="mypy on torch takes about a minute cold: run with TORCHATTR_TYPECHECK=1",
+)
+def test_public_api_types(tmp_path):
+    """Tensor in -> Tensor out (tuple -> tuple, dict -> dict) for mypy; wrong annotations fail."""
+    pytest.importorskip("mypy")
+    root = Path(__file__).parents[1]
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text(WRONG)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--ignore-missing-imports",
+            "--follow-imports=silent",
+            "--no-incremental",
+            str(root / "tests" / "typing" / "check_overloads.py"),
+            str(wrong),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert "check_overloads.py" not in result.stdout, result.stdout
+    assert result.stdout.count("wrong.py:") == 3, result.stdout

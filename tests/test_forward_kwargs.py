@@ -112,7 +112,7 @@ def test_kwargs_are_not_attributed_and_not_mutated(setup):
 
 
 def test_forward_kwargs_bad_input(setup):
-    model, x, kwargs, target = setup
+    model, x, _, _ = setup
     with pytest.raises(TypeError, match="forward_kwargs must be a dict"):
         ta.saliency(model, x, forward_kwargs=[1, 2])
     with pytest.raises(TypeError, match="forward_kwargs keys must be str"):
@@ -123,8 +123,15 @@ def test_forward_kwargs_bad_input(setup):
 
 def _road(model, x, maps, t, **kw):
     return metrics.road(
-        model, x, maps, t, fractions=(0.2, 0.6), sigma=0.0, chunk_size=3,
-        generator=torch.Generator().manual_seed(0), **kw,
+        model,
+        x,
+        maps,
+        t,
+        fractions=(0.2, 0.6),
+        sigma=0.0,
+        chunk_size=3,
+        generator=torch.Generator().manual_seed(0),
+        **kw,
     )
 
 
@@ -143,7 +150,9 @@ def test_metric_kwargs_follow_their_rows(setup, name):
     ours = metric(model, x, maps, target, forward_kwargs=kwargs)
     ours = ours.curves if hasattr(ours, "curves") else ours
     for b in range(B):
-        alone = metric(one_sample(model, kwargs, b), x[b : b + 1], maps[b : b + 1], target[b : b + 1])
+        alone = metric(
+            one_sample(model, kwargs, b), x[b : b + 1], maps[b : b + 1], target[b : b + 1]
+        )
         alone = alone.curves if hasattr(alone, "curves") else alone
         torch.testing.assert_close(ours[b : b + 1], alone, rtol=1e-9, atol=1e-12)
 
@@ -157,8 +166,14 @@ def test_drop_metrics_cancel_a_per_sample_offset(setup, name):
     metric = getattr(metrics, name)
     extra = {"samples": 6} if name == "infidelity" else {"runs": 6}
     run = lambda **kw: metric(  # noqa: E731
-        model, x, phi, target, chunk_size=5, generator=torch.Generator().manual_seed(1),
-        **extra, **kw,
+        model,
+        x,
+        phi,
+        target,
+        chunk_size=5,
+        generator=torch.Generator().manual_seed(1),
+        **extra,
+        **kw,
     )
     plain = run()
     shifted = run(forward_kwargs={"shift": 100 * kwargs["shift"]})
@@ -175,8 +190,13 @@ def bert():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=16, num_labels=3,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        num_labels=3,
     )
     model = transformers.BertForSequenceClassification(config).double().eval()
     ids = torch.randint(1, 100, (3, 8))
@@ -204,8 +224,12 @@ def test_bert_attention_mask_matches_captum_layer_ig(bert):
         lambda i, m: model(input_ids=i, attention_mask=m).logits, model.bert.embeddings
     )
     reference = lig.attribute(
-        ids, baselines=torch.zeros_like(ids), additional_forward_args=(mask,), target=target,
-        n_steps=8, method="gausslegendre",
+        ids,
+        baselines=torch.zeros_like(ids),
+        additional_forward_args=(mask,),
+        target=target,
+        n_steps=8,
+        method="gausslegendre",
     ).sum(-1)
     # Captum casts its quadrature weights to float32 (relative 1e-8); everything else is float64
     torch.testing.assert_close(ours["input_ids"], reference, rtol=1e-6, atol=1e-9)
@@ -215,7 +239,9 @@ def test_bert_model_output_with_index_and_callable_targets(bert):
     """A ModelOutput with 'logits': index targets select from it; a callable target gets the
     whole output."""
     model, ids, mask = bert
-    kwargs = dict(layer={"input_ids": model.bert.embeddings}, forward_kwargs={"attention_mask": mask})
+    kwargs = dict(
+        layer={"input_ids": model.bert.embeddings}, forward_kwargs={"attention_mask": mask}
+    )
     by_index = ta.saliency(model, {"input_ids": ids}, 1, **kwargs)
     by_callable = ta.saliency(model, {"input_ids": ids}, lambda out: out.logits[:, 1], **kwargs)
     torch.testing.assert_close(by_index["input_ids"], by_callable["input_ids"])

@@ -17,7 +17,11 @@ from torchattr.lrp import Conservation, composites, lrp, lrp_rules, rules
 from torchattr.ranking import top_codes
 
 if TYPE_CHECKING:
-    from torchattr import cli, data, io, metrics, viz
+    from torchattr import cli as cli
+    from torchattr import data as data
+    from torchattr import io as io
+    from torchattr import metrics as metrics
+    from torchattr import viz as viz
 
 _LAZY = ("cli", "data", "io", "metrics", "viz")
 

@@ -55,7 +55,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -203,6 +203,40 @@ def randomcam_weights(
 # --------------------------------------------------------------------------------------------
 # The public function
 # --------------------------------------------------------------------------------------------
+
+
+@overload
+def cam(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    layer: LayerArg,
+    method: str = "gradcam",
+    size: int | Sequence[int] | None = None,
+    chunk_size: int | None = None,
+    reshape: Reshape = None,
+    return_raw: Literal[False] = False,
+    generator: torch.Generator | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Tensor: ...
+
+
+@overload
+def cam(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    layer: LayerArg,
+    method: str = "gradcam",
+    size: int | Sequence[int] | None = None,
+    chunk_size: int | None = None,
+    reshape: Reshape = None,
+    return_raw: Literal[True],
+    generator: torch.Generator | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, Tensor | list[Tensor]]: ...
 
 
 @keywords(renamed={"batch_size": "chunk_size"})
@@ -839,9 +873,7 @@ def _ablated_scores(
             replacement = raw[sample] * keep.reshape(shape)
             rows = tuple(t[sample] for t in problem.tensors)
             with hooked(problem.model, (layer,), [replacement]):
-                output = call_model(
-                    problem.model, rows, problem.spec, problem.kwargs_for(sample)
-                )
+                output = call_model(problem.model, rows, problem.spec, problem.kwargs_for(sample))
             part = target[sample] if isinstance(target, Tensor) else target
             scores.append(row_scores(output, part))
     return torch.cat(scores)

@@ -36,7 +36,7 @@ from torchattr._core.grad import (
     prepare,
     score_gradients,
 )
-from torchattr._core.inputs import Inputs, unflatten
+from torchattr._core.inputs import InputsT, unflatten
 from torchattr._core.layers import apply_mask, collapse, embedding_dims
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
@@ -53,7 +53,7 @@ SMOOTHGRAD_KINDS = ("smoothgrad", "square", "var")
 @keywords()
 def saliency(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     abs: bool = True,  # noqa: A002 - the documented keyword
@@ -61,7 +61,7 @@ def saliency(
     layer: Any = None,
     mask: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-) -> Any:
+) -> InputsT:
     """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
 
     ``s`` is each sample's explained score (see :mod:`torchattr._core.targets`). With the
@@ -106,13 +106,13 @@ def saliency(
 @keywords()
 def input_x_gradient(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     layer: Any = None,
     mask: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-) -> Any:
+) -> InputsT:
     """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K).
 
     With ``layer=embedding``: ``sum_d e_d * d s / d e_d`` per id (``e`` the layer's output), shaped
@@ -138,7 +138,7 @@ def input_x_gradient(
 
 def _gradients_once(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: Any,
     target: Target,
     layer: Any,
     mask: Any,
@@ -156,7 +156,7 @@ def _gradients_once(
 @keywords()
 def smoothgrad(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     samples: int = 20,
@@ -168,7 +168,7 @@ def smoothgrad(
     absolute_noise: bool | None = None,
     layer: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-) -> Any:
+) -> InputsT:
     """SmoothGrad (Smilkov et al. 2017) and its square and variance variants.
 
     With ``g_i = d s / d x`` at ``x + eps_i``, ``eps_i ~ N(0, sigma^2)``, ``i = 1..n``:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from torchattr._core.grad import (
     prepare,
     score_gradients,
 )
-from torchattr._core.inputs import Inputs, InputSpec, unflatten
+from torchattr._core.inputs import Inputs, InputSpec, InputsT, unflatten
 from torchattr._core.layers import check_ids, collapse
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
@@ -119,6 +119,40 @@ def _golub_welsch(n: int) -> tuple[Tensor, Tensor]:
     return nodes, 2 * vectors[0].square()
 
 
+@overload
+def integrated_gradients(
+    model: Callable[..., Any],
+    inputs: InputsT,
+    target: Target = None,
+    *,
+    baseline: Baseline = None,
+    steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | None = None,
+    return_delta: Literal[False] = False,
+    layer: Any = None,
+    mask: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> InputsT: ...
+
+
+@overload
+def integrated_gradients(
+    model: Callable[..., Any],
+    inputs: InputsT,
+    target: Target = None,
+    *,
+    baseline: Baseline = None,
+    steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | None = None,
+    return_delta: Literal[True],
+    layer: Any = None,
+    mask: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[InputsT, Tensor]: ...
+
+
 @keywords()
 def integrated_gradients(
     model: Callable[..., Any],
@@ -176,8 +210,8 @@ def integrated_gradients(
     ):
         raise TypeError(
             "target must hold integer class indices, got a "
-            f"{type(target).__name__} of dtype {getattr(target, 'dtype', 'float')}. The baseline is "
-            "keyword-only: integrated_gradients(model, inputs, target, baseline=...)"
+            f"{type(target).__name__} of dtype {getattr(target, 'dtype', 'float')}. The baseline "
+            "is keyword-only: integrated_gradients(model, inputs, target, baseline=...)"
         )
     alphas, weights = quadrature(method, steps)
     chunk_size = check_chunk_size(chunk_size)

@@ -53,7 +53,9 @@ def check_gradient_inputs(
             )
     batch = tensors[0].shape[0]
     if batch == 0:
-        raise ValueError(f"{names[0]} has batch size 0: expected at least one sample, [B >= 1, ...]")
+        raise ValueError(
+            f"{names[0]} has batch size 0: expected at least one sample, [B >= 1, ...]"
+        )
     for name, t in zip(names, tensors):
         if t.shape[0] != batch:
             raise ValueError(

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 Inputs = Tensor | tuple[Tensor, ...] | Mapping[str, Tensor]
 Rows = Tensor | slice | None  # which samples the rows of a model call belong to
+# For type checkers: attributions come back in the structure of the inputs (a Tensor gives a
+# Tensor, a tuple a tuple, a dict a dict).
+InputsT = TypeVar("InputsT", Tensor, tuple[Tensor, ...], dict[str, Tensor])
 
 
 @dataclass(frozen=True)

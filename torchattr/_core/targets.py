@@ -159,9 +159,7 @@ def row_scores(output: Any, target: Target) -> Tensor:
     return output.gather(1, target[:, None])[:, 0]
 
 
-def output_cotangent(
-    output: Any, target: Target, scale: Tensor | None = None
-) -> tuple[Any, bool]:
+def output_cotangent(output: Any, target: Target, scale: Tensor | None = None) -> tuple[Any, bool]:
     """Cotangent of the output that back-propagates ``sum_n scale_n s_n``; and whether it is
     K-batched (a leading dimension K on every leaf).
 

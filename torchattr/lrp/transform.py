@@ -512,5 +512,3 @@ def _attention_handler(
         return attention.multihead_attention(module, *args, **kwargs, rules=rules)
 
     return attend
-
-

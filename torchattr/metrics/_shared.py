@@ -19,8 +19,8 @@ from torchattr._core.checks import (
     warn_if_training,
 )
 from torchattr._core.chunking import draw, row_ranges
-from torchattr._core.state import untouched
 from torchattr._core.inputs import InputSpec, call_model, check_forward_kwargs, kwargs_rows
+from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
     logits_of,

@@ -308,6 +308,9 @@ def test_training_mode_is_seen_through_plain_functions():
         inputs = x if wanted else {"x": x}
         with pytest.warns(UserWarning, match="training mode"):
             ta.saliency(call, inputs, 0)
+    with pytest.warns(UserWarning, match="training mode") as record:
+        ta.saliency(glue[0], {"x": x}, 0)
+    assert record[0].filename == __file__  # the warning points at the user's line
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

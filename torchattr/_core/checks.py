@@ -6,10 +6,13 @@ call; they are skipped while ``torch.compile`` traces, where data-dependent bran
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -192,8 +195,21 @@ def warn_if_training(training: bool) -> None:
             "model is in training mode: dropout and batch statistics make attributions random "
             "and mix samples; call model.eval() first",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_level(),
         )
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_PLUMBING = (_PACKAGE, contextlib.__file__)  # torchattr's own frames and its context managers
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` (for a warning raised by the function calling this one) of the first
+    frame outside torchattr: the user's line, however deep the call went."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PLUMBING):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # --------------------------------------------------------------------------------------------

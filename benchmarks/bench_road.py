@@ -4,7 +4,7 @@ Both contenders run the same ROAD evaluation -- the same model, images, maps, fr
 removal masks (:func:`torchattr.metrics.road_masks`), MoRF and LeRF -- and differ only in how
 they solve the noisy linear imputation systems:
 
-* ``torchattr``: :func:`torchattr.metrics.road`, which imputes ``batch_size`` copies at a time
+* ``torchattr``: :func:`torchattr.metrics.road`, which imputes ``chunk_size`` copies at a time
   on the inputs' device (multigrid-preconditioned conjugate gradients on all images and
   channels together) and scores them with the model;
 * ``scipy``: the reference implementation's scheme, one ``scipy.sparse.linalg.spsolve`` per

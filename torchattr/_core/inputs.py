@@ -109,6 +109,8 @@ def kwargs_rows(kwargs: Mapping[str, Any], batch: int, rows: Rows) -> dict[str, 
     follows its sample: ``leaf[rows]``, where ``rows`` is a slice of samples or a LongTensor
     ``[N]`` naming each row's sample (copy-major enlarged batches, chunks). Other values (ints,
     tensors of another leading size) pass unchanged. ``rows=None``: the whole batch, unchanged.
+    A shared tensor whose first dimension happens to be B is split too: such tensors belong in
+    the model (``functools.partial(model, weights=w)``), not in ``forward_kwargs``.
     """
     if not kwargs or rows is None:
         return dict(kwargs)

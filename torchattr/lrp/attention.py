@@ -87,12 +87,8 @@ def attend(
     if is_causal:
         length_q, length_k = q.shape[-2], k.shape[-2]
         causal = torch.ones(length_q, length_k, dtype=torch.bool, device=q.device).tril()
-        mask = (
-            causal
-            if mask is None
-            else mask & causal
-            if mask.dtype == torch.bool
-            else (mask.masked_fill(~causal, float("-inf")))
+        mask = causal if mask is None else mask & causal if mask.dtype == torch.bool else (
+            mask.masked_fill(~causal, float("-inf"))
         )
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))

@@ -69,7 +69,9 @@ def carry(p: Tensor, x: Tensor) -> Tensor:
 
 
 def relay(value: Tensor, num: Tensor, den: Tensor) -> Tensor:
-    """Value ``value``; relevance ``R`` at the output goes back through ``num`` as ``R / den``."""
+    """Value ``value``; relevance ``R`` at the output goes back through ``num`` as ``R / den``.
+
+    """
     return value.detach() + through(num, den)
 
 
@@ -320,7 +322,9 @@ class Gamma(_Rule):
         den_up = stabilize(layer.add_bias(c_up.detach(), _plus(b, g * _pos(b))), self.epsilon)
         den_down = stabilize(layer.add_bias(c_down.detach(), _plus(b, g * _neg(b))), self.epsilon)
         positive = z >= 0
-        return z.detach() + torch.where(positive, through(c_up, den_up), through(c_down, den_down))
+        return z.detach() + torch.where(
+            positive, through(c_up, den_up), through(c_down, den_down)
+        )
 
 
 @dataclass(frozen=True, eq=False)

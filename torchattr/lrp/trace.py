@@ -63,3 +63,4 @@ def copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:
     output = new.graph_copy(graph, mapping)
     new.output(output)
     return new, mapping
+

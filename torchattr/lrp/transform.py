@@ -512,3 +512,5 @@ def _attention_handler(
         return attention.multihead_attention(module, *args, **kwargs, rules=rules)
 
     return attend
+
+

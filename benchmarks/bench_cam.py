@@ -122,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rows",
         type=int,
         default=256,
-        help="rows per model call of scorecam / ablationcam (batch_size; default 256)",
+        help="rows per model call of scorecam / ablationcam (chunk_size; default 256)",
     )
     p.add_argument("--captum", action="store_true", help="also time Captum's LayerGradCam")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method in methods:
         kwargs: dict[str, object] = {"layer": args.layer, "method": method}
         if method in ("scorecam", "ablationcam"):
-            kwargs["batch_size"] = args.rows
+            kwargs["chunk_size"] = args.rows
             work[method] = f"{b} + {b * channels} rows fwd"
         elif method in ("eigencam", "randomcam"):
             work[method] = f"{b} rows fwd"

@@ -4,7 +4,7 @@ Both contenders run the same ROAD evaluation -- the same model, images, maps, fr
 removal masks (:func:`torchattr.metrics.road_masks`), MoRF and LeRF -- and differ only in how
 they solve the noisy linear imputation systems:
 
-* ``torchattr``: :func:`torchattr.metrics.road`, which imputes ``batch_size`` copies at a time
+* ``torchattr``: :func:`torchattr.metrics.road`, which imputes ``chunk_size`` copies at a time
   on the inputs' device (multigrid-preconditioned conjugate gradients on all images and
   channels together) and scores them with the model;
 * ``scipy``: the reference implementation's scheme, one ``scipy.sparse.linalg.spsolve`` per
@@ -184,7 +184,7 @@ def torchattr_road(
             target,
             fractions=fractions,
             order=order,
-            noise=noise,
+            sigma=noise,
             generator=generator,
         )
     total = _sync(device) - start
@@ -193,7 +193,7 @@ def torchattr_road(
     for order in ORDERS:
         masks = road_masks(maps, fractions, order, torch.Generator(device=device).manual_seed(seed))
         for j in range(len(fractions)):
-            noisy_linear_impute(images, masks[:, j], noise=noise)
+            noisy_linear_impute(images, masks[:, j], sigma=noise)
     impute = _sync(device) - start
     return {"total": total, "impute": impute, "model": max(total - impute, 0.0)}
 
@@ -280,7 +280,7 @@ def check(
             target[:n],
             fractions=fractions,
             order=order,
-            noise=0.0,
+            sigma=0.0,
             generator=torch.Generator().manual_seed(0),
         )
         theirs = spsolve_road(
@@ -294,7 +294,7 @@ def check(
         )
         diff_score = max(diff_score, float((ours.cpu() - theirs).abs().max()))
         for j in range(len(fractions)):
-            a = noisy_linear_impute(images[:n], masks[:, j], noise=0.0).double().cpu().numpy()
+            a = noisy_linear_impute(images[:n], masks[:, j], sigma=0.0).double().cpu().numpy()
             b = np.stack(
                 [
                     spsolve_impute(images[i].double().cpu().numpy(), masks[i, j].cpu().numpy())

@@ -148,7 +148,13 @@ def make_callables(
         baseline = unk_baseline(x)
         if "torchattr" in libraries:
             fns["torchattr"] = lambda: ta.integrated_gradients(
-                model, x, baseline, t, steps=steps, method="gausslegendre", layer=layer
+                model,
+                x,
+                baseline=baseline,
+                target=t,
+                steps=steps,
+                method="gausslegendre",
+                layer=layer,
             )
         if "captum" in libraries:
             from captum.attr import LayerIntegratedGradients
@@ -192,7 +198,13 @@ def compiled_torchattr(
 
         def run(x: Tensor, t: Tensor) -> Tensor:
             return ta.integrated_gradients(
-                model, x, baseline, t, steps=steps, method="gausslegendre", layer=model.embedding
+                model,
+                x,
+                baseline=baseline,
+                target=t,
+                steps=steps,
+                method="gausslegendre",
+                layer=model.embedding,
             )
 
     else:

@@ -8,7 +8,8 @@ One group, ``ig_embedding-transformer``, holds three twins doing the same work o
 transformer text classifier (token ids ``[B, L]`` with trailing padding, baseline UNK at every
 real token and PAD kept, Gauss-Legendre steps, explicit targets):
 
-* ``torchattr``: ``ta.integrated_gradients(model, ids, baseline, t, layer=model.embedding)``;
+* ``torchattr``:
+  ``ta.integrated_gradients(model, ids, t, baseline=baseline, layer=model.embedding)``;
 * ``captum``: ``LayerIntegratedGradients(model, model.embedding).attribute(...).sum(-1)``;
 * ``bare``: one forward + backward of the B*STEPS rows with respect to the embedding output.
 

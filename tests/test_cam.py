@@ -138,7 +138,7 @@ def test_eigen_methods_match_a_per_image_svd(hand, method):
 def test_scorecam_matches_a_per_channel_loop(hand):
     model, x, t, A, _ = hand
     maps, raw = ta.cam(
-        model, x, t, layer=model.act, method="scorecam", batch_size=5, return_raw=True
+        model, x, t, layer=model.act, method="scorecam", chunk_size=5, return_raw=True
     )
     expected = []
     for b in range(x.shape[0]):
@@ -158,7 +158,7 @@ def test_scorecam_matches_a_per_channel_loop(hand):
 def test_ablationcam_matches_a_per_channel_loop(hand):
     model, x, t, A, _ = hand
     maps, raw = ta.cam(
-        model, x, t, layer="act", method="ablationcam", batch_size=7, return_raw=True
+        model, x, t, layer="act", method="ablationcam", chunk_size=7, return_raw=True
     )
     W, bias = model.head.weight.detach(), model.head.bias.detach()
     expected = []
@@ -364,7 +364,7 @@ def test_batch_size_does_not_change_the_maps(convnet):
     for method in ("gradcam++", "scorecam", "ablationcam", "eigencam", "fullgrad"):
         layer = _layer(method, "features.6")
         whole = ta.cam(model, x, 1, layer=layer, method=method)
-        chunked = ta.cam(model, x, 1, layer=layer, method=method, batch_size=2)
+        chunked = ta.cam(model, x, 1, layer=layer, method=method, chunk_size=2)
         torch.testing.assert_close(whole, chunked, rtol=1e-9, atol=1e-11)
 
 
@@ -669,8 +669,8 @@ def test_other_bad_arguments(convnet):
     model, x = convnet
     with pytest.raises(ValueError, match=r"unknown method 'gradcam\+\+\+'.*'scorecam'"):
         ta.cam(model, x, layer="features.6", method="gradcam+++")
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        ta.cam(model, x, layer="features.6", batch_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        ta.cam(model, x, layer="features.6", chunk_size=0)
     with pytest.raises(ValueError, match="size must be"):
         ta.cam(model, x, layer="features.6", size=(0, 4))
     with pytest.raises(ValueError, match="spatial dims"):

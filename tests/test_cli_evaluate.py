@@ -49,7 +49,7 @@ def _expected_road(model, x: torch.Tensor, heat: torch.Tensor, name: str) -> dic
     curves = {
         order: metrics.road(
             model, x[None], heat[None], target, fractions=FRACTIONS, order=order,
-            noise=0.01, generator=torch.Generator().manual_seed(derive_seed(0, f"road/{name}")),
+            sigma=0.01, generator=torch.Generator().manual_seed(derive_seed(0, f"road/{name}")),
         )
         for order in ("morf", "lerf")
     }  # fmt: skip

@@ -116,14 +116,14 @@ def test_integrated_gradients_arguments():
 def test_baseline_errors():
     model, x = build("mlp")
     with pytest.raises(ValueError, match=r"baseline for inputs has shape \[4\], not broadcastable"):
-        ta.integrated_gradients(model, x, torch.zeros(4))
+        ta.integrated_gradients(model, x, baseline=torch.zeros(4))
     with pytest.raises(ValueError, match="baseline for inputs contains NaN"):
-        ta.integrated_gradients(model, x, torch.full((10,), float("nan")))
+        ta.integrated_gradients(model, x, baseline=torch.full((10,), float("nan")))
     two = {"a": x, "b": x}
     with pytest.raises(ValueError, match=r"baseline has keys \['c'\]"):
-        ta.integrated_gradients(lambda a, b: model(a + b), two, {"c": 0.0})
+        ta.integrated_gradients(lambda a, b: model(a + b), two, baseline={"c": 0.0})
     with pytest.raises(TypeError, match="baseline must be"):
-        ta.integrated_gradients(lambda a, b: model(a + b), two, torch.zeros(10))
+        ta.integrated_gradients(lambda a, b: model(a + b), two, baseline=torch.zeros(10))
 
 
 def test_other_arguments():
@@ -134,7 +134,7 @@ def test_other_arguments():
         ta.smoothgrad(model, x, kind="cubic")
     with pytest.raises(ValueError, match="samples must be >= 1"):
         ta.smoothgrad(model, x, samples=0)
-    with pytest.raises(ValueError, match="noise must be a non-negative number"):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
         ta.smoothgrad(model, x, noise=-0.1)
 
 

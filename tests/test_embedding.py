@@ -36,8 +36,8 @@ def test_token_models_match_captum(cls, method):
     ours, delta = ta.integrated_gradients(
         model,
         ids,
-        unk_baseline(ids),
-        target,
+        baseline=unk_baseline(ids),
+        target=target,
         layer=model.embedding,
         steps=16,
         method=method,
@@ -65,7 +65,7 @@ def test_ehr_dict_matches_captum_per_code_feature():
     ours = ta.integrated_gradients(
         model,
         batch,
-        {"conditions": UNK, "procedures": UNK, "labs": batch["labs"]},
+        baseline={"conditions": UNK, "procedures": UNK, "labs": batch["labs"]},
         layer=layers,
         steps=20,
     )
@@ -88,7 +88,7 @@ def test_ehr_completeness_with_codes_and_labs_moving():
     model, batch = build(EHRModel), ehr_batch()
     layers = {"conditions": model.conditions, "procedures": model.procedures}
     result, delta = ta.integrated_gradients(
-        model, batch, {"labs": 0.01}, layer=layers, steps=50, return_delta=True
+        model, batch, baseline={"labs": 0.01}, layer=layers, steps=50, return_delta=True
     )
     assert delta.shape == (4,)
     assert delta.abs().max() < 1e-6
@@ -137,13 +137,13 @@ def test_baseline_forms_in_embedding_space():
     kwargs = dict(target=1, layer=model.embedding, steps=6)
     zero = ta.integrated_gradients(model, ids, **kwargs)
     explicit_zero = ta.integrated_gradients(
-        model, ids, torch.zeros(8, dtype=torch.float64), **kwargs
+        model, ids, baseline=torch.zeros(8, dtype=torch.float64), **kwargs
     )
     close(zero, explicit_zero)
-    one_id = ta.integrated_gradients(model, ids, UNK, **kwargs)
-    id_tensor = ta.integrated_gradients(model, ids, torch.full_like(ids, UNK), **kwargs)
+    one_id = ta.integrated_gradients(model, ids, baseline=UNK, **kwargs)
+    id_tensor = ta.integrated_gradients(model, ids, baseline=torch.full_like(ids, UNK), **kwargs)
     unk_vector = model.embedding.weight[UNK].detach()
-    as_embedding = ta.integrated_gradients(model, ids, unk_vector, **kwargs)
+    as_embedding = ta.integrated_gradients(model, ids, baseline=unk_vector, **kwargs)
     close(one_id, id_tensor)
     close(one_id, as_embedding)
     assert not torch.allclose(one_id, zero)
@@ -206,7 +206,7 @@ def test_ids_out_of_range_fail_before_any_model_call():
     with pytest.raises(ValueError, match=r"holds id 25, out of range.*25 rows"):
         ta.integrated_gradients(model, ids.clamp_min(25), layer=model.embedding)
     with pytest.raises(ValueError, match="baseline for inputs holds id 99"):
-        ta.integrated_gradients(model, ids, 99, layer=model.embedding)
+        ta.integrated_gradients(model, ids, baseline=99, layer=model.embedding)
     assert not calls
 
 

@@ -178,7 +178,7 @@ def test_smoothgrad_matches_captum_with_the_noise_fixed(arch, kind):
     close(ours, expected, atol=1e-12)
 
 
-def test_smoothgrad_absolute_noise_and_chunking():
+def test_smoothgrad_sigma_and_chunking():
     model, x = build("residual")
     grads = noisy_reference(model, x, TARGETS, 5, 0.3, seed=3)
     for chunk in (None, 1, 4, 7, 15):
@@ -187,8 +187,7 @@ def test_smoothgrad_absolute_noise_and_chunking():
             x,
             TARGETS,
             samples=5,
-            noise=0.3,
-            absolute_noise=True,
+            sigma=0.3,
             chunk_size=chunk,
             generator=torch.Generator().manual_seed(3),
         )

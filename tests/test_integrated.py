@@ -45,7 +45,9 @@ def test_matches_captum(arch, method):
 def test_matches_captum_with_baseline_and_delta():
     model, x = build("conv_bn")
     baseline = torch.full_like(x, 0.25)
-    ours, delta = ta.integrated_gradients(model, x, baseline, TARGETS, steps=20, return_delta=True)
+    ours, delta = ta.integrated_gradients(
+        model, x, baseline=baseline, target=TARGETS, steps=20, return_delta=True
+    )
     theirs, their_delta = captum_ig(
         model, x, TARGETS, "gausslegendre", 20, baseline, return_convergence_delta=True
     )
@@ -68,10 +70,14 @@ def test_tuple_and_dict_inputs_with_per_input_baselines():
         (torch.zeros_like(image), lab_baseline.expand(3, 4)),
     )
     as_tuple = ta.integrated_gradients(
-        model, (image, labs), (None, lab_baseline), TARGETS, steps=10
+        model, (image, labs), baseline=(None, lab_baseline), target=TARGETS, steps=10
     )
     as_dict = ta.integrated_gradients(
-        model, {"image": image, "labs": labs}, {"labs": lab_baseline}, TARGETS, steps=10
+        model,
+        {"image": image, "labs": labs},
+        baseline={"labs": lab_baseline},
+        target=TARGETS,
+        steps=10,
     )
     for ours in (as_tuple, (as_dict["image"], as_dict["labs"])):
         close(ours[0], expected[0])
@@ -119,7 +125,9 @@ def test_completeness_is_exact_for_a_linear_model():
     torch.manual_seed(0)
     model = torch.nn.Linear(7, 3).double()
     x = torch.randn(5, 7, dtype=torch.float64)
-    attributions, delta = ta.integrated_gradients(model, x, -1.0, 1, steps=3, return_delta=True)
+    attributions, delta = ta.integrated_gradients(
+        model, x, baseline=-1.0, target=1, steps=3, return_delta=True
+    )
     assert delta.abs().max() < 1e-12
     close(attributions, model.weight[1].detach() * (x + 1))
 
@@ -217,13 +225,15 @@ def test_default_target_is_the_prediction_at_the_input():
 
 def test_baseline_forms():
     model, x = build("conv_bn")
-    scalar = ta.integrated_gradients(model, x, 0.5, TARGETS, steps=5)
-    tensor = ta.integrated_gradients(model, x, torch.full_like(x, 0.5), TARGETS, steps=5)
+    scalar = ta.integrated_gradients(model, x, baseline=0.5, target=TARGETS, steps=5)
+    tensor = ta.integrated_gradients(
+        model, x, baseline=torch.full_like(x, 0.5), target=TARGETS, steps=5
+    )
     per_channel = ta.integrated_gradients(
         model,
         x,
-        torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)[:, None, None],
-        TARGETS,
+        baseline=torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)[:, None, None],
+        target=TARGETS,
         steps=5,
     )
     close(scalar, tensor)

@@ -85,9 +85,9 @@ def test_imputation_matches_dense_solve(size: tuple[int, int]) -> None:
     images = torch.rand(3, 2, height, width, generator=torch.Generator().manual_seed(1))
     masks = masks_for(height, width)
     expected = torch.stack([dense_impute(im, m) for im, m in zip(images, masks)])
-    filled64 = noisy_linear_impute(images.double(), masks, noise=0.0, tol=1e-12)
+    filled64 = noisy_linear_impute(images.double(), masks, sigma=0.0, tol=1e-12)
     torch.testing.assert_close(filled64, expected, atol=1e-9, rtol=0)
-    filled32 = noisy_linear_impute(images, masks, noise=0.0)
+    filled32 = noisy_linear_impute(images, masks, sigma=0.0)
     assert filled32.dtype == torch.float32
     torch.testing.assert_close(filled32.double(), expected, atol=1e-4, rtol=0)
 
@@ -111,7 +111,7 @@ def test_corner_edge_and_interior_weights() -> None:
     for (y, xx), expected in cases.items():
         mask = torch.zeros(1, 5, 6, dtype=torch.bool)
         mask[0, y, xx] = True
-        filled = noisy_linear_impute(image, mask, noise=0.0)
+        filled = noisy_linear_impute(image, mask, sigma=0.0)
         torch.testing.assert_close(filled[0, 0, y, xx], expected, atol=1e-12, rtol=0)
         keep = ~mask[0]
         assert torch.equal(filled[0, 0][keep], x[keep])
@@ -128,7 +128,7 @@ def test_two_adjacent_holes_solved_jointly() -> None:
     s_b = (x[0, 2] + x[2, 2] + x[1, 3]) / 6 + (x[0, 1] + x[0, 3] + x[2, 1] + x[2, 3]) / 12
     a = (s_a + s_b / 6) / (1 - 1 / 36)
     b = s_b + a / 6
-    filled = noisy_linear_impute(image, mask, noise=0.0)
+    filled = noisy_linear_impute(image, mask, sigma=0.0)
     torch.testing.assert_close(filled[0, 0, 1, 1:3], torch.stack([a, b]), atol=1e-12, rtol=0)
 
 
@@ -139,7 +139,7 @@ def test_linear_ramp_is_reproduced_inside_the_image() -> None:
     ramp = (0.3 * ys - 0.2 * xs + 1.0)[None, None]
     mask = torch.zeros(1, 40, 36, dtype=torch.bool)
     mask[0, 3:37, 2:30] = True  # a large hole, away from the border
-    filled = noisy_linear_impute(ramp, mask, noise=0.0, tol=1e-10)
+    filled = noisy_linear_impute(ramp, mask, sigma=0.0, tol=1e-10)
     torch.testing.assert_close(filled, ramp, atol=1e-8, rtol=0)
 
 
@@ -149,8 +149,8 @@ def test_float32_large_hole_is_accurate() -> None:
     mask = torch.ones(2, 64, 64, dtype=torch.bool)
     mask[0, 30:34, 30:34] = False  # 99.6% imputed: the worst-conditioned systems
     mask[1, :, :6] = False
-    reference = noisy_linear_impute(images.double(), mask, noise=0.0, tol=1e-12)
-    filled = noisy_linear_impute(images, mask, noise=0.0)
+    reference = noisy_linear_impute(images.double(), mask, sigma=0.0, tol=1e-12)
+    filled = noisy_linear_impute(images, mask, sigma=0.0)
     torch.testing.assert_close(filled.double(), reference, atol=1e-4, rtol=0)
 
 
@@ -158,9 +158,9 @@ def test_images_are_independent_and_the_batch_changes_nothing() -> None:
     g = torch.Generator().manual_seed(4)
     images = torch.rand(4, 3, 20, 22, generator=g)
     masks = torch.rand(4, 20, 22, generator=g) < 0.5
-    together = noisy_linear_impute(images, masks, noise=0.0)
+    together = noisy_linear_impute(images, masks, sigma=0.0)
     for i in range(4):
-        alone = noisy_linear_impute(images[i : i + 1], masks[i : i + 1], noise=0.0)
+        alone = noisy_linear_impute(images[i : i + 1], masks[i : i + 1], sigma=0.0)
         torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=0)
 
 
@@ -168,9 +168,9 @@ def test_noise_only_on_imputed_pixels_reproducible() -> None:
     images = torch.rand(2, 3, 30, 30)
     mask = torch.zeros(2, 30, 30, dtype=torch.bool)
     mask[:, 5:25, 5:25] = True
-    plain = noisy_linear_impute(images, mask, noise=0.0)
-    a = noisy_linear_impute(images, mask, noise=0.05, generator=torch.Generator().manual_seed(0))
-    b = noisy_linear_impute(images, mask, noise=0.05, generator=torch.Generator().manual_seed(0))
+    plain = noisy_linear_impute(images, mask, sigma=0.0)
+    a = noisy_linear_impute(images, mask, sigma=0.05, generator=torch.Generator().manual_seed(0))
+    b = noisy_linear_impute(images, mask, sigma=0.05, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
     keep = ~mask[:, None].expand_as(images)
     assert torch.equal(a[keep], images[keep])
@@ -183,8 +183,8 @@ def test_imputation_keeps_dtype_and_accepts_channel_mask() -> None:
     images = torch.rand(1, 2, 6, 6, dtype=torch.float64)
     mask = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
     mask[..., 2:4, 2:4] = True
-    assert noisy_linear_impute(images, mask, noise=0.0).dtype == torch.float64
-    half = noisy_linear_impute(images.bfloat16(), mask, noise=0.0)
+    assert noisy_linear_impute(images, mask, sigma=0.0).dtype == torch.float64
+    half = noisy_linear_impute(images.bfloat16(), mask, sigma=0.0)
     assert half.dtype == torch.bfloat16
 
 
@@ -201,7 +201,7 @@ def test_imputation_keeps_dtype_and_accepts_channel_mask() -> None:
         (torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4), 0.0, TypeError, "bool"),
         (torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 5, dtype=torch.bool), 0.0, ValueError, "mask"),
         (torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), 0.0, ValueError, "every"),
-        (torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool), -1.0, ValueError, "noise"),
+        (torch.rand(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool), -1.0, ValueError, "sigma"),
         (
             torch.ones(1, 1, 4, 4).long(),
             torch.zeros(1, 4, 4, dtype=torch.bool),
@@ -220,7 +220,7 @@ def test_imputation_keeps_dtype_and_accepts_channel_mask() -> None:
 )
 def test_imputation_bad_input(images, mask, noise, error, match) -> None:
     with pytest.raises(error, match=match):
-        noisy_linear_impute(images, mask, noise=noise)
+        noisy_linear_impute(images, mask, sigma=noise)
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,12 +285,12 @@ def test_road_scores_are_the_model_on_the_imputed_images() -> None:
     fractions = (0.1, 0.5, 0.8)
     for order in ("morf", "lerf"):
         scores = road(
-            model, images, maps, 2, fractions=fractions, order=order, noise=0.0, generator=seed()
+            model, images, maps, 2, fractions=fractions, order=order, sigma=0.0, generator=seed()
         )
         masks = road_masks(maps, fractions, order, generator=seed())
         assert scores.shape == (3, 3) and scores.dtype == torch.float64
         for j in range(len(fractions)):
-            filled = noisy_linear_impute(images, masks[:, j], noise=0.0)
+            filled = noisy_linear_impute(images, masks[:, j], sigma=0.0)
             torch.testing.assert_close(scores[:, j], model(filled)[:, 2], atol=1e-6, rtol=0)
 
 
@@ -304,7 +304,7 @@ def test_road_draws_tie_breaker_then_noise_per_fraction_in_order() -> None:
         images,
         maps,
         fractions=fractions,
-        noise=0.1,
+        sigma=0.1,
         generator=torch.Generator().manual_seed(0),
     )
     g = torch.Generator().manual_seed(0)
@@ -313,7 +313,7 @@ def test_road_draws_tie_breaker_then_noise_per_fraction_in_order() -> None:
         target = model(images).argmax(1)
         for j in range(len(fractions)):
             noise = torch.randn(images.shape, generator=g)
-            filled = noisy_linear_impute(images, masks[:, j], noise=0.0)
+            filled = noisy_linear_impute(images, masks[:, j], sigma=0.0)
             filled = filled + 0.1 * noise * masks[:, j, None]
             expected = model(filled).gather(1, target[:, None])[:, 0]
             torch.testing.assert_close(scores[:, j], expected, atol=1e-4, rtol=0)
@@ -323,10 +323,10 @@ def test_road_does_not_depend_on_batch_size() -> None:
     images = torch.rand(3, 1, 12, 10)
     maps = torch.rand(3, 12, 10)
     model = Weighted(1, 12, 10)
-    kwargs = {"fractions": (0.2, 0.7), "order": "lerf", "noise": 0.02}
+    kwargs = {"fractions": (0.2, 0.7), "order": "lerf", "sigma": 0.02}
     a = road(model, images, maps, generator=torch.Generator().manual_seed(3), **kwargs)
     b = road(
-        model, images, maps, generator=torch.Generator().manual_seed(3), batch_size=2, **kwargs
+        model, images, maps, generator=torch.Generator().manual_seed(3), chunk_size=2, **kwargs
     )
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -340,13 +340,13 @@ def test_road_targets_and_probabilities() -> None:
 
     def run(target, **kwargs):  # the same tie-breaker in every call
         return road(
-            model, images, maps, target, fractions=(0.3,), noise=0.0, generator=seed(), **kwargs
+            model, images, maps, target, fractions=(0.3,), sigma=0.0, generator=seed(), **kwargs
         )
 
     torch.testing.assert_close(run(None), run(predicted))
     probability = run(1, score="probability")
     filled = noisy_linear_impute(
-        images, road_masks(maps, (0.3,), generator=seed())[:, 0], noise=0.0
+        images, road_masks(maps, (0.3,), generator=seed())[:, 0], sigma=0.0
     )
     expected = model(filled).softmax(1)[:, 1].detach()
     torch.testing.assert_close(probability[:, 0], expected, atol=1e-5, rtol=0)
@@ -358,7 +358,7 @@ def test_road_single_logit_model() -> None:
     images = torch.rand(2, 1, 6, 6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 1))
     scores = road(
-        model, images, torch.rand(2, 6, 6), fractions=(0.5,), noise=0.0, score="probability"
+        model, images, torch.rand(2, 6, 6), fractions=(0.5,), sigma=0.0, score="probability"
     )
     assert scores.shape == (2, 1) and bool(((scores > 0) & (scores < 1)).all())
 
@@ -386,8 +386,8 @@ def test_road_leaves_the_model_untouched() -> None:
         ({"fractions": ("a",)}, TypeError, "fractions"),
         ({"order": "random"}, ValueError, "order"),
         ({"score": "softmax"}, ValueError, "score"),
-        ({"noise": -0.1}, ValueError, "noise"),
-        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"sigma": -0.1}, ValueError, "sigma"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"saliency": torch.rand(2, 6, 5)}, ValueError, "saliency has shape"),
         ({"saliency": torch.rand(3, 6, 6)}, ValueError, "saliency has shape"),
         ({"saliency": torch.full((2, 6, 6), float("nan"))}, ValueError, "saliency"),
@@ -520,7 +520,7 @@ def test_causal_curves_do_not_depend_on_batch_size_and_leave_model() -> None:
     maps = torch.rand(3, 6, 6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.Dropout(0.0), nn.Linear(4, 3)).eval()
     a = insertion(model, images, maps, step=5)
-    b = insertion(model, images, maps, step=5, batch_size=4)
+    b = insertion(model, images, maps, step=5, chunk_size=4)
     torch.testing.assert_close(a.curves, b.curves)
     torch.testing.assert_close(a.auc, b.auc)
     assert not model.training

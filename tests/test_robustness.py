@@ -106,7 +106,7 @@ def test_sensitivity_targets_batching_and_zero_explanations() -> None:
         x,
         target=target,
         samples=3,
-        batch_size=5,
+        chunk_size=5,
         generator=torch.Generator().manual_seed(0),
     )
     torch.testing.assert_close(a, b)
@@ -165,7 +165,7 @@ def test_infidelity_closed_form() -> None:
     torch.testing.assert_close(fixed, (0.5 * w.sum()).square().expand(4))
     # Gaussian I_s = 0.2 N(0, 1): mean_s (sum(w * I_s))^2, from the same draws
     infd = infidelity(
-        model, x, doubled, 2, samples=5, noise=0.2, generator=torch.Generator().manual_seed(3)
+        model, x, doubled, 2, samples=5, sigma=0.2, generator=torch.Generator().manual_seed(3)
     )
     g = torch.Generator().manual_seed(3)
     draws = torch.stack([0.2 * torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(5)])
@@ -194,7 +194,7 @@ def test_infidelity_batch_size_and_probability_scores() -> None:
     x = inputs((5, 6))
     phi = torch.rand(5, 6, dtype=torch.float64)
     a = infidelity(
-        model, x, phi, samples=3, batch_size=4, generator=torch.Generator().manual_seed(1)
+        model, x, phi, samples=3, chunk_size=4, generator=torch.Generator().manual_seed(1)
     )
     b = infidelity(model, x, phi, samples=3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
@@ -211,7 +211,7 @@ def test_infidelity_batch_size_and_probability_scores() -> None:
         ({"attributions": torch.ones(2, 6, dtype=torch.long)}, TypeError, "attributions"),
         ({"perturbation": lambda v, g: v[:1]}, ValueError, "perturbation returned"),
         ({"perturbation": 0.1}, TypeError, "perturbation"),
-        ({"noise": -1.0}, ValueError, "noise"),
+        ({"sigma": -1.0}, ValueError, "sigma"),
         ({"samples": 0}, ValueError, "samples"),
         ({"score": "softmax"}, ValueError, "score"),
         ({"target": 7}, ValueError, "out of range"),
@@ -280,7 +280,7 @@ def test_subsets_have_the_requested_size_and_batch_size_changes_nothing() -> Non
         phi,
         subset_size=6,
         runs=4,
-        batch_size=5,
+        chunk_size=5,
         generator=torch.Generator().manual_seed(2),
     )
     torch.testing.assert_close(a, b)

@@ -54,16 +54,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from torchattr._core.checks import check_choice, check_positive_int
+from torchattr._core.checks import check_choice, check_positive_int, keywords
 from torchattr._core.chunking import row_ranges
 from torchattr._core.contexts import call_hooks
 from torchattr._core.grad import Problem, accumulation_dtype, forward_scores, prepare
@@ -209,6 +209,7 @@ def randomcam_weights(
 # --------------------------------------------------------------------------------------------
 
 
+@overload
 def cam(
     model: Callable[..., Any],
     inputs: Inputs,
@@ -217,10 +218,45 @@ def cam(
     layer: LayerArg,
     method: str = "gradcam",
     size: int | Sequence[int] | None = None,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    reshape: Reshape = None,
+    return_raw: Literal[False] = False,
+    generator: torch.Generator | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Tensor: ...
+
+
+@overload
+def cam(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    layer: LayerArg,
+    method: str = "gradcam",
+    size: int | Sequence[int] | None = None,
+    chunk_size: int | None = None,
+    reshape: Reshape = None,
+    return_raw: Literal[True],
+    generator: torch.Generator | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, Tensor | list[Tensor]]: ...
+
+
+@keywords(renamed={"batch_size": "chunk_size"})
+def cam(
+    model: Callable[..., Any],
+    inputs: Inputs,
+    target: Target = None,
+    *,
+    layer: LayerArg,
+    method: str = "gradcam",
+    size: int | Sequence[int] | None = None,
+    chunk_size: int | None = None,
     reshape: Reshape = None,
     return_raw: bool = False,
     generator: torch.Generator | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor | list[Tensor]]:
     """Class activation map of ``layer`` for each sample's explained score, ``[B, H, W]`` in [0, 1].
 
@@ -242,14 +278,18 @@ def cam(
             ``[B, N, D]``, see ``reshape``) and it must run once per forward. For ``fullgrad``
             it selects where the bias layers are searched (``None``: the whole model).
         size: the output size (an int or ``(H, W)``); default: the input's spatial size.
-        batch_size: at most this many rows per model call (the ``B * C`` masked copies of
-            Score-CAM and Ablation-CAM; the B rows of the others). ``None``: B.
+        chunk_size: at most this many rows per model call (the ``B * C`` masked copies of
+            Score-CAM and Ablation-CAM; the B rows of the others). ``None``: B. (``batch_size``
+            is its deprecated former name.)
         reshape: how a token output ``[B, N, D]`` becomes a grid: ``None`` (automatic, see the
             module docstring), ``(h, w)`` or a callable ``[N, ...] -> [N, C, h, w]``.
         return_raw: also return the raw map: before relu, normalisation and upsampling
             (``[B, h, w]``, ``[B, K, h, w]``; a list with one per layer for several layers;
             ``fullgrad``: the sum of its terms at the output size).
         generator: random weights of ``randomcam``.
+        forward_kwargs: keyword arguments passed to every model call, never explained (an
+            attention mask); tensors with leading dimension B follow their sample into chunks
+            and the masked / ablated copies.
 
     Returns:
         ``maps [B, H, W]`` (``[B, K, H, W]`` for a ``[B, K]`` target), at least float32; with
@@ -260,7 +300,7 @@ def cam(
     the output down to the layer (autograd records from the layer on); ``fullgrad``: one
     forward and one backward down to the input; ``eigencam`` / ``randomcam``: one forward;
     ``scorecam`` / ``ablationcam``: one forward plus forwards of ``B * C`` rows, at most
-    ``batch_size`` per call. ``eigen*``: one batched SVD of ``[B, h w, C]``.
+    ``chunk_size`` per call. ``eigen*``: one batched SVD of ``[B, h w, C]``.
 
     Example::
 
@@ -270,8 +310,8 @@ def cam(
         vit_maps = ta.cam(vit, images, layer=vit.blocks[-1].norm1, method="layercam")
     """
     check_choice(method, "method", METHODS)
-    if batch_size is not None:
-        check_positive_int(batch_size, "batch_size")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
     if not isinstance(return_raw, bool):
         raise TypeError(f"return_raw must be a bool, got {type(return_raw).__name__}")
     if reshape is not None and not callable(reshape):
@@ -283,10 +323,10 @@ def cam(
     # A wrapper (DataParallel, DDP, torch.compile) forwards to the module it holds: explain that
     # module directly (eager, one device), so that the hooks act on the modules that run.
     model, _ = unwrap(model)
-    problem, target = prepare(model, inputs, target)
+    problem, target = prepare(model, inputs, target, forward_kwargs=forward_kwargs)
     image = problem.tensors[0]
     space = _spatial(image, size)
-    chunk = batch_size or problem.batch
+    chunk = chunk_size or problem.batch
     with untouched(model, layers):
         if method == "fullgrad":
             return _fullgrad(problem, layers, names, target, space, chunk, return_raw)
@@ -639,7 +679,9 @@ def _activations_and_gradients(
         with torch.no_grad(), _tapped(layers, names, record=True) as (captured, calls):
             if input_gradient:
                 torch.set_grad_enabled(True)
-            output = call_model(problem.model, rows, problem.spec)
+            output = call_model(
+                problem.model, rows, problem.spec, problem.kwargs_for(slice(start, stop))
+            )
         if space is not None:
             _never_called(calls, names)
             for out, name in zip(captured, names):
@@ -703,7 +745,11 @@ def _capture(
         for start, stop in row_ranges(problem.batch, chunk):
             rows = tuple(t[start:stop] for t in problem.tensors)
             with _tapped(layers, names) as (captured, calls):
-                outputs.append(call_model(problem.model, rows, problem.spec))
+                outputs.append(
+                    call_model(
+                        problem.model, rows, problem.spec, problem.kwargs_for(slice(start, stop))
+                    )
+                )
             _never_called(calls, names)
             for store, a in zip(acts, captured):
                 store.append(a)
@@ -805,7 +851,7 @@ def _masked_scores(
             masks = _normalise(_upsample(flat[start:stop], space.image))
             masked = image[sample] * masks.to(image.dtype)
             rows = (masked, *(t[sample] for t in problem.tensors[1:]))
-            output = call_model(problem.model, rows, problem.spec)
+            output = call_model(problem.model, rows, problem.spec, problem.kwargs_for(sample))
             part = target[sample] if isinstance(target, Tensor) else target
             scores.append(row_scores(output, part))
     return torch.cat(scores)
@@ -836,7 +882,7 @@ def _ablated_scores(
             replacement = raw[sample] * keep.reshape(shape)
             rows = tuple(t[sample] for t in problem.tensors)
             with hooked(problem.model, (layer,), [replacement]):
-                output = call_model(problem.model, rows, problem.spec)
+                output = call_model(problem.model, rows, problem.spec, problem.kwargs_for(sample))
             part = target[sample] if isinstance(target, Tensor) else target
             scores.append(row_scores(output, part))
     return torch.cat(scores)

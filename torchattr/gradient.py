@@ -6,14 +6,21 @@ All three are one forward and one backward of the (possibly enlarged) batch thro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import check_choice, check_chunk_size, check_positive_int
+from torchattr._core.checks import (
+    check_choice,
+    check_chunk_size,
+    check_positive_int,
+    check_scale,
+    keywords,
+)
 from torchattr._core.chunking import (
     CopyDraws,
     add_rows,
@@ -29,7 +36,7 @@ from torchattr._core.grad import (
     prepare,
     score_gradients,
 )
-from torchattr._core.inputs import Inputs, unflatten
+from torchattr._core.inputs import InputsT, unflatten
 from torchattr._core.layers import apply_mask, collapse, embedding_dims
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
@@ -43,16 +50,18 @@ _REDUCERS = {
 SMOOTHGRAD_KINDS = ("smoothgrad", "square", "var")
 
 
+@keywords()
 def saliency(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     abs: bool = True,  # noqa: A002 - the documented keyword
     reduce: str | None = "max",
     layer: Any = None,
     mask: Any = None,
-) -> Any:
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> InputsT:
     """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
 
     ``s`` is each sample's explained score (see :mod:`torchattr._core.targets`). With the
@@ -67,6 +76,10 @@ def saliency(
     shaped like the ids, or a padding id) zeroes padded positions. See
     :func:`torchattr.integrated_gradients` for ``layer`` and ``mask``.
 
+    ``forward_kwargs``: keyword arguments passed to every model call, never attributed (e.g. an
+    integer ``attention_mask``); tensors with leading dimension B follow their samples.
+    Results are detached, in at least float32.
+
     Cost: one forward and one backward (plus one forward capturing the layer's output).
 
     Example::
@@ -75,9 +88,12 @@ def saliency(
         grads = ta.saliency(model, images, 3, abs=False, reduce=None)   # [B, C, H, W]
     """
     check_choice(reduce, "reduce", REDUCTIONS)
-    problem, _, grads, multi, masks = _gradients_once(model, inputs, target, layer, mask)
+    problem, _, grads, multi, masks = _gradients_once(
+        model, inputs, target, layer, mask, forward_kwargs
+    )
     maps = []
     for g, ids, layer_, keep in zip(grads, problem.tensors, problem.layers, masks):
+        g = g.detach().to(accumulation_dtype(g))
         if layer_ is not None and embedding_dims(g, ids, multi):
             g = g.abs() if abs else g
             g = g if reduce is None else _REDUCERS[reduce](g, embedding_dims(g, ids, multi))
@@ -87,27 +103,33 @@ def saliency(
     return unflatten(maps, problem.spec)
 
 
+@keywords()
 def input_x_gradient(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     layer: Any = None,
     mask: Any = None,
-) -> Any:
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> InputsT:
     """Input times gradient: ``x * d s / d x``, shaped like the inputs (``[B, K, ...]`` for K).
 
     With ``layer=embedding``: ``sum_d e_d * d s / d e_d`` per id (``e`` the layer's output), shaped
     like the ids; ``mask`` zeroes padded positions (see :func:`torchattr.integrated_gradients`).
+    ``forward_kwargs``: passed to the model, never attributed (see :func:`saliency`).
 
     Example::
 
         attributions = ta.input_x_gradient(model, images, target=labels)   # [B, C, H, W]
     """
-    problem, primals, grads, multi, masks = _gradients_once(model, inputs, target, layer, mask)
+    problem, primals, grads, multi, masks = _gradients_once(
+        model, inputs, target, layer, mask, forward_kwargs
+    )
     out = []
     for p, g, ids, layer_, keep in zip(primals, grads, problem.tensors, problem.layers, masks):
-        product = (p.unsqueeze(1) if multi else p) * g
+        dtype = accumulation_dtype(g)
+        product = (p.detach().unsqueeze(1) if multi else p.detach()).to(dtype) * g.to(dtype)
         if layer_ is not None:
             product = collapse(product, ids, multi)
         out.append(apply_mask(product, keep, multi))
@@ -115,10 +137,15 @@ def input_x_gradient(
 
 
 def _gradients_once(
-    model: Callable[..., Any], inputs: Inputs, target: Target, layer: Any, mask: Any
+    model: Callable[..., Any],
+    inputs: Any,
+    target: Target,
+    layer: Any,
+    mask: Any,
+    forward_kwargs: Mapping[str, Any] | None,
 ) -> tuple[Problem, tuple[Tensor, ...], tuple[Tensor, ...], bool, tuple[Tensor | None, ...]]:
     """One forward and backward at the inputs: (problem, primals, gradients, multi, masks)."""
-    problem, target = prepare(model, inputs, target, layer)
+    problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     masks = problem.masks(mask)
     with untouched(model, problem.layers):
         primals, _ = problem.primals()
@@ -126,19 +153,22 @@ def _gradients_once(
     return problem, primals, grads, multi, masks
 
 
+@keywords()
 def smoothgrad(
     model: Callable[..., Any],
-    inputs: Inputs,
+    inputs: InputsT,
     target: Target = None,
     *,
     samples: int = 20,
     noise: float = 0.1,
+    sigma: float | None = None,
     kind: str = "smoothgrad",
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
-    absolute_noise: bool = False,
+    absolute_noise: bool | None = None,
     layer: Any = None,
-) -> Any:
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> InputsT:
     """SmoothGrad (Smilkov et al. 2017) and its square and variance variants.
 
     With ``g_i = d s / d x`` at ``x + eps_i``, ``eps_i ~ N(0, sigma^2)``, ``i = 1..n``:
@@ -148,7 +178,9 @@ def smoothgrad(
     * ``kind="var"``: ``mean_i g_i^2 - (mean_i g_i)^2`` (VarGrad, population variance).
 
     ``sigma = noise * (max(x_b) - min(x_b))`` per sample and input tensor, as in the SmoothGrad
-    paper; pass ``absolute_noise=True`` to use ``noise`` itself as the standard deviation. Noise
+    paper (``noise`` is a noise *level*, a fraction of the value range); pass ``sigma=`` to give
+    the standard deviation itself, in the inputs' units (as ``sigma`` means in the metrics;
+    Captum's ``stdevs``). ``absolute_noise=True`` (deprecated) is ``sigma=noise``. Noise
     sample i (i = 0..n-1) draws ``randn(x.shape, generator)`` for each input tensor in order,
     sample after sample (reproducible with a seeded ``generator``), when the chunk that needs it
     comes: memory stays bounded by ``chunk_size``. The ``samples x B`` noisy copies go through the
@@ -158,6 +190,8 @@ def smoothgrad(
 
     With ``layer=embedding`` the noise is added to the layer's output (sigma relative to its
     range) and the statistics of ``d s / d e`` come back in the layer's shape (``[B, L, D]``).
+    ``forward_kwargs``: passed to the model, never attributed; per-sample tensors follow their
+    sample into the noisy copies.
 
     Example::
 
@@ -166,15 +200,25 @@ def smoothgrad(
     samples = check_positive_int(samples, "samples")
     check_choice(kind, "kind", SMOOTHGRAD_KINDS)
     chunk_size = check_chunk_size(chunk_size)
-    if not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
-    problem, target = prepare(model, inputs, target, layer)
+    noise = check_scale(noise, "noise")
+    if absolute_noise is not None:
+        warnings.warn(
+            "smoothgrad(): absolute_noise is deprecated and will be removed in the next release; "
+            "pass sigma=<standard deviation> instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if absolute_noise and sigma is None:
+            sigma = noise
+    absolute = sigma is not None
+    level = check_scale(sigma, "sigma") if absolute else noise
+    problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     batch, device = problem.batch, problem.tensors[0].device
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
     with untouched(model, problem.layers):
         tensors, outputs = problem.primals(chunk_size)
-        sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
+        sigmas = [noise_scale(x, level, absolute) for x in tensors]
         copy_noise = CopyDraws(
             lambda: tuple(
                 draw(torch.randn, tuple(x.shape), x.dtype, x.device, generator) for x in tensors
@@ -211,7 +255,7 @@ def smoothgrad(
             (sq / samples - (acc.double() / samples).square()).clamp_min(0).to(m.dtype)
             for sq, acc, m in zip(squares, sums, means)
         ]
-    return unflatten(result, problem.spec)
+    return unflatten([r.detach() for r in result], problem.spec)
 
 
 def reduce_channels(

@@ -8,8 +8,8 @@ kernels work when the caller disabled gradients) and trace under ``torch.compile
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +18,14 @@ from torch import Tensor
 from torchattr._core.checks import check_gradient_inputs, in_training_mode, warn_if_training
 from torchattr._core.chunking import row_ranges
 from torchattr._core.contexts import normal_tensor, normal_tensors
-from torchattr._core.inputs import InputSpec, call_model, flatten
+from torchattr._core.inputs import (
+    InputSpec,
+    Rows,
+    call_model,
+    check_forward_kwargs,
+    flatten,
+    kwargs_rows,
+)
 from torchattr._core.layers import Layers, check_ids, hooked, padding_masks, resolve_layers
 from torchattr._core.targets import (
     Target,
@@ -44,6 +51,11 @@ class Problem:
     layers: Layers
     training: bool = False  # a mode-dependent submodule is in training mode: use autograd
     target_range: tuple[int, int] | None = None  # (min, max) of an index target, read once
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # forward_kwargs, passed through
+
+    def kwargs_for(self, rows: Rows) -> dict[str, Any]:
+        """``forward_kwargs`` for a model call on ``rows`` (see :func:`kwargs_rows`)."""
+        return kwargs_rows(self.kwargs, self.batch, rows)
 
     @property
     def batch(self) -> int:
@@ -59,8 +71,9 @@ class Problem:
 
     def forward(self, sample: Tensor | None = None) -> Callable[..., Any]:
         """The model as a function of primal rows; ``sample`` [N] names each row's sample."""
+        kwargs = self.kwargs_for(sample)
         if not self.layered:
-            return lambda *primals: call_model(self.model, primals, self.spec)
+            return lambda *primals: call_model(self.model, primals, self.spec, kwargs)
 
         def forward(*primals: Tensor) -> Any:
             args = tuple(
@@ -68,7 +81,7 @@ class Problem:
                 for p, t, layer in zip(primals, self.tensors, self.layers)
             )
             with hooked(self.model, self.layers, primals):
-                return call_model(self.model, args, self.spec)
+                return call_model(self.model, args, self.spec, kwargs)
 
         return forward
 
@@ -81,7 +94,9 @@ class Problem:
             for start, stop in row_ranges(self.batch, chunk_size):
                 rows = tuple(t[start:stop] for t in self.tensors)
                 with hooked(self.model, self.layers) as grabbed:
-                    outputs.append(call_model(self.model, rows, self.spec))
+                    outputs.append(
+                        call_model(self.model, rows, self.spec, self.kwargs_for(slice(start, stop)))
+                    )
                 captured.append(grabbed)
         primals = tuple(
             t if layer is None else torch.cat([c[i] for c in captured])
@@ -114,8 +129,7 @@ def score_gradients(
     with torch.no_grad():
         output, pullback = torch.func.vjp(forward, *primals)
         target = resolve_target(target, output, problem.target_range)
-        cotangent, multi = output_cotangent(output, target)
-        cotangent = _scale_rows(cotangent, scale, multi)
+        cotangent, multi = output_cotangent(output, target, scale)
         # retain_graph=False frees each saved activation as soon as the backward used it.
         if multi:
             pulled = torch.func.vmap(lambda c: pullback(c, retain_graph=False))(cotangent)
@@ -123,20 +137,6 @@ def score_gradients(
         else:
             grads = tuple(pullback(cotangent, retain_graph=False))
     return grads, target, multi
-
-
-def _scale_rows(cotangent: Any, scale: Tensor | None, multi: bool) -> Any:
-    """Multiply row n of every cotangent leaf by ``scale[n]`` (rows are dim 1 when K-batched)."""
-    if scale is None:
-        return cotangent
-    dim = 1 if multi else 0
-
-    def rescale(leaf: Tensor) -> Tensor:
-        shape = [1] * leaf.ndim
-        shape[dim] = -1
-        return leaf * scale.to(leaf.dtype).reshape(shape)
-
-    return torch.utils._pytree.tree_map(rescale, cotangent)
 
 
 def _autograd_gradients(
@@ -155,11 +155,21 @@ def _autograd_gradients(
         xs = tuple(t.detach().requires_grad_(True) for t in tensors)
         output = forward(*xs)
         target = resolve_target(target, output, target_range)
-        cotangent, multi = output_cotangent(output, target)
-        cotangent = _scale_rows(cotangent, scale, multi)
-        leaves = torch.utils._pytree.tree_leaves(output)
-        seeds = torch.utils._pytree.tree_leaves(cotangent)
-        grads = torch.autograd.grad(leaves, xs, seeds, is_grads_batched=multi, allow_unused=True)
+        cotangent, multi = output_cotangent(output, target, scale)
+        pairs = [
+            (leaf, seed)
+            for leaf, seed in zip(
+                torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(cotangent)
+            )
+            if isinstance(leaf, Tensor) and leaf.requires_grad
+        ]
+        grads = torch.autograd.grad(
+            [p for p, _ in pairs],
+            xs,
+            [s for _, s in pairs],
+            is_grads_batched=multi,
+            allow_unused=True,
+        )
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
     if multi:
         grads = tuple(g.movedim(0, 1) for g in grads)
@@ -196,9 +206,14 @@ def forward_scores(
 
 
 def prepare(
-    model: Callable[..., Any], inputs: Any, target: Target, layer: Any = None
+    model: Callable[..., Any],
+    inputs: Any,
+    target: Target,
+    layer: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[Problem, Target]:
-    """Shared preamble of gradient methods: flatten and check inputs, layers and the target."""
+    """Shared preamble of gradient methods: flatten and check inputs, layers, the target and
+    ``forward_kwargs`` (passed to every model call, per-sample tensors following their rows)."""
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
     tensors, spec = flatten(inputs)
@@ -210,7 +225,9 @@ def prepare(
     target = normal_tensor(normalize_target(target, batch, tensors[0].device))
     training = in_training_mode(model)
     warn_if_training(training)
-    return Problem(model, tensors, spec, layers, training, target_range(target)), target
+    kwargs = check_forward_kwargs(forward_kwargs, spec)
+    problem = Problem(model, tensors, spec, layers, training, target_range(target), kwargs)
+    return problem, target
 
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:

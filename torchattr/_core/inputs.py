@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
 Inputs = Tensor | tuple[Tensor, ...] | Mapping[str, Tensor]
+Rows = Tensor | slice | None  # which samples the rows of a model call belong to
+# For type checkers: attributions come back in the structure of the inputs (a Tensor gives a
+# Tensor, a tuple a tuple, a dict a dict).
+InputsT = TypeVar("InputsT", Tensor, tuple[Tensor, ...], dict[str, Tensor])
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,65 @@ def unflatten(tensors: tuple[Any, ...] | list[Any], spec: InputSpec) -> Any:
     return tuple(tensors)
 
 
-def call_model(model: Callable[..., Any], tensors: tuple[Tensor, ...], spec: InputSpec) -> Any:
-    """Call ``model`` the way the user's structure implies (positional or keyword)."""
+def check_forward_kwargs(
+    forward_kwargs: Any, spec: InputSpec | None = None, batch: int | None = None
+) -> dict[str, Any]:
+    """``forward_kwargs`` as a dict of keyword arguments for the model (``{}`` for None).
+
+    Keys must be str and must not repeat a key of dict ``inputs``. Tensors whose leading dimension
+    is the batch size B are per-sample (see :func:`kwargs_rows`); they may have any dtype (an
+    integer attention mask) and are never attributed.
+    """
+    if forward_kwargs is None:
+        return {}
+    if not isinstance(forward_kwargs, Mapping):
+        raise TypeError(
+            "forward_kwargs must be a dict of keyword arguments for the model, got "
+            f"{type(forward_kwargs).__name__}"
+        )
+    for key in forward_kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"forward_kwargs keys must be str (keyword arguments), got {key!r}")
+    if spec is not None and spec.kind == "dict":
+        both = sorted(set(forward_kwargs) & set(spec.keys))
+        if both:
+            raise ValueError(
+                f"forward_kwargs and inputs both name {both}: a keyword is either explained "
+                "(inputs) or passed through (forward_kwargs), not both"
+            )
+    return dict(forward_kwargs)
+
+
+def kwargs_rows(kwargs: Mapping[str, Any], batch: int, rows: Rows) -> dict[str, Any]:
+    """The keyword arguments of a model call on ``rows`` of the batch.
+
+    Every tensor leaf (nested in lists / tuples / dicts too) whose leading dimension is ``batch``
+    follows its sample: ``leaf[rows]``, where ``rows`` is a slice of samples or a LongTensor
+    ``[N]`` naming each row's sample (copy-major enlarged batches, chunks). Other values (ints,
+    tensors of another leading size) pass unchanged. ``rows=None``: the whole batch, unchanged.
+    A shared tensor whose first dimension happens to be B is split too: such tensors belong in
+    the model (``functools.partial(model, weights=w)``), not in ``forward_kwargs``.
+    """
+    if not kwargs or rows is None:
+        return dict(kwargs)
+
+    def take(leaf: Any) -> Any:
+        if isinstance(leaf, Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch:
+            return leaf[rows]
+        return leaf
+
+    return {k: torch.utils._pytree.tree_map(take, v) for k, v in kwargs.items()}
+
+
+def call_model(
+    model: Callable[..., Any],
+    tensors: tuple[Tensor, ...],
+    spec: InputSpec,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Call ``model`` the way the user's structure implies (positional or keyword), with the
+    extra keyword arguments ``kwargs`` (already selected for these rows, :func:`kwargs_rows`)."""
+    extra = kwargs or {}
     if spec.kind == "dict":
-        return model(**dict(zip(spec.keys, tensors)))
-    return model(*tensors)
+        return model(**dict(zip(spec.keys, tensors)), **extra)
+    return model(*tensors, **extra)

@@ -3,8 +3,8 @@
 ``target`` may be
 
 * ``None``: the argmax of the model's output per sample (the logit of single-logit models);
-* an ``int``: that class for every sample;
-* a LongTensor ``[B]``: one class per sample;
+* an ``int`` (numpy integers too): that class for every sample;
+* a LongTensor ``[B]`` (or a list / numpy integer array): one class per sample;
 * a LongTensor ``[B, K]``: K classes per sample; results gain a class dimension, ``[B, K, ...]``,
   computed from one forward pass and one batched backward (``vmap`` over K cotangents);
 * a callable mapping the model output to scores ``[N]`` (or ``[N, K]``). It is applied to enlarged
@@ -21,9 +21,11 @@ independently (eval mode).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,12 +41,12 @@ def normalize_target(target: Target, batch: int, device: torch.device) -> Target
     """
     if target is None or callable(target):
         return target
-    if isinstance(target, bool):
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError("target must be None, an int, a LongTensor or a callable, got a bool")
-    if isinstance(target, int):
-        return torch.full((batch,), target, dtype=torch.long, device=device)
-    if isinstance(target, (list, tuple)):
-        target = torch.as_tensor(target)
+    if isinstance(target, numbers.Integral):  # int, np.int64, ...
+        return torch.full((batch,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, (list, tuple, np.ndarray, np.generic)):
+        target = torch.as_tensor(np.asarray(target))
     if not isinstance(target, Tensor):
         raise TypeError(
             f"target must be None, an int, a LongTensor [B] or [B, K], or a callable, "
@@ -90,16 +92,20 @@ def logits_of(output: Any) -> Tensor:
 
 
 def num_classes(output: Any, target: Target) -> int:
-    """Validate the output shape for index targets; return its number of classes (1 for a logit)."""
+    """Validate the output shape for index targets; return its number of classes (1 for a logit).
+
+    Index targets select from :func:`logits_of` the output (a tensor, a ``"logits"`` entry or a
+    tuple's first element).
+    """
     if callable(target):
         return 0
-    if not isinstance(output, Tensor) or output.ndim not in (1, 2):
-        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    logits = logits_of(output)
+    if logits.ndim not in (1, 2):
         raise ValueError(
-            f"model output has shape {shape}: expected [B, C], [B] or [B, 1] logits; "
-            "pass a callable target that maps the output to [B] scores"
+            f"model output has shape {list(logits.shape)}: expected [B, C], [B] or [B, 1] "
+            "logits; pass a callable target that maps the output to [B] scores"
         )
-    return 1 if output.ndim == 1 else output.shape[1]
+    return 1 if logits.ndim == 1 else logits.shape[1]
 
 
 def target_range(target: Target) -> tuple[int, int] | None:
@@ -124,9 +130,10 @@ def resolve_target(
     if callable(target):
         return target
     if target is None:
+        logits = logits_of(output)
         if classes == 1:
-            return torch.zeros(output.shape[0], dtype=torch.long, device=output.device)
-        return output.detach().argmax(dim=1)
+            return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return logits.detach().argmax(dim=1)
     bounds = known_range if known_range is not None else target_range(target)
     if bounds is not None:
         low, high = bounds
@@ -143,6 +150,7 @@ def row_scores(output: Any, target: Target) -> Tensor:
     """Explained scores ``[N]`` (or ``[N, K]``) of a resolved target."""
     if callable(target):
         return _check_scores(target(output), output)
+    output = logits_of(output)
     if output.ndim == 1 or output.shape[1] == 1:
         logit = output.reshape(-1)
         return logit[:, None].expand(-1, target.shape[1]) if target.ndim == 2 else logit
@@ -151,30 +159,58 @@ def row_scores(output: Any, target: Target) -> Tensor:
     return output.gather(1, target[:, None])[:, 0]
 
 
-def output_cotangent(output: Any, target: Target) -> tuple[Any, bool]:
-    """Cotangent of the output that back-propagates ``sum_n s_n``; and whether it is K-batched.
+def output_cotangent(output: Any, target: Target, scale: Tensor | None = None) -> tuple[Any, bool]:
+    """Cotangent of the output that back-propagates ``sum_n scale_n s_n``; and whether it is
+    K-batched (a leading dimension K on every leaf).
 
-    Index targets give one-hot rows (``[N, C]``, or ``[K, N, C]`` for multi-target). A callable
-    target's cotangent is its own vector-Jacobian product with ones, so that any differentiable
-    function of the output can be explained.
+    The cotangent is a pytree shaped like ``output``. Index targets give one-hot rows (``[N, C]``,
+    or ``[K, N, C]`` for multi-target) on the logits (:func:`logits_of`) and zeros on every other
+    leaf. A callable target's cotangent is its own vector-Jacobian product with ``scale`` (ones
+    when None), so that any differentiable function of any output pytree (0-d leaves such as a
+    loss included) can be explained. ``scale [N]`` weights the rows (quadrature weights).
     """
     if callable(target):
         scores, score_vjp = torch.func.vjp(target, output)
         scores = _check_scores(scores, output)
         if scores.ndim == 1:
-            return score_vjp(torch.ones_like(scores))[0], False
-        k = scores.shape[1]
-        seeds = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(
-            k, scores.shape[0], k
-        )
+            seed = torch.ones_like(scores) if scale is None else _per_row(scale, scores, 0)
+            return score_vjp(seed)[0], False
+        n, k = scores.shape
+        eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+        seeds = eye[:, None, :].expand(k, n, k)
+        if scale is not None:
+            seeds = seeds * scale.to(scores.dtype)[None, :, None]
         return torch.func.vmap(score_vjp)(seeds)[0], True
+    logits = logits_of(output)
     multi = target.ndim == 2
-    if output.ndim == 1 or output.shape[1] == 1:
-        ones = torch.ones_like(output)
-        return (ones.expand(target.shape[1], *output.shape) if multi else ones), multi
-    classes = output.shape[1]
-    onehot = torch.nn.functional.one_hot(target, classes).to(output.dtype)
-    return (onehot.movedim(1, 0) if multi else onehot), multi
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        ones = torch.ones_like(logits)
+        seed = ones.expand(target.shape[1], *logits.shape) if multi else ones
+    else:
+        onehot = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
+        seed = onehot.movedim(1, 0) if multi else onehot
+    if scale is not None:
+        seed = seed * _per_row(scale, seed, 1 if multi else 0)
+    if logits is output:
+        return seed, multi
+    leaves, tree = torch.utils._pytree.tree_flatten(output)
+    seeds = [seed if leaf is logits else _zero_seed(leaf, seed, multi) for leaf in leaves]
+    return torch.utils._pytree.tree_unflatten(seeds, tree), multi
+
+
+def _zero_seed(leaf: Any, seed: Tensor, multi: bool) -> Any:
+    """The cotangent of an output leaf no score depends on: zeros (K-batched when ``multi``)."""
+    if not isinstance(leaf, Tensor):
+        return None
+    zeros = torch.zeros_like(leaf)
+    return zeros.expand(seed.shape[0], *leaf.shape) if multi else zeros
+
+
+def _per_row(scale: Tensor, like: Tensor, dim: int) -> Tensor:
+    """``scale [N]`` shaped to multiply the rows (dimension ``dim``) of ``like``."""
+    shape = [1] * like.ndim
+    shape[dim] = -1
+    return scale.to(like.dtype).reshape(shape)
 
 
 def _check_scores(scores: Any, output: Any) -> Tensor:
@@ -189,5 +225,9 @@ def _check_scores(scores: Any, output: Any) -> Tensor:
 
 
 def _rows(output: Any) -> int:
-    leaves = [x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, Tensor)]
+    """Rows of an output pytree: the leading size of its first tensor leaf that is not 0-d
+    (a dict output may start with a scalar loss)."""
+    leaves = [
+        x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, Tensor) and x.ndim
+    ]
     return leaves[0].shape[0] if leaves else -1

@@ -43,6 +43,7 @@ from torchattr.cli._common import (
     add_common_options,
     add_preprocessing_options,
     float_in,
+    int_at_least,
     shorten,
     target_arg,
 )
@@ -113,6 +114,13 @@ def add_parser(subparsers: Any) -> None:
         type=float_in(0, 10),
         default=0.01,
         help="ROAD: sd of the noise added to imputed pixels, model-input units (default: 0.01)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int_at_least(1),
+        default=None,
+        help="ROAD: imputed copies per model call (default: --batch-size); results do not "
+        "depend on it",
     )
     parser.add_argument(
         "--score",
@@ -342,9 +350,9 @@ def road_scores(
                 explained,
                 fractions=fractions,
                 order=order,
-                noise=args.road_noise,
+                sigma=args.road_noise,
                 generator=torch.Generator().manual_seed(seed),
-                batch_size=args.batch_size,
+                chunk_size=args.chunk_size or args.batch_size,
                 score=args.score,
             )
     except CommandError:

@@ -254,8 +254,8 @@ def compute(
         attributions = ta.integrated_gradients(
             model,
             inputs,
-            baseline,
-            target,
+            baseline=baseline,
+            target=target,
             steps=options["steps"],
             method=options["rule"],
             chunk_size=chunk_size,
@@ -284,7 +284,7 @@ def compute(
         layer = None if not layer else layer if len(layer) > 1 else layer[0]
         kwargs: dict[str, Any] = {"layer": layer, "method": options["cam_method"]}
         if chunk_size is not None:
-            kwargs["batch_size"] = chunk_size
+            kwargs["chunk_size"] = chunk_size
         if options["cam_method"] in RANDOM_CAMS:
             maps = torch.cat(
                 [

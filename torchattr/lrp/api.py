@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from torchattr._core.checks import check_gradient_inputs, in_training_mode
+from torchattr._core.checks import check_gradient_inputs, in_training_mode, keywords
 from torchattr._core.contexts import grad_context, normal_tensors
-from torchattr._core.inputs import Inputs, flatten, unflatten
+from torchattr._core.inputs import Inputs, call_model, check_forward_kwargs, flatten, unflatten
 from torchattr._core.targets import (
     Target,
     _check_scores,
@@ -62,6 +62,7 @@ class Conservation:
         return "\n".join(rows)
 
 
+@keywords()
 def lrp(
     model: nn.Module,
     inputs: Inputs,
@@ -131,7 +132,7 @@ def lrp(
     target = normalize_target(target, batch, device)
     known = target_range(target)
     composite = resolve(composite)
-    extra = _forward_kwargs(forward_kwargs, spec)
+    extra = check_forward_kwargs(forward_kwargs, spec, batch)
     if in_training_mode(inner) and not torch.compiler.is_compiling():
         warnings.warn(
             "model has modules in training mode; LRP explains its inference function "
@@ -154,22 +155,6 @@ def lrp(
     dims_from = 2 if multi else 1
     total = sum(r.flatten(dims_from).sum(-1) for r in per_slot)
     return relevance, Conservation(total, scores.to(total.dtype))
-
-
-def _forward_kwargs(forward_kwargs: Mapping[str, Any] | None, spec: Any) -> dict[str, Any]:
-    if forward_kwargs is None:
-        return {}
-    if not isinstance(forward_kwargs, Mapping) or not all(
-        isinstance(k, str) for k in forward_kwargs
-    ):
-        raise TypeError(
-            "forward_kwargs must be a dict of keyword arguments for the model, got "
-            f"{type(forward_kwargs).__name__}"
-        )
-    clash = set(forward_kwargs) & set(spec.keys if spec.kind == "dict" else ())
-    if clash:
-        raise ValueError(f"forward_kwargs repeats the inputs' keys {sorted(clash)}")
-    return dict(forward_kwargs)
 
 
 def _facts(tensors: tuple[Tensor, ...]) -> list[Facts]:
@@ -342,6 +327,7 @@ def _collect(
     return result
 
 
+@keywords()
 def lrp_rules(
     model: nn.Module,
     inputs: Inputs,
@@ -362,18 +348,11 @@ def lrp_rules(
     if not isinstance(inner, nn.Module):
         raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
     tensors, spec = flatten(inputs)
-    extra = _forward_kwargs(forward_kwargs, spec)
+    extra = check_forward_kwargs(forward_kwargs, spec)
     with restored_buffers(inner), grad_context(inner):
         tensors = normal_tensors(tensors)
         steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
     return [(step.site, None if step.merged else step.rule) for step in steps]
-
-
-def call_model(model: Any, tensors: tuple[Tensor, ...], spec: Any, extra: dict[str, Any]) -> Any:
-    """Call ``model`` with the inputs as the user's structure implies, plus ``extra`` keywords."""
-    if spec.kind == "dict":
-        return model(**dict(zip(spec.keys, tensors)), **extra)
-    return model(*tensors, **extra)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,9 +19,11 @@ from torchattr._core.checks import (
     warn_if_training,
 )
 from torchattr._core.chunking import draw, row_ranges
+from torchattr._core.inputs import InputSpec, call_model, check_forward_kwargs, kwargs_rows
 from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
+    logits_of,
     normalize_target,
     resolve_target,
     row_scores,
@@ -30,6 +32,7 @@ from torchattr._core.targets import (
 from torchattr.metrics.localisation import summed_maps
 
 SCORES = ("logit", "probability")
+_TENSOR = InputSpec("tensor")
 
 
 @dataclass
@@ -45,19 +48,31 @@ class _Scorer:
     target: Target  # a LongTensor [B] or a callable, once resolved
     score: str
     clean: Tensor
+    kwargs: dict[str, Any] = field(default_factory=dict)  # forward_kwargs of the clean batch
 
     def __call__(self, rows: Tensor, sample: Tensor) -> Tensor:
         """Scores ``[N]`` of the perturbed ``rows`` of the samples ``sample [N]``."""
         target = self.target[sample] if isinstance(self.target, Tensor) else self.target
-        return _scores(self.model(rows), target, self.score)
+        return _scores(self.forward(rows, sample), target, self.score)
+
+    def forward(self, rows: Tensor, sample: Tensor | slice) -> Any:
+        """The model on ``rows`` of the samples ``sample``, with their ``forward_kwargs``."""
+        kwargs = kwargs_rows(self.kwargs, self.clean.shape[0], sample)
+        return call_model(self.model, (rows,), _TENSOR, kwargs)
 
 
 @contextmanager
 def _scoring(
-    model: Callable[..., Any], inputs: Tensor, target: Target, score: str, batch_size: int
+    model: Callable[..., Any],
+    inputs: Tensor,
+    target: Target,
+    score: str,
+    chunk_size: int,
+    forward_kwargs: Any = None,
 ) -> Iterator[_Scorer]:
     """Check the model and target, then (without gradients, the model's state restored on exit)
-    score the clean inputs in chunks of ``batch_size`` rows and yield the scorer of their copies.
+    score the clean inputs in chunks of ``chunk_size`` rows and yield the scorer of their copies.
+    ``forward_kwargs`` go to every model call, per-sample tensors following their sample.
     """
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
@@ -69,23 +84,26 @@ def _scoring(
             "expected [B]"
         )
     warn_if_training(in_training_mode(model))
+    kwargs = check_forward_kwargs(forward_kwargs)
+    batch = inputs.shape[0]
     with untouched(model, gradients=False), torch.no_grad():
         clean, resolved = [], []
         known_range = target_range(target)
-        for start, stop in row_ranges(inputs.shape[0], batch_size):
-            output = model(inputs[start:stop])
+        for start, stop in row_ranges(batch, chunk_size):
+            rows = slice(start, stop)
+            output = call_model(model, (inputs[rows],), _TENSOR, kwargs_rows(kwargs, batch, rows))
             part = target[start:stop] if isinstance(target, Tensor) else target
             part = resolve_target(part, output, known_range)
             resolved.append(part)
             clean.append(_scores(output, part, score))
         target = target if callable(target) else torch.cat(resolved)
-        yield _Scorer(model, target, score, torch.cat(clean))
+        yield _Scorer(model, target, score, torch.cat(clean), kwargs)
 
 
 def _scores(output: Any, target: Target, score: str) -> Tensor:
     """``[N]`` scores of resolved targets, after a softmax / sigmoid for probabilities."""
     if score == "probability":
-        output = _as_probabilities(output)
+        output = _as_probabilities(logits_of(output))
     scores = row_scores(output, target)
     if scores.ndim != 1:
         raise ValueError(
@@ -198,8 +216,9 @@ def _check_fractions(fractions: Any) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _check_batch_size(batch_size: Any, batch: int) -> int:
-    return batch if batch_size is None else check_positive_int(batch_size, "batch_size")
+def _check_chunk_size(chunk_size: Any, batch: int) -> int:
+    """Rows per model call: ``chunk_size``, or B for None."""
+    return batch if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
 
 
 def _check_tolerance(tol: Any, max_iter: Any) -> None:

@@ -12,8 +12,8 @@ predicted on the clean images) on every perturbed copy:
   replaced by a substrate, or restored onto it, ``step`` pixels at a time; curves and AUC.
 
 Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k B + b``) and go
-through the model ``batch_size`` rows at a time; random draws are taken per copy, in copy
-order, so results do not depend on ``batch_size``. Everything runs on the inputs' device, and
+through the model ``chunk_size`` rows at a time; random draws are taken per copy, in copy
+order, so results do not depend on ``chunk_size``. Everything runs on the inputs' device, and
 the model is left as it was (:func:`~torchattr._core.state.untouched`).
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,6 +33,8 @@ from torchattr._core.checks import (
     check_choice,
     check_finite,
     check_positive_int,
+    check_scale,
+    keywords,
 )
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
 from torchattr._core.targets import (
@@ -40,7 +42,7 @@ from torchattr._core.targets import (
 )
 from torchattr.metrics._shared import (
     SCORES,
-    _check_batch_size,
+    _check_chunk_size,
     _check_fractions,
     _check_images,
     _check_maps,
@@ -71,10 +73,11 @@ _TIE_BREAK = 1e-4
 # --------------------------------------------------------------------------------------------
 
 
+@keywords(renamed={"noise": "sigma"})
 def noisy_linear_impute(
     inputs: Tensor,
     mask: Tensor,
-    noise: float = 0.01,
+    sigma: float = 0.01,
     generator: torch.Generator | None = None,
     *,
     tol: float = 1e-6,
@@ -92,7 +95,7 @@ def noisy_linear_impute(
     corner). Neighbours may themselves be masked, so the equations of all masked pixels of an
     image form one sparse symmetric positive definite system ``L_UU x_U = W_UK x_K`` (``U``
     masked, ``K`` kept; ``L`` the weighted graph Laplacian), with one right-hand side per
-    channel. Then ``noise * N(0, 1)`` is added to every masked value (kept pixels are returned
+    channel. Then ``sigma * N(0, 1)`` is added to every masked value (kept pixels are returned
     unchanged).
 
     The systems of all images and channels are solved together on the inputs' device by
@@ -108,7 +111,7 @@ def noisy_linear_impute(
         inputs: images ``[B, C, H, W]``, floating point.
         mask: bool ``[B, H, W]`` (or ``[B, 1, H, W]``), True where a pixel is imputed. Every
             image must keep at least one pixel (with none, the system is singular).
-        noise: standard deviation of the added Gaussian noise, in the inputs' units (0: the
+        sigma: standard deviation of the added Gaussian noise, in the inputs' units (0: the
             plain linear imputation).
         generator: draws the noise, ``randn(inputs.shape, generator=generator)`` on the
             generator's device (moved to the inputs' device).
@@ -122,17 +125,16 @@ def noisy_linear_impute(
 
         mask = torch.zeros(2, 32, 32, dtype=torch.bool)
         mask[:, 8:24, 8:24] = True
-        filled = noisy_linear_impute(images, mask, noise=0.0)   # a smooth fill of the square
+        filled = noisy_linear_impute(images, mask, sigma=0.0)   # a smooth fill of the square
     """
     images = _check_images(inputs)
     holes = _check_mask(mask, images)
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    sigma = check_scale(sigma, "sigma")
     _check_tolerance(tol, max_iter)
     filled = _linear_fill(images, holes, tol, max_iter)
-    if noise > 0:
+    if sigma > 0:
         draw = _randn(tuple(images.shape), filled.dtype, images.device, generator)
-        filled = filled + noise * draw * holes[:, None]
+        filled = filled + sigma * draw * holes[:, None]
     return filled.to(images.dtype)
 
 
@@ -433,6 +435,7 @@ class RoadSummary(NamedTuple):
     score: Tensor  # [] the mean of per_image: one number per method (higher is better)
 
 
+@keywords(renamed={"noise": "sigma", "batch_size": "chunk_size"})
 def road(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -441,12 +444,13 @@ def road(
     *,
     fractions: Sequence[float] = FRACTIONS,
     order: str = "morf",
-    noise: float = 0.01,
+    sigma: float = 0.01,
     generator: torch.Generator | None = None,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     score: str = "logit",
     tol: float = 1e-6,
     max_iter: int = 500,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """ROAD, RemOve And Debias (Rong et al., ICML 2022): scores after imputing ranked pixels.
 
@@ -459,13 +463,14 @@ def road(
     * ``order="lerf"``: LeRF(p) keeps the ``k_p`` most relevant pixels and imputes the other
       ``n - k_p`` (higher is better), as in the reference implementation.
 
-    Imputation is :func:`noisy_linear_impute` (noise ``noise * N(0, 1)``), and the score is the
+    Imputation is :func:`noisy_linear_impute` (noise ``sigma * N(0, 1)``, ``sigma`` in the
+    inputs' units; ``noise`` is its deprecated former name), and the score is the
     model's output for the target on the imputed image: ``score="logit"`` the raw output (the
     logit of an index target), ``"probability"`` the output after a softmax over the classes
     (a sigmoid for single-logit models) -- applied before the target, so a callable target
     receives probabilities. ``target=None`` explains the class predicted on the clean image.
 
-    The ``P x B`` imputed copies (fraction-major) are imputed and scored ``batch_size`` at a
+    The ``P x B`` imputed copies (fraction-major) are imputed and scored ``chunk_size`` at a
     time (default B), on the inputs' device. Random draws come from ``generator``: first the
     tie-breaker, then the noise of each fraction, ``randn([B, C, H, W])``, in order.
 
@@ -478,6 +483,8 @@ def road(
             :mod:`torchattr._core.targets`).
         fractions: P values in (0, 1).
         order: ``"morf"`` or ``"lerf"``.
+        forward_kwargs: keyword arguments passed to every model call (tensors with leading
+            dimension B follow their image into the imputed copies).
 
     Returns:
         Scores ``[B, P]`` (float32, or float64 for float64 outputs).
@@ -493,26 +500,25 @@ def road(
     fractions = _check_fractions(fractions)
     check_choice(order, "order", ORDERS)
     check_choice(score, "score", SCORES)
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    sigma = check_scale(sigma, "sigma")
     _check_tolerance(tol, max_iter)
     batch, channels, height, width = images.shape
     counts = _imputed_counts(fractions, height * width, order)
-    batch_size = _check_batch_size(batch_size, batch)
+    chunk_size = _check_chunk_size(chunk_size, batch)
     ranks = _relevance_ranks(maps, generator)
     noise_draws = CopyDraws(
         lambda: _randn((batch, channels, height, width), torch.float32, images.device, generator)
     )
     result = None
-    with _scoring(model, images, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(len(fractions) * batch, batch_size):
+    with _scoring(model, images, target, score, chunk_size, forward_kwargs) as scorer:
+        for start, stop in row_ranges(len(fractions) * batch, chunk_size):
             fraction, sample = row_index(start, stop, batch, images.device)
             count = counts.to(images.device)[fraction]
             holes = _holes(ranks[sample], count, order)
             filled = _linear_fill(images[sample], holes, tol, max_iter)
-            if noise > 0:
+            if sigma > 0:
                 draws = build_rows(start, stop, batch, lambda c, s: stack_draws(noise_draws, c, s))
-                filled = filled + noise * draws.to(filled.dtype) * holes[:, None]
+                filled = filled + sigma * draws.to(filled.dtype) * holes[:, None]
             scores = scorer(filled.to(images.dtype), sample)
             if result is None:
                 result = scores.new_zeros(len(fractions) * batch)
@@ -633,6 +639,7 @@ class CausalCurves(NamedTuple):
     auc: Tensor  # [B] (sum - first / 2 - last / 2) / n
 
 
+@keywords(renamed={"batch_size": "chunk_size"})
 def deletion(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -641,8 +648,9 @@ def deletion(
     *,
     step: int | None = None,
     substrate: Any = 0.0,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     score: str = "probability",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> CausalCurves:
     """Deletion metric (RISE, Petsiuk et al. 2018): the score while the most salient pixels go.
 
@@ -668,9 +676,11 @@ def deletion(
         substrate: what replaces the pixels: a number, a tensor broadcastable to the inputs,
             ``"blur"`` (:func:`gaussian_blur` of the image) or a callable ``images -> tensor``
             of their shape. Default 0.
-        batch_size: copies per model call (default B).
+        chunk_size: copies per model call (default B).
         score: ``"probability"`` (softmax over the classes, sigmoid for a single logit; the
             default, as in RISE) or ``"logit"``.
+        forward_kwargs: keyword arguments passed to every model call (tensors with leading
+            dimension B follow their image into the copies).
 
     Returns:
         ``CausalCurves(curves [B, n + 1], auc [B])``.
@@ -679,9 +689,12 @@ def deletion(
 
         curves, auc = deletion(model, images, maps, step=64)
     """
-    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, False)
+    return _causal(
+        model, inputs, saliency, target, step, substrate, chunk_size, score, False, forward_kwargs
+    )
 
 
+@keywords(renamed={"batch_size": "chunk_size"})
 def insertion(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -690,8 +703,9 @@ def insertion(
     *,
     step: int | None = None,
     substrate: Any = "blur",
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     score: str = "probability",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> CausalCurves:
     """Insertion metric (RISE): the score while the most salient pixels come back.
 
@@ -705,7 +719,9 @@ def insertion(
 
         curves, auc = insertion(model, images, maps, step=64)
     """
-    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, True)
+    return _causal(
+        model, inputs, saliency, target, step, substrate, chunk_size, score, True, forward_kwargs
+    )
 
 
 def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
@@ -738,9 +754,10 @@ def _causal(
     target: Target,
     step: int | None,
     substrate: Any,
-    batch_size: int | None,
+    chunk_size: int | None,
     score: str,
     insert: bool,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> CausalCurves:
     """Deletion (``insert=False``) or insertion curves; see :func:`deletion`."""
     images = _check_images(inputs)
@@ -750,7 +767,7 @@ def _causal(
     pixels = height * width
     step = width if step is None else check_positive_int(step, "step")
     steps = -(-pixels // step)
-    batch_size = _check_batch_size(batch_size, batch)
+    chunk_size = _check_chunk_size(chunk_size, batch)
     background = _substrate(substrate, images)
     order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
     ranks = _ranks_from_order(order).reshape(batch, height, width)
@@ -762,8 +779,8 @@ def _causal(
         return torch.where(changed[:, :, None], second[samples], first[samples])
 
     curves = None
-    with _scoring(model, images, target, score, batch_size) as scorer:
-        for start, stop in row_ranges((steps + 1) * batch, batch_size):
+    with _scoring(model, images, target, score, chunk_size, forward_kwargs) as scorer:
+        for start, stop in row_ranges((steps + 1) * batch, chunk_size):
             _, sample = row_index(start, stop, batch, images.device)
             scores = scorer(build_rows(start, stop, batch, make), sample)
             if curves is None:

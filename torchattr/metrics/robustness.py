@@ -9,25 +9,25 @@
   (higher is better).
 
 As in :mod:`torchattr.metrics.perturbation`, the ``samples x B`` perturbed copies are laid out
-copy-major and go through the model (or the explanation) ``batch_size`` rows at a time; the
-random draws are made per copy, in copy order, so the results do not depend on ``batch_size``.
+copy-major and go through the model (or the explanation) ``chunk_size`` rows at a time; the
+random draws are made per copy, in copy order, so the results do not depend on ``chunk_size``.
 Scores follow the target conventions of :mod:`torchattr._core.targets`, ``target=None`` being
 the class predicted on the clean inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import check_finite, check_positive_int
+from torchattr._core.checks import check_finite, check_positive_int, check_scale, keywords
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
-    _check_batch_size,
+    _check_chunk_size,
     _rand,
     _randn,
     _scoring,
@@ -36,6 +36,7 @@ from torchattr.metrics._shared import (
 Explain = Callable[[Tensor, Any], Tensor]
 
 
+@keywords(renamed={"batch_size": "chunk_size"})
 def max_sensitivity(
     explain: Explain,
     inputs: Tensor,
@@ -43,7 +44,7 @@ def max_sensitivity(
     target: Target = None,
     radius: float = 0.02,
     samples: int = 10,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019) of an explanation, per sample: ``[B]``.
@@ -61,14 +62,14 @@ def max_sensitivity(
             (``target[rows]`` for a LongTensor target, else ``target`` itself), returning
             explanations ``[N, ...]``; e.g. ``functools.partial(ta.saliency, model)`` or
             ``lambda x, t: ta.integrated_gradients(model, x, target=t)``. It is called on at
-            most ``batch_size`` rows at a time.
+            most ``chunk_size`` rows at a time.
         inputs: ``[B, ...]``, floating point.
         target: passed to ``explain`` (row by row for a LongTensor ``[B]``). ``None`` lets
             ``explain`` decide: torchattr's methods then explain each perturbed copy's own
             predicted class; pass ``model(inputs).argmax(1)`` to hold the clean prediction.
         radius: half-width of the uniform perturbation, in the inputs' units.
         samples: number of perturbations.
-        batch_size: rows per ``explain`` call (default B).
+        chunk_size: rows per ``explain`` call (default B).
         generator: draws the perturbations (on its device).
 
     Returns:
@@ -84,12 +85,12 @@ def max_sensitivity(
     _check_number(radius, "radius", positive=True)
     samples = check_positive_int(samples, "samples")
     batch = x.shape[0]
-    batch_size = _check_batch_size(batch_size, batch)
+    chunk_size = _check_chunk_size(chunk_size, batch)
     target = normalize_target(target, batch, x.device)  # None and callables pass through
     clean = torch.cat(
         [
             _explained(explain, x[a:b], _rows_of(target, slice(a, b)), b - a)
-            for a, b in row_ranges(batch, batch_size)
+            for a, b in row_ranges(batch, chunk_size)
         ]
     )
     clean_norm = clean.flatten(1).norm(dim=1)
@@ -97,7 +98,7 @@ def max_sensitivity(
         lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
     )
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
-    for start, stop in row_ranges(samples * batch, batch_size):
+    for start, stop in row_ranges(samples * batch, chunk_size):
         _, sample = row_index(start, stop, batch, x.device)
         noisy = build_rows(start, stop, batch, lambda c, s: x[s] + stack_draws(draws, c, s))
         moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
@@ -112,6 +113,7 @@ def max_sensitivity(
     return torch.where(clean_norm > 0, ratio, torch.where(worst > 0, torch.inf, 0.0))
 
 
+@keywords(renamed={"noise": "sigma", "batch_size": "chunk_size"})
 def infidelity(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -119,18 +121,19 @@ def infidelity(
     target: Target = None,
     *,
     samples: int = 10,
-    noise: float = 0.1,
+    sigma: float = 0.1,
     perturbation: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
     normalize: bool = False,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     score: str = "logit",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Infidelity (Yeh et al. 2019), per sample: ``[B]``.
 
         ``INFD(Phi, f, x) = mean_s (sum(Phi * I_s) - (f(x) - f(x - I_s)))^2``
 
-    over ``samples`` perturbations ``I_s``: by default ``noise * N(0, 1)`` elementwise (one
+    over ``samples`` perturbations ``I_s``: by default ``sigma * N(0, 1)`` elementwise (one
     ``[B, ...]`` draw per sample, in order), or ``perturbation(inputs, generator)`` called once
     per sample and returning ``I [B, ...]`` shaped like the inputs. ``f`` is the model's score
     for the target (``score="logit"``: the output; ``"probability"``: after a softmax, or a
@@ -148,8 +151,11 @@ def infidelity(
             (then shared by the channels: ``sum(Phi * I) = sum_{c,h,w} Phi_hw I_chw``).
         target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
             a callable.
-        samples, noise, perturbation: the perturbations, see above.
-        batch_size: rows per model call (default B).
+        samples, sigma, perturbation: the perturbations, see above (``sigma``: a standard
+            deviation in the inputs' units; ``noise`` is its deprecated former name).
+        chunk_size: rows per model call (default B).
+        forward_kwargs: keyword arguments passed to every model call (tensors with leading
+            dimension B follow their sample into the perturbed copies).
         generator: draws the default perturbations and is passed to ``perturbation``.
 
     Returns:
@@ -162,17 +168,19 @@ def infidelity(
     x = _check_inputs(inputs)
     phi = _check_attributions(attributions, x)
     samples = check_positive_int(samples, "samples")
-    _check_number(noise, "noise", positive=True)
+    sigma = check_scale(sigma, "sigma")
+    if sigma == 0:
+        raise ValueError("sigma must be > 0, got 0")
     if perturbation is not None and not callable(perturbation):
         raise TypeError(
             f"perturbation must be callable (inputs, generator) -> I, got {perturbation!r}"
         )
     batch = x.shape[0]
-    batch_size = _check_batch_size(batch_size, batch)
+    chunk_size = _check_chunk_size(chunk_size, batch)
 
     def draw() -> Tensor:
         if perturbation is None:
-            return noise * _randn(tuple(x.shape), x.dtype, x.device, generator)
+            return sigma * _randn(tuple(x.shape), x.dtype, x.device, generator)
         out = perturbation(x, generator)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -187,8 +195,8 @@ def infidelity(
     draws = CopyDraws(draw)
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
-    with _scoring(model, x, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(samples * batch, batch_size):
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+        for start, stop in row_ranges(samples * batch, chunk_size):
             _, sample = row_index(start, stop, batch, x.device)
             shift = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
@@ -201,6 +209,7 @@ def infidelity(
     return ((a - b) ** 2).mean(dim=0).to(_result_dtype(phi))
 
 
+@keywords(renamed={"batch_size": "chunk_size"})
 def faithfulness_correlation(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -210,9 +219,10 @@ def faithfulness_correlation(
     subset_size: int | None = None,
     runs: int = 100,
     baseline: float | Tensor = 0.0,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     score: str = "logit",
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020), per sample: ``[B]`` in [-1, 1].
 
@@ -235,10 +245,11 @@ def faithfulness_correlation(
         runs: number of subsets (>= 2).
         baseline: the value removed features take: a number, or a tensor broadcastable to the
             inputs.
-        batch_size: rows per model call (default B).
+        chunk_size: rows per model call (default B).
         generator: draws the subsets: ``rand([B, F])`` per run, the subset being the
             ``subset_size`` largest draws.
         score: ``"logit"`` or ``"probability"``.
+        forward_kwargs: keyword arguments passed to every model call (see :func:`infidelity`).
 
     Returns:
         ``[B]``, float32 (float64 for float64 attributions).
@@ -260,7 +271,7 @@ def faithfulness_correlation(
             f"subset_size is {subset_size} but the attributions have {features} features per sample"
         )
     fill = _check_baseline(baseline, x)
-    batch_size = _check_batch_size(batch_size, batch)
+    chunk_size = _check_chunk_size(chunk_size, batch)
 
     def draw() -> Tensor:
         keys = _rand((batch, features), torch.float32, x.device, generator)
@@ -272,8 +283,8 @@ def faithfulness_correlation(
     draws = CopyDraws(draw)
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
-    with _scoring(model, x, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(runs * batch, batch_size):
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+        for start, stop in row_ranges(runs * batch, chunk_size):
             _, sample = row_index(start, stop, batch, x.device)
             subset = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             subset = subset.reshape(stop - start, *phi.shape[1:])

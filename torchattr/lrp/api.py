@@ -217,9 +217,12 @@ def _relevance(
         wrt = [leaves[i] for i in float_slots] + [leaf for _, leaf in run.sinks]
         if not wrt:
             raise ValueError("no input carries relevance: inputs must be float or feed embeddings")
-        if not scores.requires_grad:
-            raise LRPError("LRP: the explained score does not depend on the inputs")
-        grads = torch.autograd.grad(scores, wrt, seed, allow_unused=True, is_grads_batched=multi)
+        if scores.requires_grad:
+            grads = torch.autograd.grad(
+                scores, wrt, seed, allow_unused=True, is_grads_batched=multi
+            )
+        else:  # the rules let no relevance through (Constant), or the score ignores the inputs
+            grads = (None,) * len(wrt)
     k = scores.shape[1] if multi else 0
     return grads, scores.detach(), run.sinks, float_slots, k, multi
 

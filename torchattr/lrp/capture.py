@@ -8,10 +8,11 @@ control flow on shapes, ``len()``, einops and Hugging Face code therefore run ex
 do for the user; nothing is traced ahead of time and nothing on the model is changed.
 
 Which module an operation belongs to is tracked by one pair of process-wide module hooks
-(``register_module_forward_pre_hook`` / ``register_module_forward_hook``), installed on the
-first LRP call and never removed (removing them could race with other threads' module calls).
-They do nothing unless the calling thread is inside an LRP call (a ``ContextVar``): other
-threads and other code never see them act.
+(``register_module_forward_pre_hook`` / ``register_module_forward_hook``), registered while
+an LRP pass runs in any thread and removed when the last one ends (module calls copy the hook
+dictionaries before running them, so other threads never see a half-changed dictionary). They
+do nothing unless the calling thread is inside an LRP pass (a ``ContextVar``), and nothing
+while ``torch.compile`` traces: other threads and other code never see them act.
 
 A call runs the forward twice (see :mod:`torchattr.lrp.api`):
 
@@ -115,19 +116,35 @@ class _Frame:
 
 _CALL: ContextVar[_Capture | None] = ContextVar("torchattr_lrp_capture", default=None)
 _INSTALL = threading.Lock()
-_INSTALLED = False
+_ACTIVE = 0  # LRP passes running in this process
+_HANDLES: list[Any] = []
 
 
-def _install_module_hooks() -> None:
-    global _INSTALLED
+@contextmanager
+def _module_hooks() -> Iterator[None]:
+    """The process-wide module hooks, present while at least one LRP pass runs (any thread)."""
+    global _ACTIVE
     with _INSTALL:
-        if not _INSTALLED:
-            nn.modules.module.register_module_forward_pre_hook(_enter_module)
-            nn.modules.module.register_module_forward_hook(_leave_module, always_call=True)
-            _INSTALLED = True
+        if _ACTIVE == 0:
+            _HANDLES[:] = [
+                nn.modules.module.register_module_forward_pre_hook(_enter_module),
+                nn.modules.module.register_module_forward_hook(_leave_module, always_call=True),
+            ]
+        _ACTIVE += 1
+    try:
+        yield
+    finally:
+        with _INSTALL:
+            _ACTIVE -= 1
+            if _ACTIVE == 0:
+                for handle in _HANDLES:
+                    handle.remove()
+                _HANDLES.clear()
 
 
 def _enter_module(module: nn.Module, args: Any) -> None:
+    if torch.compiler.is_compiling():  # another thread's torch.compile traces module calls
+        return
     capture = _CALL.get()
     if capture is not None:
         with torch._C.DisableTorchFunction():  # LRP's own operations are not the model's
@@ -135,6 +152,8 @@ def _enter_module(module: nn.Module, args: Any) -> None:
 
 
 def _leave_module(module: nn.Module, args: Any, output: Any) -> Any:
+    if torch.compiler.is_compiling():
+        return None
     capture = _CALL.get()
     if capture is None:
         return None
@@ -189,10 +208,9 @@ class _Capture(TorchFunctionMode):
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        _install_module_hooks()
         token = _CALL.set(self)
         try:
-            with self:
+            with _module_hooks(), self:
                 yield
         except Escape as escape:
             raise escape.error from None
@@ -309,6 +327,12 @@ class _Capture(TorchFunctionMode):
         if not live:
             return self.plain(func, args, kwargs)
         name, in_place = op_name(func)
+        # F.relu(x, inplace=True), F.leaky_relu(x, 0.2, True): in place through an argument
+        in_place = (
+            in_place
+            or kwargs.get("inplace") is True
+            or (kind_of(name) == "activation" and len(args) > 1 and args[-1] is True)
+        )
         if name not in _METADATA:
             self.seen(flat)
         kind = kind_of(name)

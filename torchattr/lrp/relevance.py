@@ -29,7 +29,7 @@ from torchattr.lrp.capture import (
     take_value,
 )
 from torchattr.lrp.composites import Composite, Site, default_rule
-from torchattr.lrp.ops import DIVISIONS, PRODUCTS
+from torchattr.lrp.ops import DIVISIONS, PRODUCTS, op_name
 from torchattr.lrp.rules import Constant, Epsilon, RuleError, _Rule, identity
 
 
@@ -222,7 +222,11 @@ _DROPOUT = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
 def _out_of_place(func: Any, name: str, in_place: bool, kwargs: dict[str, Any]) -> Any:
     """The out-of-place form of an in-place call (``x.add_`` -> ``Tensor.add``,
     ``F.relu(x, inplace=True)`` -> ``F.relu(x)``), as a function of the positional args."""
-    kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    if "inplace" in kwargs:
+        kwargs = {**kwargs, "inplace": False}
+        return lambda *a: func(*a, **kwargs)
+    if in_place and not op_name(func)[1]:  # an `inplace` flag passed positionally, last
+        return lambda *a: func(*a[:-1], False, **kwargs)
     if in_place:
         found = getattr(torch.Tensor, name, None) or getattr(torch, name, None)
         if found is None:

@@ -56,8 +56,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, bias=bias)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, bias=bias)
         self.norm2 = nn.LayerNorm(dim, bias=bias)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim, bias=bias), nn.GELU(),
-                                 nn.Linear(2 * dim, dim, bias=bias))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim, bias=bias), nn.GELU(), nn.Linear(2 * dim, dim, bias=bias)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm1(x)

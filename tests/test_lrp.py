@@ -344,8 +344,8 @@ class _Volumes(nn.Module):
         self.head = nn.Linear(2 * 15, 3)
 
     def forward(self, x):
-        v = torch.relu(self.c3(x)).mean(dim=2)              # [B, 4, 8, 8]
-        u = self.resize(self.gn(torch.relu(self.up(v))))     # [B, 3, 8, 8]
+        v = torch.relu(self.c3(x)).mean(dim=2)  # [B, 4, 8, 8]
+        u = self.resize(self.gn(torch.relu(self.up(v))))  # [B, 3, 8, 8]
         s = self.pool(torch.relu(self.c1(u.flatten(2)[..., :32])))  # [B, 2, 15]
         return self.head(s.flatten(1))
 
@@ -380,6 +380,8 @@ def test_lrp0_on_conv3d_and_transposed_convolutions_is_gradient_times_input():
     x = torch.randn(3, 1, 3, 6, 6, dtype=torch.float64)
     target = torch.tensor([1, 0, 3])
     torch.testing.assert_close(
-        ta.lrp(model, x, target, composite=E0), gradient_x_input(model, x, target),
-        rtol=1e-9, atol=1e-12,
+        ta.lrp(model, x, target, composite=E0),
+        gradient_x_input(model, x, target),
+        rtol=1e-9,
+        atol=1e-12,
     )

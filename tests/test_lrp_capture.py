@@ -174,7 +174,7 @@ class CustomFunction(nn.Module):
 
 
 def test_a_custom_autograd_function_is_refused_not_followed():
-    with pytest.raises(ta.LRPError, match="gradients disabled|lost track"):
+    with pytest.raises(ta.LRPError, match=r"gradients disabled|lost track"):
         ta.lrp(CustomFunction().eval(), torch.randn(2, 3))
 
 

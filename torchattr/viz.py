@@ -639,5 +639,3 @@ def save_png(path: PathLike, image: Any, *, dpi: float | None = None) -> Path:
         )
     pil_image = _pillow()[0].fromarray(np.ascontiguousarray(image))
     return write_atomic(target, lambda handle: pil_image.save(handle, format="PNG"))
-
-

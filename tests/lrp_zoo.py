@@ -551,6 +551,42 @@ class EinopsViT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# PyHealth-style EHR model: len(), a Python loop over patients, control flow on shapes
+
+
+class EHRControlFlow(nn.Module):
+    """Diagnosis codes ``[B, L]`` (0 = padding) through an embedding, a per-patient loop
+    (``len()``) taking the masked mean of the visit's codes, a branch on the sequence length,
+    lab values ``[B, 3]``: ``{"codes", "labs"} -> [B, 2]``."""
+
+    def __init__(self, vocab: int = 50, dim: int = 8) -> None:
+        super().__init__()
+        self.codes = nn.Embedding(vocab, dim, padding_idx=0)
+        self.labs = nn.Linear(3, dim)
+        self.long = nn.Linear(dim, dim)
+        self.head = nn.Linear(2 * dim, 2)
+
+    def forward(self, codes: Tensor, labs: Tensor) -> Tensor:
+        mask = (codes != 0).unsqueeze(-1).to(labs.dtype)
+        embedded = self.codes(codes) * mask
+        patients = []
+        for i in range(len(codes)):
+            patients.append(embedded[i].sum(0) / mask[i].sum().clamp(min=1.0))
+        pooled = torch.stack(patients)
+        if codes.shape[1] > 4:
+            pooled = F.relu(self.long(pooled))
+        return self.head(torch.cat([pooled, torch.tanh(self.labs(labs))], dim=1))
+
+
+def ehr_control_flow(seed: int = 0):
+    torch.manual_seed(seed)
+    model = EHRControlFlow().double().eval()
+    codes = _ids(seed, 2, 6, 50)
+    codes[1, 4:] = 0
+    return model, {"codes": codes, "labs": _rand(seed, 2, 3) - 0.5}
+
+
+# ----------------------------------------------------------------------------------------------
 # references for the rule tests
 
 

@@ -35,6 +35,7 @@ from lrp_zoo import (
     SmallCNN,
     StochasticDepthResNet,
     SwinLike,
+    ehr_control_flow,
     hf_bert,
     hf_gpt2,
     hf_llama,
@@ -135,6 +136,7 @@ ZOO = {
     "swin_shifted_windows": (own(SwinLike), TARGET),
     "maxvit_window_grid": (own(MaxViTLike), TARGET),
     "einops_vit_sdpa": (own(EinopsViT), TARGET),
+    "ehr_control_flow": (ehr_control_flow, torch.tensor([1, 0])),
     **{f"hf_vit_{a}": ((lambda seed, a=a: hf_vit(seed, a)), TARGET) for a in ATTN},
     **{f"hf_llama_{a}": ((lambda seed, a=a: hf_llama(seed, a)), token_logit(-1, 7)) for a in ATTN},
     **{f"hf_gpt2_{a}": ((lambda seed, a=a: hf_gpt2(seed, a)), token_logit(-1, 7)) for a in ATTN},
@@ -163,6 +165,8 @@ def test_zoo_forward_exact_finite_and_shaped(name):
         assert rel.is_floating_point() and torch.isfinite(rel).all(), key
         assert rel.abs().sum() > 0, key
     assert torch.isfinite(report.relevance).all()
+    if name == "ehr_control_flow":  # padding codes are multiplied by 0: no relevance
+        assert torch.all(relevance["codes"][inputs["codes"] == 0] == 0)
 
 
 @pytest.mark.parametrize(

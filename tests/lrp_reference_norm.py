@@ -95,6 +95,7 @@ def seed(logits: Tensor, target: Tensor) -> Tensor:
     return R
 
 
+@torch.no_grad()
 def norm_then_linear_lrp(
     norm: nn.LayerNorm | nn.RMSNorm,
     linear: nn.Linear,
@@ -113,6 +114,7 @@ def norm_then_linear_lrp(
     return rms_norm_lrp(x, norm.weight, R_y, eps_rms, eps)
 
 
+@torch.no_grad()
 def single_head_attention_lrp(
     model: nn.Module, x: Tensor, target: Tensor, eps: float = 1e-6
 ) -> Tensor:

@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 import torch
 from lrp_reference_norm import (
+    epsilon_linear,
     layer_norm_lrp,
     layer_norm_matrix,
     matmul_lrp,
     norm_then_linear_lrp,
     rms_norm_lrp,
+    seed,
     single_head_attention_lrp,
     softmax_lrp,
 )
@@ -210,17 +212,19 @@ def test_zoo_bias_free_cnns_conserve(name, composite):
 @pytest.mark.parametrize("attn", ATTN)
 def test_bert_bias_free_conserves_within_a_band(attn):
     """AttnLRP is not exactly conservative (the softmax rule leaks ``sum(x s) sum(R_s)``), but on
-    the tiny BERT with biases, position and token-type embeddings zeroed the leak is small:
-    measured with a gradient-form AttnLRP sketch (std detached, products halved, activations
-    identity), seeds 0-5: |ratio - 1| <= 0.02; asserted: < 0.25. (The same sketch on the
-    random-weight ViTs gives no band worth asserting: MONAI ViT ratio -1.6 to 5.0, HF ViT 0.07
-    to 0.78, Swin 0.6 to 31, MaxViT -0.6 to 1.1; a LayerNorm rule that passes relevance through
-    the centring is off by far more.)"""
-    for seed in range(3):
-        model, inputs, kwargs = hf_bert(seed, attn)
+    the tiny BERT with biases, position and token-type embeddings zeroed the leak is small.
+    Measured with a gradient-form AttnLRP sketch (std detached, products halved, activations
+    identity), seeds 0-5: |ratio - 1| <= 0.02; asserted: < 0.25. What the band catches: the plain
+    gradient through LayerNorm gives ratio ~1e-11 (LayerNorm is scale-invariant, so gradient x
+    input sums to 0 over its input); the identity LayerNorm rule and products without the
+    uniform halving stay within 0.03 on this model, so they are left to the reference tests.
+    (The sketch on the random-weight ViTs gives no band worth asserting: MONAI ViT ratio -1.6 to
+    5.0, HF ViT 0.07 to 0.78, Swin 0.6 to 31, MaxViT -0.6 to 1.1.)"""
+    for index in range(3):
+        model, inputs, kwargs = hf_bert(index, attn)
         zero_biases(model)
         _, report = lrp(model, inputs, TARGET, kwargs, return_conservation=True)
-        assert (report.ratio - 1).abs().max() < 0.25, (seed, report.ratio)
+        assert (report.ratio - 1).abs().max() < 0.25, (index, report.ratio)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,10 +349,9 @@ def test_layer_norm_rule_is_not_the_identity():
     x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2 + 0.5
     target = torch.tensor([0, 1, 2, 1])
     ref = norm_then_linear_lrp(model[0], model[1], x, target)
-    y = model[0](x)
-    from lrp_reference_norm import epsilon_linear, seed
-
-    identity = epsilon_linear(y, model[1].weight, model[1].bias, seed(model[1](y), target))
+    with torch.no_grad():
+        y = model[0](x)
+        identity = epsilon_linear(y, model[1].weight, model[1].bias, seed(model[1](y), target))
     assert (ref - identity).abs().max() > 1e-2
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 import torch.fx
 import torch.nn.utils.parametrizations
@@ -682,7 +683,7 @@ def _ids(seed: int, batch: int, length: int, vocab: int) -> Tensor:
 
 
 def monai_densenet121_2d(seed: int = 0):
-    from monai.networks.nets import DenseNet121
+    DenseNet121 = pytest.importorskip("monai.networks.nets").DenseNet121
 
     torch.manual_seed(seed)
     model = DenseNet121(
@@ -693,7 +694,7 @@ def monai_densenet121_2d(seed: int = 0):
 
 def monai_densenet121_3d(seed: int = 0):
     """Three dense blocks (the fourth would pool a 16^3 volume below 1 voxel)."""
-    from monai.networks.nets import DenseNet121
+    DenseNet121 = pytest.importorskip("monai.networks.nets").DenseNet121
 
     torch.manual_seed(seed)
     model = DenseNet121(
@@ -709,7 +710,7 @@ def monai_densenet121_3d(seed: int = 0):
 
 def monai_seresnet50(seed: int = 0):
     """SEResNet50's bottleneck blocks (one per stage, 16 stem channels): SE gates, residuals."""
-    from monai.networks.nets import SEResNet50
+    SEResNet50 = pytest.importorskip("monai.networks.nets").SEResNet50
 
     torch.manual_seed(seed)
     model = SEResNet50(
@@ -721,7 +722,7 @@ def monai_seresnet50(seed: int = 0):
 def monai_efficientnet_b0(seed: int = 0):
     """EfficientNetBN b0 (memory-efficient Swish autograd function, drop-connect, same padding);
     float32: float64 depthwise convolutions are slow on CPU."""
-    from monai.networks.nets import EfficientNetBN
+    EfficientNetBN = pytest.importorskip("monai.networks.nets").EfficientNetBN
 
     torch.manual_seed(seed)
     model = EfficientNetBN(
@@ -732,7 +733,7 @@ def monai_efficientnet_b0(seed: int = 0):
 
 def monai_vit(seed: int = 0):
     """ViT (einops patch embedding, class token); the output is a tuple ``(logits, hidden)``."""
-    from monai.networks.nets import ViT
+    ViT = pytest.importorskip("monai.networks.nets").ViT
 
     torch.manual_seed(seed)
     model = ViT(
@@ -751,7 +752,7 @@ def monai_vit(seed: int = 0):
 
 
 def monai_unet(seed: int = 0):
-    from monai.networks.nets import UNet
+    UNet = pytest.importorskip("monai.networks.nets").UNet
 
     torch.manual_seed(seed)
     model = UNet(
@@ -766,7 +767,7 @@ def monai_unet(seed: int = 0):
 
 
 def monai_segresnet(seed: int = 0):
-    from monai.networks.nets import SegResNet
+    SegResNet = pytest.importorskip("monai.networks.nets").SegResNet
 
     torch.manual_seed(seed)
     model = SegResNet(
@@ -791,7 +792,7 @@ def region(out: Tensor) -> Tensor:
 def hf_bert(seed: int = 0, attn: str = "eager"):
     """BertForSequenceClassification (2 layers, hidden 32, 2 heads, vocab 100); inputs
     ``{"input_ids": [2, 8]}``; the second sequence is padded after 5 tokens."""
-    import transformers
+    transformers = pytest.importorskip("transformers")
 
     torch.manual_seed(seed)
     config = transformers.BertConfig(
@@ -815,7 +816,7 @@ def hf_bert(seed: int = 0, attn: str = "eager"):
 def hf_llama(seed: int = 0, attn: str = "eager"):
     """LlamaForCausalLM (2 layers, hidden 32, 2 query heads sharing 1 key/value head: rotary
     position embeddings, RMSNorm, SiLU-gated MLP); ids ``[2, 6]``."""
-    import transformers
+    transformers = pytest.importorskip("transformers")
 
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
@@ -835,7 +836,7 @@ def hf_llama(seed: int = 0, attn: str = "eager"):
 
 def hf_gpt2(seed: int = 0, attn: str = "eager"):
     """GPT2LMHeadModel (2 layers, 32 wide, 2 heads; ``Conv1D`` = addmm layers); ids ``[2, 6]``."""
-    import transformers
+    transformers = pytest.importorskip("transformers")
 
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
@@ -855,7 +856,7 @@ def hf_gpt2(seed: int = 0, attn: str = "eager"):
 
 def hf_vit(seed: int = 0, attn: str = "eager"):
     """ViTForImageClassification (image 16, patch 4, hidden 32, 2 layers, 2 heads)."""
-    import transformers
+    transformers = pytest.importorskip("transformers")
 
     torch.manual_seed(seed)
     config = transformers.ViTConfig(

@@ -60,9 +60,6 @@ from torch import Tensor, nn
 import torchattr as ta
 from torchattr.lrp.rules import Epsilon, Norm
 
-pytest.importorskip("monai")
-pytest.importorskip("transformers")
-
 E0 = ta.composites.by_kind({"conv": Epsilon(0.0), "dense": Epsilon(0.0), "op": Epsilon(0.0)})
 TARGET = torch.tensor([0, 2])  # every zoo batch has 2 samples
 

@@ -621,6 +621,19 @@ class SmallCNN(nn.Module):
         return self.head(F.max_pool2d(x, 2).flatten(1))
 
 
+class DictOutput(nn.Module):
+    """A ReLU CNN returning ``{"features": [B, 6], "logits": [B, 4]}`` (``[B, 3, 8, 8]`` in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = F.adaptive_max_pool2d(F.relu(self.conv(x)), 1).flatten(1)
+        return {"features": features, "logits": self.head(features)}
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers
 

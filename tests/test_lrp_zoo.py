@@ -30,6 +30,7 @@ from lrp_reference_norm import (
     softmax_lrp,
 )
 from lrp_zoo import (
+    DictOutput,
     EfficientLike,
     EinopsViT,
     MaxViTLike,
@@ -78,6 +79,8 @@ def _call(model: nn.Module, inputs: Any, kwargs: dict | None = None) -> Any:
 def _logits(output: Any) -> Tensor:
     if isinstance(output, Tensor):
         return output
+    if isinstance(output, dict):  # HF ModelOutput is a dict too
+        return output["logits"]
     if hasattr(output, "logits"):
         return output.logits
     return output[0]
@@ -136,6 +139,7 @@ ZOO = {
     "maxvit_window_grid": (own(MaxViTLike), TARGET),
     "einops_vit_sdpa": (own(EinopsViT), TARGET),
     "ehr_control_flow": (ehr_control_flow, torch.tensor([1, 0])),
+    "dict_output": (own(DictOutput, (2, 3, 8, 8)), TARGET),
     **{f"hf_vit_{a}": ((lambda seed, a=a: hf_vit(seed, a)), TARGET) for a in ATTN},
     **{f"hf_llama_{a}": ((lambda seed, a=a: hf_llama(seed, a)), token_logit(-1, 7)) for a in ATTN},
     **{f"hf_gpt2_{a}": ((lambda seed, a=a: hf_gpt2(seed, a)), token_logit(-1, 7)) for a in ATTN},
@@ -169,7 +173,8 @@ def test_zoo_forward_exact_finite_and_shaped(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["monai_densenet121_2d", "monai_densenet121_3d", "stochastic_depth_resnet"]
+    "name",
+    ["monai_densenet121_2d", "monai_densenet121_3d", "stochastic_depth_resnet", "dict_output"],
 )
 def test_zoo_lrp0_is_gradient_x_input(name):
     """ReLU, BatchNorm in eval, max / average pools, concatenation, residual adds and stochastic

@@ -344,6 +344,41 @@ def test_norm_rule_matches_the_reference(kind):
     assert_matches_reference(ta.lrp(model, x, target, composite=DENSE_EPS), expected)
 
 
+class _TokenNorm(nn.Module):
+    """``[B, L, D]`` tokens: LayerNorm over D (per token), a per-token Linear, a flattened head."""
+
+    def __init__(self, tokens: int = 3, dim: int = 6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.lin = nn.Linear(dim, 4)
+        self.head = nn.Linear(tokens * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lin(self.norm(x)).flatten(1))
+
+
+def test_layer_norm_rule_per_token_matches_the_reference():
+    """LayerNorm on ``[B, L, D]`` normalises each token separately: the reference applied token
+    by token (rows ``B * L``), with Epsilon on both linear layers."""
+    torch.manual_seed(5)
+    model = _TokenNorm().double().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.normal_(0, 0.5)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) + 0.3
+    with torch.no_grad():
+        y = model.norm(x).reshape(6, 6)
+        flat = model.lin(y).reshape(2, 12)
+        R_flat = epsilon_linear(
+            flat, model.head.weight, model.head.bias, seed(model.head(flat), TARGET), EPS
+        )
+        R_y = epsilon_linear(y, model.lin.weight, model.lin.bias, R_flat.reshape(6, 4), EPS)
+        R_x = layer_norm_lrp(
+            x.reshape(6, 6), model.norm.weight, model.norm.bias, R_y, model.norm.eps, EPS
+        )
+    assert_matches_reference(ta.lrp(model, x, TARGET, composite=DENSE_EPS), R_x.reshape(2, 3, 6))
+
+
 def test_layer_norm_rule_is_not_the_identity():
     """The reference differs from passing relevance through unchanged (centring and beta):
     a test that could not tell the two apart would not check the rule."""

@@ -61,7 +61,11 @@ from torch import Tensor, nn
 import torchattr as ta
 from torchattr.lrp.rules import Epsilon, Norm
 
-E0 = ta.composites.by_kind({"conv": Epsilon(0.0), "dense": Epsilon(0.0), "op": Epsilon(0.0)})
+# LRP-0 on every affine map: layers, sums and products, and BatchNorms not merged into a layer
+# (DenseNet's pre-activation BatchNorms; the default for those is Pass).
+E0 = ta.composites.by_kind(
+    {"conv": Epsilon(0.0), "dense": Epsilon(0.0), "op": Epsilon(0.0), "batchnorm": Epsilon(0.0)}
+)
 TARGET = torch.tensor([0, 2])  # every zoo batch has 2 samples
 
 

@@ -144,9 +144,18 @@ def lrp(
         tensors = normal_tensors(tensors)
         steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
         restore()
-        grads, scores, sinks, float_slots, cotangent, multi = _relevance(
-            inner, composite, prefix, steps, tensors, spec, extra, target, known, reference
-        )
+        try:
+            grads, scores, sinks, float_slots, cotangent, multi = _relevance(
+                inner, composite, prefix, steps, tensors, spec, extra, target, known, reference
+            )
+        except LRPError as error:
+            if not in_training_mode(inner) or "not deterministic" not in str(error):
+                raise
+            raise LRPError(
+                f"{error}. The model is in training mode: layers that draw random numbers there "
+                "(stochastic depth, drop path, custom dropout) differ between the two passes; "
+                "call model.eval() first"
+            ) from None
     classes = cotangent if multi else None
     per_slot = _collect(tensors, float_slots, sinks, grads, classes)
     relevance = unflatten(per_slot, spec)

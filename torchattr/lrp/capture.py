@@ -169,21 +169,29 @@ _ATTRIBUTE = "_torchattr_lrp_facts"
 _TOKENS = itertools.count()
 
 
+_NESTED = (tuple, list, dict)
+
+
 def leaves(tree: Any) -> list[Any]:
     """The leaves of nested tuples, lists and dicts (what operations take and return)."""
-    if not isinstance(tree, (tuple, list, dict)):
+    if not isinstance(tree, _NESTED):
         return [tree]
     out: list[Any] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(reversed(list(node.values())))
-        elif isinstance(node, (tuple, list)):
-            stack.extend(reversed(node))
+    for node in tree.values() if isinstance(tree, dict) else tree:
+        if isinstance(node, _NESTED):
+            out.extend(leaves(node))
         else:
             out.append(node)
     return out
+
+
+def map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
+    """``tree`` with ``fn`` applied to every leaf (tuples, lists and dicts rebuilt)."""
+    if isinstance(tree, dict):
+        return {k: map_leaves(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)) and not hasattr(tree, "_fields"):
+        return type(tree)(map_leaves(fn, v) for v in tree)
+    return fn(tree)
 
 
 def _is_float(t: Tensor) -> bool:
@@ -322,7 +330,7 @@ class _Capture(TorchFunctionMode):
         """One intercepted operation: run it plainly, or as a step when relevance reaches it."""
         if self.stack and self.stack[-1].opaque is not None:
             return self.plain(func, args, kwargs)
-        flat = leaves((args, kwargs))
+        flat = leaves(args) + leaves(kwargs)
         live = [f for f in (self.fact(t) for t in flat) if f is not None]
         if not live:
             return self.plain(func, args, kwargs)
@@ -646,4 +654,4 @@ def no_rule_message(site: Site, name: str) -> str:
     )
 
 
-__all__ = ["Facts", "LRPError", "Planner", "Step", "leaves"]
+__all__ = ["Facts", "LRPError", "Planner", "Step", "leaves", "map_leaves"]

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils._pytree import tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from torchattr.lrp import affine, attention
@@ -26,6 +25,7 @@ from torchattr.lrp.capture import (
     checksum,
     inference,
     leaves,
+    map_leaves,
     take_value,
 )
 from torchattr.lrp.composites import Composite, Site, default_rule
@@ -104,7 +104,7 @@ class Relevance(_Capture):
                 "ta.composites.by_name({'<module path>': ta.rules.Pass()}) | composite"
             )
         self.raw = (args, kwargs)  # parameters as they are: layer records are cached on them
-        args, kwargs = tree_map(self._constant, (args, kwargs))
+        args, kwargs = map_leaves(self._constant, (args, kwargs))
         kwargs = inference(func, args, kwargs)
         written = None
         if in_place and kind != "route" and args and isinstance(args[0], Tensor):
@@ -130,7 +130,7 @@ class Relevance(_Capture):
 
     def _compare(self, func: Any, args: Any, kwargs: Any, out: Any, site: Site) -> None:
         with torch.no_grad():
-            expected = func(*tree_map(_detached, args), **tree_map(_detached, kwargs))
+            expected = func(*map_leaves(_detached, args), **map_leaves(_detached, kwargs))
         for got, want in zip(leaves(out), leaves(expected)):
             if isinstance(got, Tensor) and got.is_floating_point() and not close(got, want):
                 raise LRPError(

@@ -1,7 +1,8 @@
 """Layers with weights as :class:`~torchattr.lrp.rules.Affine` records, and BatchNorm merging.
 
-Weights are read (detached) when the transformed graph runs, so a cached graph always sees the
-model's current parameters. Merging never writes to the model: the merged weight and bias are new
+A layer is described by the weights the model passes to ``F.linear`` / ``F.conv*d`` /
+``torch.addmm`` when it runs (detached), so computed weights (pruning, parametrisations) are what
+they are in that call. Merging never writes to the model: the merged weight and bias are new
 tensors.
 """
 
@@ -16,12 +17,6 @@ from torch.nn import functional as F
 
 from torchattr.lrp.rules import Affine
 
-CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
     return F.linear(x, w)
@@ -32,52 +27,10 @@ def dense(weight: Tensor, bias: Tensor | None) -> Affine:
     return Affine(_linear, weight, bias, channel=-1, in_dim_x=-1, in_dim_w=1, out_dim_w=0)
 
 
-def conv(module: nn.Module, weight: Tensor, bias: Tensor | None) -> Affine:
-    """A ``Conv{1,2,3}d`` module's map with the given weight and bias (any padding mode)."""
-    dims = weight.ndim - 2
-    fn = _CONV_FN[dims]
-    padding = module.padding
-    if module.padding_mode != "zeros":
-        pad = module._reversed_padding_repeated_twice
-        mode = module.padding_mode
-
-        def op(x: Tensor, w: Tensor) -> Tensor:
-            return fn(
-                F.pad(x, pad, mode=mode), w, None, module.stride, 0, module.dilation, module.groups
-            )
-    else:
-        op = functools.partial(
-            _conv,
-            fn=fn,
-            stride=module.stride,
-            padding=padding,
-            dilation=module.dilation,
-            groups=module.groups,
-        )
-    return Affine(
-        op, weight, bias, channel=1, in_dim_x=1, in_dim_w=1, out_dim_w=0, fusable=module.groups == 1
-    )
-
-
 def _conv(
     x: Tensor, w: Tensor, *, fn: Any, stride: Any, padding: Any, dilation: Any, groups: int
 ) -> Tensor:
     return fn(x, w, None, stride, padding, dilation, groups)
-
-
-def conv_transpose(module: nn.Module, weight: Tensor, bias: Tensor | None) -> Affine:
-    """A ``ConvTranspose{1,2,3}d`` module's map (weights ``[in, out / groups, ...]``)."""
-    fn = _CONV_T_FN[weight.ndim - 2]
-    op = functools.partial(
-        _conv_t,
-        fn=fn,
-        stride=module.stride,
-        padding=module.padding,
-        output_padding=module.output_padding,
-        groups=module.groups,
-        dilation=module.dilation,
-    )
-    return Affine(op, weight, bias, channel=1, in_dim_x=1, in_dim_w=0, out_dim_w=1, fusable=False)
 
 
 def _conv_t(
@@ -165,15 +118,3 @@ def merge_batchnorm(
         if beta is not None:
             merged_bias = merged_bias + beta.detach().to(weight.dtype)
     return merged_weight, merged_bias
-
-
-def mergeable(layer: nn.Module, bn: nn.Module) -> bool:
-    """Whether ``bn`` (with running statistics) can be folded into the ``layer`` before it.
-
-    A dense layer only when its output is ``[B, C]`` (checked again when the graph runs).
-    """
-    if not isinstance(bn, BATCHNORM) or bn.running_mean is None or bn.running_var is None:
-        return False
-    if isinstance(layer, nn.Linear):
-        return isinstance(bn, nn.BatchNorm1d) and layer.out_features == bn.num_features
-    return isinstance(layer, CONV + CONV_TRANSPOSE) and layer.out_channels == bn.num_features

@@ -288,3 +288,25 @@ def test_no_process_wide_hook_stays_after_a_call_and_compile_still_traces():
     assert not modules._global_forward_pre_hooks and not modules._global_forward_hooks
     compiled = torch.compile(lambda t: ta.saliency(model, t), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), ta.saliency(model, x))
+
+
+@pytest.mark.parametrize("make", ["ResNetLike", "DenseBlockNet"])
+def test_an_exported_program_gives_the_modules_relevance(make):
+    """``torch.export`` programs call aten operations (``aten.conv2d``, ``aten.batch_norm``):
+    they are recognised by name and give the module's relevance."""
+    import lrp_models
+
+    torch.manual_seed(0)
+    model = getattr(lrp_models, make)().eval()
+    x = torch.randn(2, 3, 8, 8)
+    exported = torch.export.export(model, (x,)).module()
+    for composite in (None, ta.composites.EpsilonAlpha2Beta1()):
+        torch.testing.assert_close(
+            ta.lrp(exported, x, composite=composite), ta.lrp(model, x, composite=composite)
+        )
+
+
+def test_torchscript_is_refused_not_zeroed():
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2)).eval())
+    with pytest.raises(ta.LRPError, match="TorchScript"):
+        ta.lrp(scripted, torch.randn(2, 3))

@@ -25,7 +25,7 @@ from torchattr._core.targets import (
     target_range,
 )
 from torchattr._core.wrapped import unwrap
-from torchattr.lrp.capture import Facts, LRPError, Planner, Step
+from torchattr.lrp.capture import Facts, LRPError, Planner, Step, leaves
 from torchattr.lrp.composites import Composite, Site, resolve
 from torchattr.lrp.relevance import Relevance, close, tolerance
 from torchattr.lrp.rules import _Rule
@@ -186,6 +186,13 @@ def _plan(
             planner.set_fact(t, facts)
         with planner.active():
             output = call_model(model, copies, spec, extra)
+    if not any(planner.fact(t) is not None for t in leaves(output)):
+        raise LRPError(
+            f"LRP saw no operation connecting the inputs to the output of "
+            f"{type(model).__name__}: its forward runs code outside Python's view of torch "
+            "(TorchScript, an exported program's C++ runtime, a C++ extension) or ignores the "
+            "inputs. LRP needs the model as an nn.Module whose forward calls torch operations"
+        )
     return planner.finish(), output
 
 

@@ -334,6 +334,8 @@ class _Capture(TorchFunctionMode):
         live = [f for f in (self.fact(t) for t in flat) if f is not None]
         if not live:
             return self.plain(func, args, kwargs)
+        if func is _ATEN_BATCH_NORM:  # exported programs: the functional form and argument order
+            func, args, kwargs = _functional_batch_norm(*args, **kwargs)
         name, in_place = op_name(func)
         # F.relu(x, inplace=True), F.leaky_relu(x, 0.2, True): in place through an argument
         in_place = (
@@ -528,6 +530,29 @@ def take_value(step: Step) -> Tensor | None:
     """The plan pass's output of a step, once (None if the forward later changed it in place)."""
     value, step.value = step.value, None
     return value if value is not None and value._version == step.version else None
+
+
+_ATEN_BATCH_NORM = torch.ops.aten.batch_norm.default
+
+
+def _functional_batch_norm(
+    x: Tensor,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    training: bool,
+    momentum: float,
+    eps: float,
+    cudnn_enabled: bool = True,
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``aten.batch_norm`` (an exported program's BatchNorm) as the ``F.batch_norm`` call it is."""
+    del cudnn_enabled
+    return (
+        torch.nn.functional.batch_norm,
+        (x, running_mean, running_var, weight, bias),
+        {"training": training, "momentum": momentum, "eps": eps},
+    )
 
 
 def checksum(x: Tensor) -> Tensor:

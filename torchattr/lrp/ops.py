@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
 from torch import nn
 
 _ROUTE = {
@@ -108,6 +109,8 @@ _RENAMES = {"radd": "add", "rmul": "mul", "truediv": "div", "rtruediv": "rdiv", 
 def op_name(func: Any) -> tuple[str, bool]:
     """``(name, in_place)`` of an intercepted function, method, operator or property."""
     name = getattr(func, "__name__", None) or type(func).__name__
+    if isinstance(func, torch._ops.OpOverload):  # aten ops (exported programs): aten.add.Tensor
+        name = func._opname
     if name == "__get__":  # a tensor property (x.T, x.data, x.shape)
         name = getattr(getattr(func, "__self__", None), "__name__", "get")
     in_place = False

@@ -165,6 +165,25 @@ def test_lrp_method(setup: dict, tmp_path: Path, capsys) -> None:
         assert all(m.min() >= 0 and m.max() <= 1 for m in maps.values())
 
 
+def test_lrp_on_an_exported_program_equals_the_factory_model(setup, tmp_path, capsys) -> None:
+    factory = tmp_path / "factory"
+    exported = tmp_path / "exported"
+    for model, out in ((FACTORY, factory), (setup["export"], exported)):
+        code, _, err = run_cli(["generate", model, setup["images"], "-m", "lrp", "--out", out],
+                               capsys)  # fmt: skip
+        assert code == 0, err
+    ours, theirs = load_maps(factory / "lrp"), load_maps(exported / "lrp")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-5)
+
+
+def test_lrp_on_torchscript_is_refused_in_one_line(setup, tmp_path, capsys) -> None:
+    argv = ["generate", setup["script"], setup["images"], "-m", "lrp", "--out", tmp_path]
+    code, _, err = run_cli(argv, capsys)
+    assert code in (1, 2) and "TorchScript" in err and "Traceback" not in err
+
+
 def test_resume_after_interruption(setup: dict, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     argv = ["generate", setup["script"], setup["images"], "-m", "saliency", "--out", out]

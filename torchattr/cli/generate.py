@@ -101,7 +101,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="METHOD[,METHOD...]",
         help="one or more (comma-separated or repeated) of: " + ", ".join(METHODS) + " (cam: "
         "--cam-method), or a CAM method by name (" + ", ".join(CAM_METHODS) + "); lrp needs "
-        "torchattr.lrp",
+        "a torch.export program or a factory model",
     )
     parser.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -452,6 +452,12 @@ def _settings(
 
 
 def _check_cam_layers(methods: list[Method], loaded: LoadedModel) -> None:
+    if loaded.kind == "torchscript" and any(m.kind == "lrp" for m in methods):
+        raise CommandError(
+            "--method lrp: LRP runs the model's Python forward under its rules, and a "
+            "TorchScript module runs in TorchScript's interpreter; load the model as a "
+            "torch.export program (.pt2) or with 'package.module:factory'"
+        )
     cams = [m for m in methods if m.kind == "cam"]
     if not cams:
         return

@@ -21,3 +21,5 @@ ig_delta: tuple[Tensor, Tensor] = ta.integrated_gradients(model, x, return_delta
 pair: tuple[Tensor, ...] = ta.saliency(lambda a, b: a + b, (x, x))
 named: dict[str, Tensor] = ta.integrated_gradients(lambda a: a, {"a": x})
 road: Tensor = ta.metrics.road(model, x, x)
+relevance: Tensor = ta.lrp(model, x)
+relevance_report: tuple[Tensor, ta.Conservation] = ta.lrp(model, x, return_conservation=True)

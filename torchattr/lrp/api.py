@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,14 @@ from torch.utils._pytree import tree_leaves
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode, keywords
 from torchattr._core.contexts import grad_context, normal_tensors
-from torchattr._core.inputs import Inputs, call_model, check_forward_kwargs, flatten, unflatten
+from torchattr._core.inputs import (
+    Inputs,
+    InputsT,
+    call_model,
+    check_forward_kwargs,
+    flatten,
+    unflatten,
+)
 from torchattr._core.targets import (
     Target,
     _check_scores,
@@ -60,6 +67,30 @@ class Conservation:
             ratio = r / s if s != 0 else float("nan")
             rows.append(f"{i:>8}{s:>14.6g}{r:>14.6g}{ratio:>10.4f}")
         return "\n".join(rows)
+
+
+@overload
+def lrp(
+    model: nn.Module,
+    inputs: InputsT,
+    target: Target = None,
+    *,
+    composite: Composite | Mapping[Any, _Rule] | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    return_conservation: Literal[False] = False,
+) -> InputsT: ...
+
+
+@overload
+def lrp(
+    model: nn.Module,
+    inputs: InputsT,
+    target: Target = None,
+    *,
+    composite: Composite | Mapping[Any, _Rule] | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    return_conservation: Literal[True],
+) -> tuple[InputsT, Conservation]: ...
 
 
 @keywords()

@@ -77,5 +77,11 @@ def test_ddp_equals_unwrapped(plain, monkeypatch):
             for name in [None] if layer is None else [layer, "module." + layer]:
                 got = ta.cam(ddp, x, layer=name, method=method)
                 torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        # LRP explains the module inside too; rule names with or without the prefix
+        composite = {"features.0": ta.rules.Epsilon(0.5)}
+        expected = ta.lrp(model, x, composite=composite)
+        torch.testing.assert_close(ta.lrp(ddp, x, composite=composite), expected)
+        prefixed = {"module.features.0": ta.rules.Epsilon(0.5)}
+        torch.testing.assert_close(ta.lrp(ddp, x, composite=prefixed), expected)
     finally:
         dist.destroy_process_group()

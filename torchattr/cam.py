@@ -63,6 +63,7 @@ from torch.nn import functional as F
 
 from torchattr._core.checks import check_choice, check_positive_int
 from torchattr._core.chunking import row_ranges
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import Problem, accumulation_dtype, forward_scores, prepare
 from torchattr._core.inputs import Inputs, call_model
 from torchattr._core.layers import hooked, layer_name
@@ -279,7 +280,7 @@ def cam(
     image = problem.tensors[0]
     space = _spatial(image, size)
     chunk = batch_size or problem.batch
-    with untouched(model, layers):
+    with untouched(model, layers), buffers_kept(model):
         if method == "fullgrad":
             return _fullgrad(problem, layers, names, target, space, chunk, return_raw)
         if method in GRADIENT_MAPS:

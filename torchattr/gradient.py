@@ -22,6 +22,7 @@ from torchattr._core.chunking import (
     row_index,
     row_ranges,
 )
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -120,7 +121,7 @@ def _gradients_once(
     """One forward and backward at the inputs: (problem, primals, gradients, multi, masks)."""
     problem, target = prepare(model, inputs, target, layer)
     masks = problem.masks(mask)
-    with untouched(model, problem.layers):
+    with untouched(model, problem.layers), buffers_kept(model):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
     return problem, primals, grads, multi, masks
@@ -172,7 +173,7 @@ def smoothgrad(
     batch, device = problem.batch, problem.tensors[0].device
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
-    with untouched(model, problem.layers):
+    with untouched(model, problem.layers), buffers_kept(model):
         tensors, outputs = problem.primals(chunk_size)
         sigmas = [noise_scale(x, noise, absolute_noise) for x in tensors]
         copy_noise = CopyDraws(

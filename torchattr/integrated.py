@@ -24,6 +24,7 @@ from torchattr._core.checks import (
     tracing,
 )
 from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -135,7 +136,7 @@ def integrated_gradients(
     parts, ids = baseline_ids(baseline, problem)
     sums: list[Tensor] | None = None
     multi = False
-    with untouched(model, problem.layers):
+    with untouched(model, problem.layers), buffers_kept(model):
         ends, end_outputs = problem.primals(chunk_size)
         starts = path_starts(parts, ids, problem, ends, masks, chunk_size)
         diffs = tuple(x - b for x, b in zip(ends, starts))

@@ -15,8 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import check_gradient_inputs, in_training_mode, warn_if_training
+from torchattr._core.checks import (
+    check_gradient_inputs,
+    in_training_mode,
+    tracing,
+    warn_if_training,
+)
 from torchattr._core.chunking import row_ranges
+from torchattr._core.fallback import (
+    buffers_kept,
+    is_func_failure,
+    needs_autograd,
+    remember_autograd,
+)
 from torchattr._core.inputs import InputSpec, call_model, flatten
 from torchattr._core.layers import Layers, check_ids, hooked, padding_masks, resolve_layers
 from torchattr._core.targets import (
@@ -105,14 +116,52 @@ def score_gradients(
     target explains K classes per row.
     """
     forward = problem.forward(sample)
-    if problem.training:
-        return _autograd_gradients(forward, primals, target, problem.target_range, scale)
+    if tracing():
+        return _func_gradients(forward, primals, target, problem.target_range, scale)
+    args = (forward, primals, target, problem.target_range, scale)
+    # Buffers the forward updates in place are put back after every model call, so every chunk
+    # sees the state the user left (and a failed torch.func attempt leaves nothing behind).
+    with buffers_kept(problem.model):
+        if use_autograd(problem, target):
+            return _autograd_gradients(*args)
+        try:
+            return _func_gradients(*args)
+        except RuntimeError as error:
+            if not is_func_failure(error):
+                raise
+            remember_autograd(problem.model, str(error))
+    with buffers_kept(problem.model):
+        return _autograd_gradients(*args)
+
+
+def use_autograd(problem: Problem, target: Target) -> bool:
+    """Plain autograd instead of ``torch.func`` (outside ``torch.compile`` tracing only).
+
+    Autograd when the model needs it (training mode, or ``torch.func`` failed on its structure
+    before: see :mod:`torchattr._core.fallback`), and whenever one cotangent per row is pulled
+    back (an index target ``[B]`` / int / None, or a callable): there autograd computes the same
+    thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``'s
+    ``vmap`` over the pull-back.
+    """
+    if problem.training or needs_autograd(problem.model):
+        return True
+    return not (isinstance(target, Tensor) and target.ndim == 2)
+
+
+def _func_gradients(
+    forward: Callable[..., Any],
+    primals: tuple[Tensor, ...],
+    target: Target,
+    target_range: tuple[int, int] | None,
+    scale: Tensor | None,
+) -> tuple[tuple[Tensor, ...], Target, bool]:
+    """The pull-back through ``torch.func.vjp`` (``vmap`` over K cotangents when multi)."""
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
     # torch.func transform still differentiates with respect to the inputs.
     with torch.no_grad():
         output, pullback = torch.func.vjp(forward, *primals)
-        target = resolve_target(target, output, problem.target_range)
+        target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target)
         cotangent = _scale_rows(cotangent, scale, multi)
         # retain_graph=False frees each saved activation as soon as the backward used it.
@@ -145,10 +194,13 @@ def _autograd_gradients(
     target_range: tuple[int, int] | None,
     scale: Tensor | None,
 ) -> tuple[tuple[Tensor, ...], Target, bool]:
-    """The same pull-back through plain autograd, for models in training mode.
+    """The same pull-back through plain autograd.
 
-    ``torch.func`` refuses the in-place running-statistics update of batch norm in training mode;
-    autograd allows it (and :func:`~torchattr._core.state.untouched` restores the buffers).
+    Used for models in training mode (``torch.func`` refuses batch norm's in-place statistics
+    update), for models ``torch.func`` cannot run (see :mod:`torchattr._core.fallback`), and for
+    one cotangent per row, where it is faster. ``[K, N, ...]`` cotangents go through one batched
+    backward (``is_grads_batched``), or K backwards over one graph where the model's backward has
+    no batching rule (RNN kernels).
     """
     with torch.enable_grad():
         xs = tuple(t.detach().requires_grad_(True) for t in tensors)
@@ -158,11 +210,39 @@ def _autograd_gradients(
         cotangent = _scale_rows(cotangent, scale, multi)
         leaves = torch.utils._pytree.tree_leaves(output)
         seeds = torch.utils._pytree.tree_leaves(cotangent)
-        grads = torch.autograd.grad(leaves, xs, seeds, is_grads_batched=multi, allow_unused=True)
+        grads = _pull(leaves, xs, seeds, multi)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
     if multi:
         grads = tuple(g.movedim(0, 1) for g in grads)
     return grads, target, multi
+
+
+def _pull(
+    leaves: list[Tensor], xs: tuple[Tensor, ...], seeds: list[Tensor], multi: bool
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` of ``leaves`` with ``seeds`` ([K, ...] each when ``multi``)."""
+    if not multi:
+        return torch.autograd.grad(leaves, xs, seeds, allow_unused=True)
+    try:
+        return torch.autograd.grad(
+            leaves, xs, seeds, is_grads_batched=True, allow_unused=True, retain_graph=True
+        )
+    except RuntimeError as error:
+        if not is_func_failure(error) and "atching rule" not in str(error):
+            raise
+    k = seeds[0].shape[0]
+    rows = [
+        torch.autograd.grad(
+            leaves, xs, [s[i] for s in seeds], allow_unused=True, retain_graph=i < k - 1
+        )
+        for i in range(k)
+    ]
+    return tuple(
+        None
+        if all(r[j] is None for r in rows)
+        else torch.stack([torch.zeros_like(x) if r[j] is None else r[j] for r in rows])
+        for j, x in enumerate(xs)
+    )
 
 
 def forward_scores(

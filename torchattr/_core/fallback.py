@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from torchattr._core.checks import tracing
+
 # Substrings of the RuntimeError messages with which torch.func refuses a model it cannot run.
 FUNC_FAILURES = (
     # an in-place write to a captured tensor: buffer updates, DDP's buffer broadcast (copy_)
@@ -92,9 +94,10 @@ def buffers_kept(model: Callable[..., Any]) -> Iterator[None]:
 
     A forward that updates a buffer in place (a call counter, an EMA, DDP's broadcast) changes
     it; on exit the buffers whose version counter moved are copied back from a snapshot, also
-    when the body raises. Plain callables (not ``nn.Module``) have no buffers to find.
+    when the body raises. Plain callables (not ``nn.Module``) have no buffers to find; under
+    ``torch.compile`` tracing this is a no-op (as :func:`~torchattr._core.state.untouched`).
     """
-    if not isinstance(model, torch.nn.Module):
+    if tracing() or not isinstance(model, torch.nn.Module):
         yield
         return
     saved = [(b, _version(b), b.detach().clone()) for b in model.buffers()]

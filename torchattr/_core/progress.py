@@ -13,7 +13,7 @@ deletion/insertion, the robustness metrics) takes:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,3 +75,13 @@ def _tqdm(total: int, description: str) -> Any:
     except ImportError:
         return None
     return tqdm(total=total, desc=description, file=sys.stderr, leave=False)
+
+
+def reported(
+    ranges: Iterable[tuple[int, int]], progress: Progress, total: int, description: str
+) -> Iterator[tuple[int, int]]:
+    """``ranges`` ``(start, stop)`` unchanged; ``progress`` hears ``stop`` after each body ran."""
+    with reporting(progress, total, description) as report:
+        for start, stop in ranges:
+            yield start, stop
+            report(stop)

@@ -35,6 +35,7 @@ from torchattr._core.checks import (
     check_positive_int,
 )
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
+from torchattr._core.progress import Progress, check_progress, reported
 from torchattr._core.targets import (
     Target,
 )
@@ -447,6 +448,7 @@ def road(
     score: str = "logit",
     tol: float = 1e-6,
     max_iter: int = 500,
+    progress: Progress = False,
 ) -> Tensor:
     """ROAD, RemOve And Debias (Rong et al., ICML 2022): scores after imputing ranked pixels.
 
@@ -478,6 +480,9 @@ def road(
             :mod:`torchattr._core.targets`).
         fractions: P values in (0, 1).
         order: ``"morf"`` or ``"lerf"``.
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the imputed copies done
+            (``total = P B``).
 
     Returns:
         Scores ``[B, P]`` (float32, or float64 for float64 outputs).
@@ -496,6 +501,7 @@ def road(
     if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
     _check_tolerance(tol, max_iter)
+    check_progress(progress)
     batch, channels, height, width = images.shape
     counts = _imputed_counts(fractions, height * width, order)
     batch_size = _check_batch_size(batch_size, batch)
@@ -505,7 +511,8 @@ def road(
     )
     result = None
     with _scoring(model, images, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(len(fractions) * batch, batch_size):
+        rows = len(fractions) * batch
+        for start, stop in reported(row_ranges(rows, batch_size), progress, rows, "road"):
             fraction, sample = row_index(start, stop, batch, images.device)
             count = counts.to(images.device)[fraction]
             holes = _holes(ranks[sample], count, order)
@@ -643,6 +650,7 @@ def deletion(
     substrate: Any = 0.0,
     batch_size: int | None = None,
     score: str = "probability",
+    progress: Progress = False,
 ) -> CausalCurves:
     """Deletion metric (RISE, Petsiuk et al. 2018): the score while the most salient pixels go.
 
@@ -669,6 +677,9 @@ def deletion(
             ``"blur"`` (:func:`gaussian_blur` of the image) or a callable ``images -> tensor``
             of their shape. Default 0.
         batch_size: copies per model call (default B).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the copies done
+            (``total = (n + 1) B``).
         score: ``"probability"`` (softmax over the classes, sigmoid for a single logit; the
             default, as in RISE) or ``"logit"``.
 
@@ -679,7 +690,9 @@ def deletion(
 
         curves, auc = deletion(model, images, maps, step=64)
     """
-    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, False)
+    return _causal(
+        model, inputs, saliency, target, step, substrate, batch_size, score, False, progress
+    )
 
 
 def insertion(
@@ -692,6 +705,7 @@ def insertion(
     substrate: Any = "blur",
     batch_size: int | None = None,
     score: str = "probability",
+    progress: Progress = False,
 ) -> CausalCurves:
     """Insertion metric (RISE): the score while the most salient pixels come back.
 
@@ -705,7 +719,9 @@ def insertion(
 
         curves, auc = insertion(model, images, maps, step=64)
     """
-    return _causal(model, inputs, saliency, target, step, substrate, batch_size, score, True)
+    return _causal(
+        model, inputs, saliency, target, step, substrate, batch_size, score, True, progress
+    )
 
 
 def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
@@ -741,8 +757,10 @@ def _causal(
     batch_size: int | None,
     score: str,
     insert: bool,
+    progress: Progress = False,
 ) -> CausalCurves:
     """Deletion (``insert=False``) or insertion curves; see :func:`deletion`."""
+    check_progress(progress)
     images = _check_images(inputs)
     maps = _check_maps(saliency, images)
     check_choice(score, "score", SCORES)
@@ -763,7 +781,9 @@ def _causal(
 
     curves = None
     with _scoring(model, images, target, score, batch_size) as scorer:
-        for start, stop in row_ranges((steps + 1) * batch, batch_size):
+        rows = (steps + 1) * batch
+        name = "insertion" if insert else "deletion"
+        for start, stop in reported(row_ranges(rows, batch_size), progress, rows, name):
             _, sample = row_index(start, stop, batch, images.device)
             scores = scorer(build_rows(start, stop, batch, make), sample)
             if curves is None:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from torchattr._core.checks import check_finite, check_positive_int
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
+from torchattr._core.progress import Progress, check_progress, reported
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
     _check_batch_size,
@@ -45,6 +46,7 @@ def max_sensitivity(
     samples: int = 10,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Progress = False,
 ) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019) of an explanation, per sample: ``[B]``.
 
@@ -70,6 +72,9 @@ def max_sensitivity(
         samples: number of perturbations.
         batch_size: rows per ``explain`` call (default B).
         generator: draws the perturbations (on its device).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each ``explain`` call with the perturbed rows done
+            (``total = samples B``).
 
     Returns:
         ``[B]``, float32 (float64 for float64 explanations).
@@ -83,6 +88,7 @@ def max_sensitivity(
     x = _check_inputs(inputs)
     _check_number(radius, "radius", positive=True)
     samples = check_positive_int(samples, "samples")
+    check_progress(progress)
     batch = x.shape[0]
     batch_size = _check_batch_size(batch_size, batch)
     target = normalize_target(target, batch, x.device)  # None and callables pass through
@@ -97,7 +103,9 @@ def max_sensitivity(
         lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
     )
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
-    for start, stop in row_ranges(samples * batch, batch_size):
+    rows = samples * batch
+    ranges = reported(row_ranges(rows, batch_size), progress, rows, "max-sensitivity")
+    for start, stop in ranges:
         _, sample = row_index(start, stop, batch, x.device)
         noisy = build_rows(start, stop, batch, lambda c, s: x[s] + stack_draws(draws, c, s))
         moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
@@ -125,6 +133,7 @@ def infidelity(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     score: str = "logit",
+    progress: Progress = False,
 ) -> Tensor:
     """Infidelity (Yeh et al. 2019), per sample: ``[B]``.
 
@@ -151,6 +160,9 @@ def infidelity(
         samples, noise, perturbation: the perturbations, see above.
         batch_size: rows per model call (default B).
         generator: draws the default perturbations and is passed to ``perturbation``.
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the perturbed rows done
+            (``total = samples B``).
 
     Returns:
         ``[B]``, non-negative.
@@ -162,6 +174,7 @@ def infidelity(
     x = _check_inputs(inputs)
     phi = _check_attributions(attributions, x)
     samples = check_positive_int(samples, "samples")
+    check_progress(progress)
     _check_number(noise, "noise", positive=True)
     if perturbation is not None and not callable(perturbation):
         raise TypeError(
@@ -188,7 +201,8 @@ def infidelity(
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
     with _scoring(model, x, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(samples * batch, batch_size):
+        rows = samples * batch
+        for start, stop in reported(row_ranges(rows, batch_size), progress, rows, "infidelity"):
             _, sample = row_index(start, stop, batch, x.device)
             shift = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
@@ -213,6 +227,7 @@ def faithfulness_correlation(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     score: str = "logit",
+    progress: Progress = False,
 ) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020), per sample: ``[B]`` in [-1, 1].
 
@@ -239,6 +254,9 @@ def faithfulness_correlation(
         generator: draws the subsets: ``rand([B, F])`` per run, the subset being the
             ``subset_size`` largest draws.
         score: ``"logit"`` or ``"probability"``.
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the rows done
+            (``total = runs B``).
 
     Returns:
         ``[B]``, float32 (float64 for float64 attributions).
@@ -250,6 +268,7 @@ def faithfulness_correlation(
     x = _check_inputs(inputs)
     phi = _check_attributions(attributions, x)
     runs = check_positive_int(runs, "runs", minimum=2)
+    check_progress(progress)
     batch = x.shape[0]
     features = phi[0].numel()
     if subset_size is None:
@@ -273,7 +292,9 @@ def faithfulness_correlation(
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
     with _scoring(model, x, target, score, batch_size) as scorer:
-        for start, stop in row_ranges(runs * batch, batch_size):
+        rows = runs * batch
+        ranges = reported(row_ranges(rows, batch_size), progress, rows, "faithfulness")
+        for start, stop in ranges:
             _, sample = row_index(start, stop, batch, x.device)
             subset = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             subset = subset.reshape(stop - start, *phi.shape[1:])

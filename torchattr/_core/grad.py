@@ -122,7 +122,7 @@ def score_gradients(
     # Buffers the forward updates in place are put back after every model call, so every chunk
     # sees the state the user left (and a failed torch.func attempt leaves nothing behind).
     with buffers_kept(problem.model):
-        if use_autograd(problem, target):
+        if use_autograd(problem, primals, target):
             return _autograd_gradients(*args)
         try:
             return _func_gradients(*args)
@@ -134,17 +134,20 @@ def score_gradients(
         return _autograd_gradients(*args)
 
 
-def use_autograd(problem: Problem, target: Target) -> bool:
+def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) -> bool:
     """Plain autograd instead of ``torch.func`` (outside ``torch.compile`` tracing only).
 
     Autograd when the model needs it (training mode, or ``torch.func`` failed on its structure
     before: see :mod:`torchattr._core.fallback`), and whenever one cotangent per row is pulled
     back (an index target ``[B]`` / int / None, or a callable): there autograd computes the same
     thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``'s
-    ``vmap`` over the pull-back.
+    ``vmap`` over the pull-back, and so does inference mode (inference tensors cannot enter an
+    autograd graph; ``torch.func`` differentiates them).
     """
     if problem.training or needs_autograd(problem.model):
         return True
+    if torch.is_inference_mode_enabled() or any(p.is_inference() for p in primals):
+        return False
     return not (isinstance(target, Tensor) and target.ndim == 2)
 
 
@@ -202,8 +205,11 @@ def _autograd_gradients(
     backward (``is_grads_batched``), or K backwards over one graph where the model's backward has
     no batching rule (RNN kernels).
     """
-    with torch.enable_grad():
-        xs = tuple(t.detach().requires_grad_(True) for t in tensors)
+    with torch.inference_mode(False), torch.enable_grad():
+        # inference tensors cannot require grad: a normal copy of them enters the graph
+        xs = tuple(
+            (t.clone() if t.is_inference() else t).detach().requires_grad_(True) for t in tensors
+        )
         output = forward(*xs)
         target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target)

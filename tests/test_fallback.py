@@ -240,3 +240,12 @@ def test_eval_mode_ddp_with_batch_norm(process_group):
     ig = ta.integrated_gradients(model, x, target=1, steps=4)
     torch.testing.assert_close(ig, reference_ig(inner, x, 1, 4), atol=1e-5, rtol=1e-4)
     assert_unchanged(model, before)
+
+
+def test_refused_torch_func_attempt_writes_no_buffer():
+    # The premise of trying torch.func first: it refuses the in-place write before it happens.
+    model = Counting().eval()
+    with pytest.raises(RuntimeError) as refused, torch.no_grad():
+        torch.func.vjp(model, torch.randn(2, 4, 5))
+    assert fallback.is_func_failure(refused.value)
+    assert model.calls.item() == 0 and torch.equal(model.mean, torch.zeros(20))

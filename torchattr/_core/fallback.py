@@ -41,6 +41,7 @@ _MAX_REMEMBERED = 256
 _lock = threading.Lock()
 _by_structure: OrderedDict[tuple[Any, ...], str] = OrderedDict()
 _by_callable: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_keys: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def is_func_failure(error: BaseException) -> bool:
@@ -49,10 +50,18 @@ def is_func_failure(error: BaseException) -> bool:
 
 
 def structure_key(model: Callable[..., Any]) -> tuple[Any, ...] | None:
-    """``(class of every submodule, in order)`` for a module; None for other callables."""
-    if isinstance(model, torch.nn.Module):
-        return tuple(type(m) for m in model.modules())
-    return None
+    """``(class of every submodule, in order)`` for a module; None for other callables.
+
+    Computed once per module object (a module whose submodules change after its first call
+    keeps its first key).
+    """
+    if not isinstance(model, torch.nn.Module):
+        return None
+    key = _keys.get(model)
+    if key is None:
+        key = tuple(type(m) for m in model.modules())
+        _keys[model] = key
+    return key
 
 
 def needs_autograd(model: Callable[..., Any]) -> bool:

@@ -23,7 +23,6 @@ from torchattr._core.checks import (
 )
 from torchattr._core.chunking import row_ranges
 from torchattr._core.fallback import (
-    buffers_kept,
     is_func_failure,
     needs_autograd,
     remember_autograd,
@@ -119,19 +118,18 @@ def score_gradients(
     if tracing():
         return _func_gradients(forward, primals, target, problem.target_range, scale)
     args = (forward, primals, target, problem.target_range, scale)
-    # Buffers the forward updates in place are put back after every model call, so every chunk
-    # sees the state the user left (and a failed torch.func attempt leaves nothing behind).
-    with buffers_kept(problem.model):
-        if use_autograd(problem, primals, target):
-            return _autograd_gradients(*args)
-        try:
-            return _func_gradients(*args)
-        except RuntimeError as error:
-            if not is_func_failure(error):
-                raise
-            remember_autograd(problem.model, str(error))
-    with buffers_kept(problem.model):
+    if use_autograd(problem, primals, target):
         return _autograd_gradients(*args)
+    try:
+        # torch.func refuses an in-place write to a buffer before it happens, so a refused
+        # attempt leaves the buffers as they were; the methods put back what autograd changes
+        # (core.fallback.buffers_kept around the whole call).
+        return _func_gradients(*args)
+    except RuntimeError as error:
+        if not is_func_failure(error):
+            raise
+        remember_autograd(problem.model, str(error))
+    return _autograd_gradients(*args)
 
 
 def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) -> bool:

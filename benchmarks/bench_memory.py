@@ -67,7 +67,9 @@ def step_loop_layer_ig(
     return ((end - start) * total).sum(-1)
 
 
-def contenders(name: str, batch: int, steps: int, size: int) -> dict[str, Fn]:
+def contenders(
+    name: str, batch: int, steps: int, size: int, budget: int | None = None
+) -> dict[str, Fn]:
     """``{contender: fn}`` for one model; every fn returns the attributions it computed."""
     from captum.attr import IntegratedGradients, LayerIntegratedGradients
 
@@ -80,7 +82,13 @@ def contenders(name: str, batch: int, steps: int, size: int) -> dict[str, Fn]:
         lig = LayerIntegratedGradients(model, layer)
         return {
             "torchattr": lambda: ta.integrated_gradients(
-                model, ids, target=t, baseline=baseline, steps=steps, layer=layer
+                model,
+                ids,
+                target=t,
+                baseline=baseline,
+                steps=steps,
+                layer=layer,
+                memory_budget=budget,
             ),
             "captum": lambda: lig.attribute(
                 ids,
@@ -97,7 +105,9 @@ def contenders(name: str, batch: int, steps: int, size: int) -> dict[str, Fn]:
     t = torch.arange(batch) % 10
     ig = IntegratedGradients(model)
     return {
-        "torchattr": lambda: ta.integrated_gradients(model, x, target=t, steps=steps),
+        "torchattr": lambda: ta.integrated_gradients(
+            model, x, target=t, steps=steps, memory_budget=budget
+        ),
         "captum": lambda: ig.attribute(
             x, target=t, n_steps=steps, method="gausslegendre", internal_batch_size=None
         ),
@@ -153,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="default 128 (images), 64 (L)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--budget", type=float, default=None, help="memory_budget in MiB (default: the library's)"
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -163,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.models.split(","):
         batch = args.batch or (16 if name == "transformer" else 4)
         size = args.size or (64 if name == "transformer" else 128)
-        results = measure(contenders(name, batch, args.steps, size), args.repeats, device)
+        budget = None if args.budget is None else int(args.budget * 2**20)
+        fns = contenders(name, batch, args.steps, size, budget)
+        results = measure(fns, args.repeats, device)
         ref = results["captum"]
         scale = ref["out"].abs().max().item()
         for lib, r in results.items():

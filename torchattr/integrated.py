@@ -110,7 +110,7 @@ def integrated_gradients(
     predicted for ``x``. ``chunk_size`` bounds the number of (sample, step) rows per model call;
     the result does not depend on it beyond float rounding. The default ``"auto"`` measures the
     peak memory of the first two chunks (4 and 8 rows) and sizes the rest to stay under
-    ``memory_budget`` bytes (default 512 MiB on CPU, half the free memory on CUDA; see
+    ``memory_budget`` bytes (default 128 MiB on CPU, half the free memory on CUDA; see
     :func:`torchattr._core.chunking.run_chunks`); None sends all ``steps x B`` rows at once.
     ``progress``: True for a tqdm bar (when installed and stderr is a terminal) or a callable
     ``(done, total)`` called after each chunk with the rows done. ``return_delta=True`` also

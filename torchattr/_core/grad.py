@@ -4,6 +4,11 @@
 selects each row's explained score: one forward, one backward (``vmap``-batched over K classes for
 multi-target). ``torch.func`` transforms differentiate even inside ``torch.no_grad()`` (so the
 kernels work when the caller disabled gradients) and trace under ``torch.compile``.
+
+Outside ``torch.compile`` the same pull-back may run through plain ``torch.autograd.grad`` instead
+(:func:`use_autograd`): for one cotangent per row, where it is cheaper, and for models
+``torch.func`` refuses (RNN kernels, packed sequences, in-place buffer updates, DDP), which fall
+back automatically on the refusals listed in :mod:`torchattr._core.fallback` and only on those.
 """
 
 from __future__ import annotations

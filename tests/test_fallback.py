@@ -249,3 +249,22 @@ def test_refused_torch_func_attempt_writes_no_buffer():
         torch.func.vjp(model, torch.randn(2, 4, 5))
     assert fallback.is_func_failure(refused.value)
     assert model.calls.item() == 0 and torch.equal(model.mean, torch.zeros(20))
+
+
+def test_function_wrapping_a_module_is_remembered_and_its_buffers_restored():
+    # PyHealth-style glue: a fresh lambda around the module on every call.
+    model = Counting().eval()
+    x = torch.randn(2, 4, 5)
+    two = torch.tensor([[0, 1], [2, 0]])
+
+    def glue():
+        return lambda inputs: {"logit": model(inputs)}["logit"]
+
+    got = ta.saliency(glue(), x, target=two, abs=False, reduce=None)
+    assert model.forwards == 2  # the refused torch.func attempt, then autograd
+    ref = reference_gradients(model, x, [0, 1, 2])
+    torch.testing.assert_close(got[0], ref[0, [0, 1]], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[1], ref[1, [2, 0]], atol=1e-6, rtol=1e-5)
+    ta.saliency(glue(), x, target=two)
+    assert model.forwards == 3  # remembered for the function's code and the module's structure
+    assert model.calls.item() == 0 and torch.equal(model.mean, torch.zeros(20))

@@ -14,6 +14,7 @@ is made once per process, not on every call.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -49,14 +50,46 @@ def is_func_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(s in str(error) for s in FUNC_FAILURES)
 
 
+def wrapped_modules(model: Callable[..., Any]) -> list[torch.nn.Module]:
+    """The modules a callable runs: itself, or those a function or partial closes over.
+
+    The usual glue ``lambda **kw: model(**kw)["logit"]`` runs the module in its closure;
+    ``functools.partial(model, ...)`` runs its ``func``. Globals are not searched.
+    """
+    if isinstance(model, torch.nn.Module):
+        return [model]
+    found = []
+    if isinstance(model, functools.partial):
+        found += wrapped_modules(model.func)
+        found += [a for a in (*model.args, *model.keywords.values()) if _is_module(a)]
+    for cell in getattr(model, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if _is_module(value):
+            found.append(value)
+    return found
+
+
+def _is_module(value: Any) -> bool:
+    return isinstance(value, torch.nn.Module)
+
+
 def structure_key(model: Callable[..., Any]) -> tuple[Any, ...] | None:
     """``(class of every submodule, in order)`` for a module; None for other callables.
 
     Computed once per module object (a module whose submodules change after its first call
-    keeps its first key).
+    keeps its first key). A function closing over modules (see :func:`wrapped_modules`) is
+    keyed by its code and their structures, so a fresh lambda per call is remembered too;
+    a key shared by mistake only sends a model through autograd, which computes the same.
     """
     if not isinstance(model, torch.nn.Module):
-        return None
+        code = getattr(model, "__code__", None)
+        modules = wrapped_modules(model)
+        if code is None or not modules:
+            return None
+        return (code, *(structure_key(m) for m in modules))
     key = _keys.get(model)
     if key is None:
         key = tuple(type(m) for m in model.modules())
@@ -103,13 +136,16 @@ def buffers_kept(model: Callable[..., Any]) -> Iterator[None]:
 
     A forward that updates a buffer in place (a call counter, an EMA, DDP's broadcast) changes
     it; on exit the buffers whose version counter moved are copied back from a snapshot, also
-    when the body raises. Plain callables (not ``nn.Module``) have no buffers to find; under
-    ``torch.compile`` tracing this is a no-op (as :func:`~torchattr._core.state.untouched`).
+    when the body raises. For a function, the buffers of the modules it closes over
+    (:func:`wrapped_modules`); under ``torch.compile`` tracing this is a no-op (as
+    :func:`~torchattr._core.state.untouched`).
     """
-    if tracing() or not isinstance(model, torch.nn.Module):
+    modules = [] if tracing() else wrapped_modules(model)
+    if not modules:
         yield
         return
-    saved = [(b, _version(b), b.detach().clone()) for b in model.buffers()]
+    buffers = {id(b): b for m in modules for b in m.buffers()}.values()
+    saved = [(b, _version(b), b.detach().clone()) for b in buffers]
     try:
         yield
     finally:

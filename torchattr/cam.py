@@ -57,6 +57,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, overload
 
 import torch
@@ -66,9 +67,11 @@ from torch.nn import functional as F
 from torchattr._core.checks import check_choice, check_positive_int, keywords
 from torchattr._core.chunking import row_ranges
 from torchattr._core.contexts import call_hooks
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import Problem, accumulation_dtype, forward_scores, prepare
 from torchattr._core.inputs import Inputs, call_model
 from torchattr._core.layers import hooked, layer_name
+from torchattr._core.progress import Progress, check_progress, reporting
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target, output_cotangent, resolve_target, row_scores
 from torchattr._core.wrapped import strip_prefix, unwrap
@@ -257,6 +260,7 @@ def cam(
     return_raw: bool = False,
     generator: torch.Generator | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> Tensor | tuple[Tensor, Tensor | list[Tensor]]:
     """Class activation map of ``layer`` for each sample's explained score, ``[B, H, W]`` in [0, 1].
 
@@ -290,6 +294,9 @@ def cam(
         forward_kwargs: keyword arguments passed to every model call, never explained (an
             attention mask); tensors with leading dimension B follow their sample into chunks
             and the masked / ablated copies.
+        progress: ``scorecam`` / ``ablationcam``: True for a tqdm bar (when installed and
+            stderr is a terminal) or a callable ``(done, total)`` called after each model call
+            with the masked rows done (``total``: ``B * C`` summed over the layers).
 
     Returns:
         ``maps [B, H, W]`` (``[B, K, H, W]`` for a ``[B, K]`` target), at least float32; with
@@ -310,6 +317,7 @@ def cam(
         vit_maps = ta.cam(vit, images, layer=vit.blocks[-1].norm1, method="layercam")
     """
     check_choice(method, "method", METHODS)
+    check_progress(progress)
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     if not isinstance(return_raw, bool):
@@ -327,7 +335,7 @@ def cam(
     image = problem.tensors[0]
     space = _spatial(image, size)
     chunk = chunk_size or problem.batch
-    with untouched(model, layers):
+    with untouched(model, layers), buffers_kept(model):
         if method == "fullgrad":
             return _fullgrad(problem, layers, names, target, space, chunk, return_raw)
         if method in GRADIENT_MAPS:
@@ -340,7 +348,7 @@ def cam(
             ]
         else:
             lows, multi = _forward_maps(
-                method, problem, layers, names, target, space, chunk, reshape, generator
+                method, problem, layers, names, target, space, chunk, reshape, generator, progress
             )
     maps = _combine(lows, space.size)
     raws = [low.to(maps.dtype) for low in lows]
@@ -793,6 +801,7 @@ def _forward_maps(
     chunk: int,
     reshape: Reshape,
     generator: torch.Generator | None,
+    progress: Progress = False,
 ) -> tuple[list[Tensor], bool]:
     """Low-resolution maps ``[B, K, *s]`` of the methods without gradients."""
     if method == "ablationcam" and callable(reshape):
@@ -805,31 +814,55 @@ def _forward_maps(
     multi = base.ndim == 2
     k = base.shape[1] if multi else 1
     lows = []
-    for layer, name, r in zip(layers, names, raw):
+    grids = []
+    for name, r in zip(names, raw):
         grid = _grid(r, problem.batch, name, space, reshape)
         _check_map_dims(grid, name, space)
-        acts = grid.to(accumulation_dtype(grid))
-        spatial = acts.shape[2:]
-        a = acts.flatten(2).unsqueeze(1)
-        b, c = acts.shape[:2]
-        if method == "eigencam":
-            low = eigencam_map(a).expand(b, k, -1)
-        elif method == "randomcam":
-            low = weighted_sum(randomcam_weights((b, k, c), a, generator), a)
-        elif method == "scorecam":
-            scores = _masked_scores(problem, acts, target, space, chunk, name)
-            low = weighted_sum(scorecam_weights(scores.reshape(b, c, k).to(a.dtype)), a)
-        else:
-            tokens = _is_tokens(r, space, reshape)
-            scores = _ablated_scores(problem, layer, r, tokens, target, chunk)
-            base_ = base.reshape(b, k).to(a.dtype)
-            low = weighted_sum(ablationcam_weights(base_, scores.reshape(b, c, k).to(a.dtype)), a)
-        lows.append(low.reshape(b, k, *spatial))
+        grids.append(grid)
+    # Score-/Ablation-CAM run B * C masked rows per layer (C: the grid's channels)
+    masked_rows = [g.shape[0] * g.shape[1] for g in grids]
+    total = sum(masked_rows) if method in ("scorecam", "ablationcam") else 0
+    with reporting(progress, total, method) as report:
+        for layer, name, r, grid, offset in zip(layers, names, raw, grids, _offsets(masked_rows)):
+            acts = grid.to(accumulation_dtype(grid))
+            spatial = acts.shape[2:]
+            a = acts.flatten(2).unsqueeze(1)
+            b, c = acts.shape[:2]
+            done = partial(_shifted, report, offset)
+            if method == "eigencam":
+                low = eigencam_map(a).expand(b, k, -1)
+            elif method == "randomcam":
+                low = weighted_sum(randomcam_weights((b, k, c), a, generator), a)
+            elif method == "scorecam":
+                scores = _masked_scores(problem, acts, target, space, chunk, name, done)
+                low = weighted_sum(scorecam_weights(scores.reshape(b, c, k).to(a.dtype)), a)
+            else:
+                tokens = _is_tokens(r, space, reshape)
+                scores = _ablated_scores(problem, layer, r, tokens, target, chunk, done)
+                base_ = base.reshape(b, k).to(a.dtype)
+                weights = ablationcam_weights(base_, scores.reshape(b, c, k).to(a.dtype))
+                low = weighted_sum(weights, a)
+            lows.append(low.reshape(b, k, *spatial))
     return lows, multi
 
 
+def _offsets(sizes: Sequence[int]) -> list[int]:
+    """Start of each part when parts of ``sizes`` are laid end to end."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _shifted(report: Callable[[int], None], offset: int, done: int) -> None:
+    report(offset + done)
+
+
 def _masked_scores(
-    problem: Problem, acts: Tensor, target: Target, space: _Space, chunk: int, name: str
+    problem: Problem,
+    acts: Tensor,
+    target: Target,
+    space: _Space,
+    chunk: int,
+    name: str,
+    done: Callable[[int], None] = lambda rows: None,
 ) -> Tensor:
     """Scores ``[B * C]`` (or ``[B * C, K]``) of the image times each channel's mask.
 
@@ -854,11 +887,18 @@ def _masked_scores(
             output = call_model(problem.model, rows, problem.spec, problem.kwargs_for(sample))
             part = target[sample] if isinstance(target, Tensor) else target
             scores.append(row_scores(output, part))
+            done(stop)
     return torch.cat(scores)
 
 
 def _ablated_scores(
-    problem: Problem, layer: nn.Module, raw: Tensor, tokens: bool, target: Target, chunk: int
+    problem: Problem,
+    layer: nn.Module,
+    raw: Tensor,
+    tokens: bool,
+    target: Target,
+    chunk: int,
+    done: Callable[[int], None] = lambda rows: None,
 ) -> Tensor:
     """Scores ``[B * C]`` (or ``[B * C, K]``) with channel ``r % C`` of sample ``r // C`` zeroed.
 
@@ -885,6 +925,7 @@ def _ablated_scores(
                 output = call_model(problem.model, rows, problem.spec, problem.kwargs_for(sample))
             part = target[sample] if isinstance(target, Tensor) else target
             scores.append(row_scores(output, part))
+            done(stop)
     return torch.cat(scores)
 
 

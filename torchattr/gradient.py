@@ -27,8 +27,9 @@ from torchattr._core.chunking import (
     build_rows,
     draw,
     row_index,
-    row_ranges,
+    run_chunks,
 )
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -38,6 +39,8 @@ from torchattr._core.grad import (
 )
 from torchattr._core.inputs import InputsT, unflatten
 from torchattr._core.layers import apply_mask, collapse, embedding_dims
+from torchattr._core.memory import check_memory_budget
+from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
@@ -147,7 +150,7 @@ def _gradients_once(
     """One forward and backward at the inputs: (problem, primals, gradients, multi, masks)."""
     problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     masks = problem.masks(mask)
-    with untouched(model, problem.layers):
+    with untouched(model, problem.layers), buffers_kept(model):
         primals, _ = problem.primals()
         grads, _, multi = score_gradients(problem, primals, target)
     return problem, primals, grads, multi, masks
@@ -163,11 +166,13 @@ def smoothgrad(
     noise: float = 0.1,
     sigma: float | None = None,
     kind: str = "smoothgrad",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     generator: torch.Generator | None = None,
     absolute_noise: bool | None = None,
     layer: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
+    memory_budget: int | None = None,
 ) -> InputsT:
     """SmoothGrad (Smilkov et al. 2017) and its square and variance variants.
 
@@ -184,7 +189,10 @@ def smoothgrad(
     sample i (i = 0..n-1) draws ``randn(x.shape, generator)`` for each input tensor in order,
     sample after sample (reproducible with a seeded ``generator``), when the chunk that needs it
     comes: memory stays bounded by ``chunk_size``. The ``samples x B`` noisy copies go through the
-    model as one enlarged batch, at most ``chunk_size`` rows per call. ``target=None`` explains
+    model as one enlarged batch, at most ``chunk_size`` rows per call (the default ``"auto"``
+    keeps each chunk's measured peak memory under ``memory_budget`` bytes, see
+    :func:`torchattr.integrated_gradients`; ``progress``: True or a callable ``(done, total)``
+    called with the rows done after each chunk). ``target=None`` explains
     the class predicted for the clean input. The output is shaped like the inputs
     (``[B, K, ...]`` for a ``[B, K]`` target), in at least float32.
 
@@ -200,6 +208,8 @@ def smoothgrad(
     samples = check_positive_int(samples, "samples")
     check_choice(kind, "kind", SMOOTHGRAD_KINDS)
     chunk_size = check_chunk_size(chunk_size)
+    memory_budget = check_memory_budget(memory_budget)
+    check_progress(progress)
     noise = check_scale(noise, "noise")
     if absolute_noise is not None:
         warnings.warn(
@@ -214,10 +224,11 @@ def smoothgrad(
     level = check_scale(sigma, "sigma") if absolute else noise
     problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     batch, device = problem.batch, problem.tensors[0].device
+    rows = None if chunk_size == "auto" else chunk_size  # B-row passes without a backward
     sums: list[Tensor] | None = None
     squares: list[Tensor] | None = None
-    with untouched(model, problem.layers):
-        tensors, outputs = problem.primals(chunk_size)
+    with untouched(model, problem.layers), buffers_kept(model):
+        tensors, outputs = problem.primals(rows)
         sigmas = [noise_scale(x, level, absolute) for x in tensors]
         copy_noise = CopyDraws(
             lambda: tuple(
@@ -225,8 +236,10 @@ def smoothgrad(
             )
         )
         if target is None:
-            _, target = forward_scores(problem, tensors, None, chunk_size, outputs)
-        for start, stop in row_ranges(samples * batch, chunk_size):
+            _, target = forward_scores(problem, tensors, None, rows, outputs)
+
+        def chunk(start: int, stop: int) -> None:
+            nonlocal sums, squares
             _, sample = row_index(start, stop, batch, device)
             first = start // batch
             chunk_noise = [copy_noise(c) for c in range(first, (stop - 1) // batch + 1)]
@@ -245,6 +258,16 @@ def smoothgrad(
                 add_rows(acc, start, g)
                 if kind != "smoothgrad":
                     add_rows(sq, start, g.double().square())
+
+        run_chunks(
+            samples * batch,
+            chunk_size,
+            chunk,
+            device=device,
+            memory_budget=memory_budget,
+            progress=progress,
+            description="smoothgrad",
+        )
     means = [acc / samples for acc in sums]
     if kind == "smoothgrad":
         result = means

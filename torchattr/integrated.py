@@ -24,7 +24,8 @@ from torchattr._core.checks import (
     keywords,
     tracing,
 )
-from torchattr._core.chunking import add_rows, build_rows, row_index, row_ranges
+from torchattr._core.chunking import add_rows, build_rows, row_index, run_chunks
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
@@ -34,6 +35,8 @@ from torchattr._core.grad import (
 )
 from torchattr._core.inputs import Inputs, InputSpec, InputsT, unflatten
 from torchattr._core.layers import check_ids, collapse
+from torchattr._core.memory import check_memory_budget
+from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
@@ -128,11 +131,13 @@ def integrated_gradients(
     baseline: Baseline = None,
     steps: int = 50,
     method: str = "gausslegendre",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     return_delta: Literal[False] = False,
     layer: Any = None,
     mask: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
+    memory_budget: int | None = None,
 ) -> InputsT: ...
 
 
@@ -145,11 +150,13 @@ def integrated_gradients(
     baseline: Baseline = None,
     steps: int = 50,
     method: str = "gausslegendre",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     return_delta: Literal[True],
     layer: Any = None,
     mask: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
+    memory_budget: int | None = None,
 ) -> tuple[InputsT, Tensor]: ...
 
 
@@ -162,11 +169,13 @@ def integrated_gradients(
     baseline: Baseline = None,
     steps: int = 50,
     method: str = "gausslegendre",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     return_delta: bool = False,
     layer: Any = None,
     mask: Any = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
+    memory_budget: int | None = None,
 ) -> Any:
     """Integrated Gradients along the straight path from ``baseline`` to ``inputs``.
 
@@ -182,8 +191,14 @@ def integrated_gradients(
     leading dimension B follow their sample through the ``steps x B`` rows and the chunks
     (Captum's ``additional_forward_args``). ``target=None`` explains the class
     predicted for ``x``. ``chunk_size`` bounds the number of (sample, step) rows per model call;
-    the result does not depend on it. ``return_delta=True`` also returns the convergence delta
-    ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``, from two extra B-row forwards.
+    the result does not depend on it beyond float rounding. The default ``"auto"`` measures the
+    peak memory of the first two chunks (4 and 8 rows) and sizes the rest to stay under
+    ``memory_budget`` bytes (default 128 MiB on CPU, half the free memory on CUDA; see
+    :func:`torchattr._core.chunking.run_chunks`); None sends all ``steps x B`` rows at once.
+    ``progress``: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+    ``(done, total)`` called after each chunk with the rows done. ``return_delta=True`` also
+    returns the convergence delta ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``,
+    from two extra B-row forwards.
 
     Discrete inputs (codes, tokens) are attributed through their embedding: with
     ``layer=model.embedding`` the path runs in embedding space, ``e' + a (e - e')`` with
@@ -215,6 +230,10 @@ def integrated_gradients(
         )
     alphas, weights = quadrature(method, steps)
     chunk_size = check_chunk_size(chunk_size)
+    memory_budget = check_memory_budget(memory_budget)
+    check_progress(progress)
+    # B-row passes (layer outputs, scores at the ends) have no backward: auto chunks them as one
+    rows = None if chunk_size == "auto" else chunk_size
     problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     batch, device = problem.batch, problem.tensors[0].device
     alphas, weights = alphas.to(device), weights.to(device)
@@ -222,13 +241,15 @@ def integrated_gradients(
     parts, ids = baseline_ids(baseline, problem)
     sums: list[Tensor] | None = None
     multi = False
-    with untouched(model, problem.layers):
-        ends, end_outputs = problem.primals(chunk_size)
-        starts = path_starts(parts, ids, problem, ends, masks, chunk_size)
+    with untouched(model, problem.layers), buffers_kept(model):
+        ends, end_outputs = problem.primals(rows)
+        starts = path_starts(parts, ids, problem, ends, masks, rows)
         diffs = tuple(x - b for x, b in zip(ends, starts))
         if target is None or return_delta:
-            end_scores, target = forward_scores(problem, ends, target, chunk_size, end_outputs)
-        for start, stop in row_ranges(steps * batch, chunk_size):
+            end_scores, target = forward_scores(problem, ends, target, rows, end_outputs)
+
+        def chunk(start: int, stop: int) -> None:
+            nonlocal sums, multi
             step, sample = row_index(start, stop, batch, device)
             points = tuple(
                 build_rows(start, stop, batch, partial(_path_points, alphas, b, d))
@@ -244,9 +265,19 @@ def integrated_gradients(
                 ]
             for acc, g in zip(sums, grads):
                 add_rows(acc, start, g)
+
+        run_chunks(
+            steps * batch,
+            chunk_size,
+            chunk,
+            device=device,
+            memory_budget=memory_budget,
+            progress=progress,
+            description="integrated gradients",
+        )
         attributions = [(d.unsqueeze(1) if multi else d) * acc for d, acc in zip(diffs, sums)]
         if return_delta:
-            start_scores, _ = forward_scores(problem, starts, target, chunk_size)
+            start_scores, _ = forward_scores(problem, starts, target, rows)
     result = unflatten(
         [
             (a if layer is None else collapse(a, ids, multi)).detach()

@@ -92,10 +92,13 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def check_chunk_size(chunk_size: int | None) -> int | None:
-    """None (everything at once) or a positive number of rows per model call."""
-    if chunk_size is None:
-        return None
+def check_chunk_size(chunk_size: int | str | None) -> int | str | None:
+    """None (everything at once), ``"auto"`` (a memory budget, see
+    :func:`torchattr._core.chunking.chunks`) or a positive number of rows per model call."""
+    if chunk_size is None or chunk_size == "auto":
+        return chunk_size
+    if isinstance(chunk_size, str):
+        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}")
     return check_positive_int(chunk_size, "chunk_size")
 
 

@@ -13,6 +13,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from torchattr._core.checks import tracing
+from torchattr._core.memory import PeakMeter, default_budget
+from torchattr._core.progress import Progress, reporting
+
 
 def row_ranges(n_rows: int, chunk_size: int | None) -> Iterator[tuple[int, int]]:
     """Half-open ranges ``[start, stop)`` covering ``range(n_rows)`` in runs of ``chunk_size``."""
@@ -107,3 +111,69 @@ class CopyDraws:
 def stack_draws(draws: CopyDraws, copies: slice, samples: slice) -> Tensor:
     """``[n_copies, n_samples, ...]`` draws of a rectangle of rows (for ``build_rows``)."""
     return torch.stack([draws(c)[samples] for c in range(copies.start, copies.stop)])
+
+
+ChunkSize = int | str | None  # rows per model call, "auto", or None (all at once)
+PROBE_ROWS = 4  # rows of the first measured chunk of chunk_size="auto" (the second has twice)
+
+
+def run_chunks(
+    n_rows: int,
+    chunk_size: ChunkSize,
+    body: Callable[[int, int], None],
+    *,
+    device: torch.device,
+    memory_budget: int | None = None,
+    progress: Progress = False,
+    description: str = "rows",
+) -> None:
+    """Call ``body(start, stop)`` for ranges covering ``range(n_rows)`` in order; report progress.
+
+    An int or None chunks as :func:`row_ranges`. ``"auto"`` keeps the peak memory of a chunk
+    under ``memory_budget`` bytes (None: :func:`~torchattr._core.memory.default_budget`): the
+    first chunk (``r1 = PROBE_ROWS`` rows) and the second (``r2 = 2 r1``) run under a
+    :class:`~torchattr._core.memory.PeakMeter` measuring peaks ``p1, p2``; with the per-row cost
+    ``c = (p2 - p1) / (r2 - r1)`` and the fixed cost ``f = p1 - c r1`` (:func:`rows_within`) the
+    remaining chunks get ``floor((budget - f) / c)`` rows (at least 1). The measured chunks are
+    part of the run, so nothing is computed twice. While ``torch.compile`` traces, ``"auto"``
+    means one chunk. ``progress`` (see :mod:`torchattr._core.progress`) counts rows.
+    """
+    with reporting(progress, n_rows, description) as report:
+        if chunk_size != "auto" or tracing():
+            for start, stop in row_ranges(n_rows, None if chunk_size == "auto" else chunk_size):
+                body(start, stop)
+                report(stop)
+            return
+        budget = default_budget(device) if memory_budget is None else memory_budget
+        measured: list[tuple[int, int]] = []
+        start = 0
+        for rows in (PROBE_ROWS, 2 * PROBE_ROWS):
+            if start == n_rows:
+                return
+            stop = min(n_rows, start + rows)
+            with PeakMeter() as meter:
+                body(start, stop)
+            measured.append((stop - start, meter.peak))
+            report(stop)
+            start = stop
+        size = rows_within(budget, measured)
+        for begin in range(start, n_rows, size):
+            stop = min(begin + size, n_rows)
+            body(begin, stop)
+            report(stop)
+
+
+def rows_within(budget: int, measured: list[tuple[int, int]]) -> int:
+    """Rows per chunk whose predicted peak ``f + c * rows`` stays within ``budget`` bytes.
+
+    ``measured``: ``(rows, peak bytes)`` of two chunks; the line through them gives the per-row
+    cost ``c`` and the fixed cost ``f``. When the two do not give a positive slope (equal rows,
+    noise), ``c`` is the larger peak per row and ``f = 0`` (an over-estimate: chunks stay under).
+    """
+    (r1, p1), (r2, p2) = measured
+    if r2 > r1 and p2 > p1:
+        per_row = (p2 - p1) / (r2 - r1)
+        fixed = max(0.0, p1 - per_row * r1)
+    else:
+        per_row, fixed = max(p1 / r1, p2 / r2, 1.0), 0.0
+    return max(1, int((budget - fixed) // per_row))

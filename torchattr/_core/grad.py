@@ -4,6 +4,11 @@
 selects each row's explained score: one forward, one backward (``vmap``-batched over K classes for
 multi-target). ``torch.func`` transforms differentiate even inside ``torch.no_grad()`` (so the
 kernels work when the caller disabled gradients) and trace under ``torch.compile``.
+
+Outside ``torch.compile`` the same pull-back may run through plain ``torch.autograd.grad`` instead
+(:func:`use_autograd`): for one cotangent per row, where it is cheaper, and for models
+``torch.func`` refuses (RNN kernels, packed sequences, in-place buffer updates, DDP), which fall
+back automatically on the refusals listed in :mod:`torchattr._core.fallback` and only on those.
 """
 
 from __future__ import annotations
@@ -15,9 +20,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import check_gradient_inputs, in_training_mode, warn_if_training
+from torchattr._core.checks import (
+    check_gradient_inputs,
+    in_training_mode,
+    tracing,
+    warn_if_training,
+)
 from torchattr._core.chunking import row_ranges
 from torchattr._core.contexts import normal_tensor, normal_tensors
+from torchattr._core.fallback import (
+    is_func_failure,
+    needs_autograd,
+    remember_autograd,
+)
 from torchattr._core.inputs import (
     InputSpec,
     Rows,
@@ -121,14 +136,54 @@ def score_gradients(
     target explains K classes per row.
     """
     forward = problem.forward(sample)
-    if problem.training:
-        return _autograd_gradients(forward, primals, target, problem.target_range, scale)
+    if tracing():
+        return _func_gradients(forward, primals, target, problem.target_range, scale)
+    args = (forward, primals, target, problem.target_range, scale)
+    if use_autograd(problem, primals, target):
+        return _autograd_gradients(*args)
+    try:
+        # torch.func refuses an in-place write to a buffer before it happens, so a refused
+        # attempt leaves the buffers as they were; the methods put back what autograd changes
+        # (core.fallback.buffers_kept around the whole call).
+        return _func_gradients(*args)
+    except RuntimeError as error:
+        if not is_func_failure(error):
+            raise
+        remember_autograd(problem.model, str(error))
+    return _autograd_gradients(*args)
+
+
+def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) -> bool:
+    """Plain autograd instead of ``torch.func`` (outside ``torch.compile`` tracing only).
+
+    Autograd when the model needs it (training mode, or ``torch.func`` failed on its structure
+    before: see :mod:`torchattr._core.fallback`), and whenever one cotangent per row is pulled
+    back (an index target ``[B]`` / int / None, or a callable): there autograd computes the same
+    thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``'s
+    ``vmap`` over the pull-back, and so does inference mode (inference tensors cannot enter an
+    autograd graph; ``torch.func`` differentiates them).
+    """
+    if problem.training or needs_autograd(problem.model):
+        return True
+    if torch.is_inference_mode_enabled() or any(p.is_inference() for p in primals):
+        return False
+    return not (isinstance(target, Tensor) and target.ndim == 2)
+
+
+def _func_gradients(
+    forward: Callable[..., Any],
+    primals: tuple[Tensor, ...],
+    target: Target,
+    target_range: tuple[int, int] | None,
+    scale: Tensor | None,
+) -> tuple[tuple[Tensor, ...], Target, bool]:
+    """The pull-back through ``torch.func.vjp`` (``vmap`` over K cotangents when multi)."""
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
     # torch.func transform still differentiates with respect to the inputs.
     with torch.no_grad():
         output, pullback = torch.func.vjp(forward, *primals)
-        target = resolve_target(target, output, problem.target_range)
+        target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target, scale)
         # retain_graph=False frees each saved activation as soon as the backward used it.
         if multi:
@@ -146,13 +201,19 @@ def _autograd_gradients(
     target_range: tuple[int, int] | None,
     scale: Tensor | None,
 ) -> tuple[tuple[Tensor, ...], Target, bool]:
-    """The same pull-back through plain autograd, for models in training mode.
+    """The same pull-back through plain autograd.
 
-    ``torch.func`` refuses the in-place running-statistics update of batch norm in training mode;
-    autograd allows it (and :func:`~torchattr._core.state.untouched` restores the buffers).
+    Used for models in training mode (``torch.func`` refuses batch norm's in-place statistics
+    update), for models ``torch.func`` cannot run (see :mod:`torchattr._core.fallback`), and for
+    one cotangent per row, where it is faster. ``[K, N, ...]`` cotangents go through one batched
+    backward (``is_grads_batched``), or K backwards over one graph where the model's backward has
+    no batching rule (RNN kernels).
     """
-    with torch.enable_grad():
-        xs = tuple(t.detach().requires_grad_(True) for t in tensors)
+    with torch.inference_mode(False), torch.enable_grad():
+        # inference tensors cannot require grad: a normal copy of them enters the graph
+        xs = tuple(
+            (t.clone() if t.is_inference() else t).detach().requires_grad_(True) for t in tensors
+        )
         output = forward(*xs)
         target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target, scale)
@@ -163,17 +224,39 @@ def _autograd_gradients(
             )
             if isinstance(leaf, Tensor) and leaf.requires_grad
         ]
-        grads = torch.autograd.grad(
-            [p for p, _ in pairs],
-            xs,
-            [s for _, s in pairs],
-            is_grads_batched=multi,
-            allow_unused=True,
-        )
+        grads = _pull([p for p, _ in pairs], xs, [s for _, s in pairs], multi)
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
     if multi:
         grads = tuple(g.movedim(0, 1) for g in grads)
     return grads, target, multi
+
+
+def _pull(
+    leaves: list[Tensor], xs: tuple[Tensor, ...], seeds: list[Tensor], multi: bool
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` of ``leaves`` with ``seeds`` ([K, ...] each when ``multi``)."""
+    if not multi:
+        return torch.autograd.grad(leaves, xs, seeds, allow_unused=True)
+    try:
+        return torch.autograd.grad(
+            leaves, xs, seeds, is_grads_batched=True, allow_unused=True, retain_graph=True
+        )
+    except RuntimeError as error:
+        if not is_func_failure(error) and "atching rule" not in str(error):
+            raise
+    k = seeds[0].shape[0]
+    rows = [
+        torch.autograd.grad(
+            leaves, xs, [s[i] for s in seeds], allow_unused=True, retain_graph=i < k - 1
+        )
+        for i in range(k)
+    ]
+    return tuple(
+        None
+        if all(r[j] is None for r in rows)
+        else torch.stack([torch.zeros_like(x) if r[j] is None else r[j] for r in rows])
+        for j, x in enumerate(xs)
+    )
 
 
 def forward_scores(

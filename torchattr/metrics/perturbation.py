@@ -37,6 +37,7 @@ from torchattr._core.checks import (
     keywords,
 )
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
+from torchattr._core.progress import Progress, check_progress, reported
 from torchattr._core.targets import (
     Target,
 )
@@ -451,6 +452,7 @@ def road(
     tol: float = 1e-6,
     max_iter: int = 500,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> Tensor:
     """ROAD, RemOve And Debias (Rong et al., ICML 2022): scores after imputing ranked pixels.
 
@@ -485,6 +487,9 @@ def road(
         order: ``"morf"`` or ``"lerf"``.
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their image into the imputed copies).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the imputed copies done
+            (``total = P B``).
 
     Returns:
         Scores ``[B, P]`` (float32, or float64 for float64 outputs).
@@ -502,6 +507,7 @@ def road(
     check_choice(score, "score", SCORES)
     sigma = check_scale(sigma, "sigma")
     _check_tolerance(tol, max_iter)
+    check_progress(progress)
     batch, channels, height, width = images.shape
     counts = _imputed_counts(fractions, height * width, order)
     chunk_size = _check_chunk_size(chunk_size, batch)
@@ -511,7 +517,8 @@ def road(
     )
     result = None
     with _scoring(model, images, target, score, chunk_size, forward_kwargs) as scorer:
-        for start, stop in row_ranges(len(fractions) * batch, chunk_size):
+        rows = len(fractions) * batch
+        for start, stop in reported(row_ranges(rows, chunk_size), progress, rows, "road"):
             fraction, sample = row_index(start, stop, batch, images.device)
             count = counts.to(images.device)[fraction]
             holes = _holes(ranks[sample], count, order)
@@ -651,6 +658,7 @@ def deletion(
     chunk_size: int | None = None,
     score: str = "probability",
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> CausalCurves:
     """Deletion metric (RISE, Petsiuk et al. 2018): the score while the most salient pixels go.
 
@@ -677,6 +685,9 @@ def deletion(
             ``"blur"`` (:func:`gaussian_blur` of the image) or a callable ``images -> tensor``
             of their shape. Default 0.
         chunk_size: copies per model call (default B).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the copies done
+            (``total = (n + 1) B``).
         score: ``"probability"`` (softmax over the classes, sigmoid for a single logit; the
             default, as in RISE) or ``"logit"``.
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
@@ -690,7 +701,17 @@ def deletion(
         curves, auc = deletion(model, images, maps, step=64)
     """
     return _causal(
-        model, inputs, saliency, target, step, substrate, chunk_size, score, False, forward_kwargs
+        model,
+        inputs,
+        saliency,
+        target,
+        step,
+        substrate,
+        chunk_size,
+        score,
+        False,
+        forward_kwargs,
+        progress,
     )
 
 
@@ -706,6 +727,7 @@ def insertion(
     chunk_size: int | None = None,
     score: str = "probability",
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> CausalCurves:
     """Insertion metric (RISE): the score while the most salient pixels come back.
 
@@ -720,7 +742,17 @@ def insertion(
         curves, auc = insertion(model, images, maps, step=64)
     """
     return _causal(
-        model, inputs, saliency, target, step, substrate, chunk_size, score, True, forward_kwargs
+        model,
+        inputs,
+        saliency,
+        target,
+        step,
+        substrate,
+        chunk_size,
+        score,
+        True,
+        forward_kwargs,
+        progress,
     )
 
 
@@ -758,8 +790,10 @@ def _causal(
     score: str,
     insert: bool,
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> CausalCurves:
     """Deletion (``insert=False``) or insertion curves; see :func:`deletion`."""
+    check_progress(progress)
     images = _check_images(inputs)
     maps = _check_maps(saliency, images)
     check_choice(score, "score", SCORES)
@@ -780,7 +814,9 @@ def _causal(
 
     curves = None
     with _scoring(model, images, target, score, chunk_size, forward_kwargs) as scorer:
-        for start, stop in row_ranges((steps + 1) * batch, chunk_size):
+        rows = (steps + 1) * batch
+        name = "insertion" if insert else "deletion"
+        for start, stop in reported(row_ranges(rows, chunk_size), progress, rows, name):
             _, sample = row_index(start, stop, batch, images.device)
             scores = scorer(build_rows(start, stop, batch, make), sample)
             if curves is None:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from torchattr._core.checks import check_finite, check_positive_int, check_scale, keywords
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
+from torchattr._core.progress import Progress, check_progress, reported
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
     _check_chunk_size,
@@ -46,6 +47,7 @@ def max_sensitivity(
     samples: int = 10,
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Progress = False,
 ) -> Tensor:
     """Max-sensitivity (Yeh et al. 2019) of an explanation, per sample: ``[B]``.
 
@@ -71,6 +73,9 @@ def max_sensitivity(
         samples: number of perturbations.
         chunk_size: rows per ``explain`` call (default B).
         generator: draws the perturbations (on its device).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each ``explain`` call with the perturbed rows done
+            (``total = samples B``).
 
     Returns:
         ``[B]``, float32 (float64 for float64 explanations).
@@ -84,6 +89,7 @@ def max_sensitivity(
     x = _check_inputs(inputs)
     _check_number(radius, "radius", positive=True)
     samples = check_positive_int(samples, "samples")
+    check_progress(progress)
     batch = x.shape[0]
     chunk_size = _check_chunk_size(chunk_size, batch)
     target = normalize_target(target, batch, x.device)  # None and callables pass through
@@ -98,7 +104,9 @@ def max_sensitivity(
         lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
     )
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
-    for start, stop in row_ranges(samples * batch, chunk_size):
+    rows = samples * batch
+    ranges = reported(row_ranges(rows, chunk_size), progress, rows, "max-sensitivity")
+    for start, stop in ranges:
         _, sample = row_index(start, stop, batch, x.device)
         noisy = build_rows(start, stop, batch, lambda c, s: x[s] + stack_draws(draws, c, s))
         moved = _explained(explain, noisy, _rows_of(target, sample), stop - start)
@@ -128,6 +136,7 @@ def infidelity(
     generator: torch.Generator | None = None,
     score: str = "logit",
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> Tensor:
     """Infidelity (Yeh et al. 2019), per sample: ``[B]``.
 
@@ -157,6 +166,9 @@ def infidelity(
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their sample into the perturbed copies).
         generator: draws the default perturbations and is passed to ``perturbation``.
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the perturbed rows done
+            (``total = samples B``).
 
     Returns:
         ``[B]``, non-negative.
@@ -168,6 +180,7 @@ def infidelity(
     x = _check_inputs(inputs)
     phi = _check_attributions(attributions, x)
     samples = check_positive_int(samples, "samples")
+    check_progress(progress)
     sigma = check_scale(sigma, "sigma")
     if sigma == 0:
         raise ValueError("sigma must be > 0, got 0")
@@ -196,7 +209,8 @@ def infidelity(
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
     with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
-        for start, stop in row_ranges(samples * batch, chunk_size):
+        rows = samples * batch
+        for start, stop in reported(row_ranges(rows, chunk_size), progress, rows, "infidelity"):
             _, sample = row_index(start, stop, batch, x.device)
             shift = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             predicted[start:stop] = (phi[sample] * shift).flatten(1).sum(dim=1).double()
@@ -223,6 +237,7 @@ def faithfulness_correlation(
     generator: torch.Generator | None = None,
     score: str = "logit",
     forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
 ) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020), per sample: ``[B]`` in [-1, 1].
 
@@ -250,6 +265,9 @@ def faithfulness_correlation(
             ``subset_size`` largest draws.
         score: ``"logit"`` or ``"probability"``.
         forward_kwargs: keyword arguments passed to every model call (see :func:`infidelity`).
+        progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
+            ``(done, total)`` called after each model call with the rows done
+            (``total = runs B``).
 
     Returns:
         ``[B]``, float32 (float64 for float64 attributions).
@@ -261,6 +279,7 @@ def faithfulness_correlation(
     x = _check_inputs(inputs)
     phi = _check_attributions(attributions, x)
     runs = check_positive_int(runs, "runs", minimum=2)
+    check_progress(progress)
     batch = x.shape[0]
     features = phi[0].numel()
     if subset_size is None:
@@ -284,7 +303,9 @@ def faithfulness_correlation(
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
     with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
-        for start, stop in row_ranges(runs * batch, chunk_size):
+        rows = runs * batch
+        ranges = reported(row_ranges(rows, chunk_size), progress, rows, "faithfulness")
+        for start, stop in ranges:
             _, sample = row_index(start, stop, batch, x.device)
             subset = build_rows(start, stop, batch, lambda c, s: stack_draws(draws, c, s))
             subset = subset.reshape(stop - start, *phi.shape[1:])

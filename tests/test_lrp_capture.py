@@ -310,3 +310,10 @@ def test_torchscript_is_refused_not_zeroed():
     scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 2)).eval())
     with pytest.raises(ta.LRPError, match="TorchScript"):
         ta.lrp(scripted, torch.randn(2, 3))
+
+
+def test_a_model_built_in_inference_mode_is_refused_by_name():
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match=r"inference_mode\(\).*'0\.weight'"):
+        ta.lrp(model, torch.randn(2, 3))

@@ -131,28 +131,34 @@ def forget_all() -> None:
 
 
 @contextmanager
-def buffers_kept(model: Callable[..., Any]) -> Iterator[None]:
+def buffers_kept(model: Callable[..., Any]) -> Iterator[Callable[[], None]]:
     """Context after which every buffer of ``model`` holds the values it held on entry.
 
     A forward that updates a buffer in place (a call counter, an EMA, DDP's broadcast) changes
-    it; on exit the buffers whose version counter moved are copied back from a snapshot, also
-    when the body raises. For a function, the buffers of the modules it closes over
-    (:func:`wrapped_modules`); under ``torch.compile`` tracing this is a no-op (as
-    :func:`~torchattr._core.state.untouched`).
+    it; on exit the buffers whose version counter moved (inference tensors: whose values
+    changed) are copied back from a snapshot, also when the body raises. Yields that
+    ``restore()``, for callers that run the model more than once (LRP's two passes). For a
+    function, the buffers of the modules it closes over (:func:`wrapped_modules`); under
+    ``torch.compile`` tracing this is a no-op (as :func:`~torchattr._core.state.untouched`).
     """
     modules = [] if tracing() else wrapped_modules(model)
-    if not modules:
-        yield
-        return
     buffers = {id(b): b for m in modules for b in m.buffers()}.values()
     saved = [(b, _version(b), b.detach().clone()) for b in buffers]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, version, value in saved:
-                if version is None or _version(b) != version:
+
+    def restore() -> None:
+        for b, version, value in saved:
+            if version is None:  # an inference tensor: no version counter, compare the values
+                if not torch.equal(b, value):
+                    with torch.inference_mode():
+                        b.copy_(value)
+            elif _version(b) != version:
+                with torch.no_grad():
                     b.copy_(value)
+
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 def _version(t: torch.Tensor) -> int | None:

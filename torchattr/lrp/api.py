@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -14,6 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from torchattr._core.checks import check_gradient_inputs, in_training_mode, keywords
 from torchattr._core.contexts import grad_context, normal_tensors
+from torchattr._core.fallback import buffers_kept
 from torchattr._core.inputs import (
     Inputs,
     InputsT,
@@ -171,7 +171,7 @@ def lrp(
             UserWarning,
             stacklevel=2,
         )
-    with restored_buffers(inner) as restore, grad_context(inner):
+    with buffers_kept(inner) as restore, grad_context(inner):
         tensors = normal_tensors(tensors)
         steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
         restore()
@@ -399,25 +399,7 @@ def lrp_rules(
         raise TypeError(f"LRP needs an nn.Module (or a wrapper of one), got {type(model).__name__}")
     tensors, spec = flatten(inputs)
     extra = check_forward_kwargs(forward_kwargs, spec)
-    with restored_buffers(inner), grad_context(inner):
+    with buffers_kept(inner), grad_context(inner):
         tensors = normal_tensors(tensors)
         steps, _ = _plan(inner, resolve(composite), prefix, tensors, spec, extra)
     return [(step.site, None if step.merged else step.rule) for step in steps]
-
-
-@contextmanager
-def restored_buffers(model: nn.Module) -> Iterator[Callable[[], None]]:
-    """Yields ``restore()``, which puts back every buffer a forward changed; called on exit too
-    (a forward that updates state in eval mode runs twice here and must not drift)."""
-    saved = [(b, b._version, b.detach().clone()) for b in model.buffers()]
-
-    def restore() -> None:
-        with torch.no_grad():
-            for b, version, value in saved:
-                if b._version != version:
-                    b.copy_(value)
-
-    try:
-        yield restore
-    finally:
-        restore()

@@ -97,7 +97,7 @@ class Step:
     channels: int | None = None  # a layer: its output channels (for the merge check)
     shape: tuple[int, ...] = ()  # a layer: its output shape
     value: Tensor | None = None  # a layer's (or a merged BatchNorm's) output in the plan pass
-    version: int = 0  # ``value._version`` then (an in-place change later makes it unusable)
+    version: int | None = 0  # ``value._version`` then (an in-place change later makes it unusable)
     checksum: Tensor | None = None  # a layer: (sum, sum of |.|) of its input in the plan pass
 
 
@@ -461,7 +461,7 @@ class Planner(_Capture):
         out = self.plain(func, args, kwargs)
         if kind in ("dense", "conv") and isinstance(out, Tensor):
             step.shape = tuple(out.shape)
-            step.value, step.version = out, out._version
+            step.value, step.version = out, _version(out)
             step.checksum = checksum(first_live)
             step.channels = out.shape[1] if out.ndim > 1 and kind == "conv" else out.shape[-1]
             if kind == "dense" and out.ndim != 2:
@@ -478,7 +478,7 @@ class Planner(_Capture):
                 and first_live.ndim >= 2
             ):
                 step.candidate = source
-                step.value, step.version = out, out._version
+                step.value, step.version = out, _version(out)
         self._record(step, out, self.output_facts(name, kind, live))
         return out
 
@@ -529,7 +529,11 @@ class Planner(_Capture):
 def take_value(step: Step) -> Tensor | None:
     """The plan pass's output of a step, once (None if the forward later changed it in place)."""
     value, step.value = step.value, None
-    return value if value is not None and value._version == step.version else None
+    return value if value is not None and _version(value) == step.version else None
+
+
+def _version(t: Tensor) -> int | None:
+    return None if t.is_inference() else t._version
 
 
 _ATEN_BATCH_NORM = torch.ops.aten.batch_norm.default

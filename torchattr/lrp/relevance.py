@@ -397,10 +397,16 @@ def _record(
     computed weights (pruning, parametrisations) get a fresh record every call. ``parameters``:
     the weight and bias as the model passed them (``weight``, ``bias``: detached copies)."""
     parameter, raw_bias = parameters
-    key = (name, _versions(parameter, raw_bias, *(bn or ())), config)
-    cacheable = isinstance(parameter, nn.Parameter) and (
-        raw_bias is None or isinstance(raw_bias, nn.Parameter)
+    # Inference tensors have no version counter: their records are never cached.
+    cacheable = (
+        isinstance(parameter, nn.Parameter)
+        and not parameter.is_inference()
+        and (
+            raw_bias is None or (isinstance(raw_bias, nn.Parameter) and not raw_bias.is_inference())
+        )
+        and not any(isinstance(t, Tensor) and t.is_inference() for t in bn or ())
     )
+    key = (name, _versions(parameter, raw_bias, *(bn or ())), config) if cacheable else None
     if cacheable:
         hit = _RECORDS.get(parameter)
         if hit is not None and hit[0] == key:

@@ -317,3 +317,21 @@ def test_a_model_built_in_inference_mode_is_refused_by_name():
         model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
     with pytest.raises(ValueError, match=r"inference_mode\(\).*'0\.weight'"):
         ta.lrp(model, torch.randn(2, 3))
+
+
+def test_a_module_made_inside_forward_is_followed_not_skipped():
+    class Adhoc(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(nn.ReLU()(x) - nn.Tanh()(x))  # modules that are not submodules
+
+    torch.manual_seed(0)
+    model = Adhoc().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    _, report = ta.lrp(model, x, composite=E0, return_conservation=True)
+    assert torch.isfinite(report.relevance).all() and report.relevance.abs().sum() > 0
+    names = [site.name for site, _ in ta.lrp_rules(model, x)]
+    assert "ReLU" in names and "Tanh" in names

@@ -228,10 +228,13 @@ class _Capture(TorchFunctionMode):
     # -- module scopes
 
     def enter(self, module: nn.Module, args: Any) -> None:
-        path = self.paths.get(id(module))
-        if path is None or (self.stack and self.stack[-1].opaque is not None):
-            self.stack.append(_Frame(module, path or "?", opaque="inside"))
+        if self.stack and self.stack[-1].opaque is not None:  # inside a module under one rule
+            self.stack.append(_Frame(module, self.stack[-1].path, opaque="inside"))
             return
+        path = self.paths.get(id(module))
+        if path is None:  # a module that is not a submodule (made in forward): named in its parent
+            parent = self.stack[-1].path if self.stack else ""
+            path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
         frame = _Frame(module, path)
         # Whole-module rules: for modules of other libraries and the user's (a torch.nn
         # layer's rule applies to its operation, named by the same path).

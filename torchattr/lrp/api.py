@@ -32,7 +32,15 @@ from torchattr._core.targets import (
     target_range,
 )
 from torchattr._core.wrapped import unwrap
-from torchattr.lrp.capture import Facts, LRPError, Planner, Step, leaves, map_leaves
+from torchattr.lrp.capture import (
+    Facts,
+    LRPError,
+    Planner,
+    Step,
+    detached,
+    leaves,
+    map_leaves,
+)
 from torchattr.lrp.composites import Composite, Site, resolve
 from torchattr.lrp.relevance import Relevance, close, tolerance
 from torchattr.lrp.rules import _Rule
@@ -164,7 +172,7 @@ def lrp(
     known = target_range(target)
     composite = resolve(composite)
     # Never attributed: detached, so that a tensor that requires grad is not taken for relevance.
-    extra = map_leaves(_detached, check_forward_kwargs(forward_kwargs, spec, batch))
+    extra = map_leaves(detached, check_forward_kwargs(forward_kwargs, spec, batch))
     if in_training_mode(inner) and not torch.compiler.is_compiling():
         warnings.warn(
             "model has modules in training mode; LRP explains its inference function "
@@ -196,10 +204,6 @@ def lrp(
     dims_from = 2 if multi else 1
     total = sum(r.flatten(dims_from).sum(-1) for r in per_slot)
     return relevance, Conservation(total, scores.to(total.dtype))
-
-
-def _detached(value: Any) -> Any:
-    return value.detach() if isinstance(value, Tensor) else value
 
 
 def _facts(tensors: tuple[Tensor, ...]) -> list[Facts]:

@@ -194,6 +194,11 @@ def map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
     return fn(tree)
 
 
+def detached(value: Any) -> Any:
+    """A tensor detached; anything else as it is (for :func:`map_leaves`)."""
+    return value.detach() if isinstance(value, Tensor) else value
+
+
 def _is_float(t: Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
@@ -686,4 +691,4 @@ def no_rule_message(site: Site, name: str) -> str:
     )
 
 
-__all__ = ["Facts", "LRPError", "Planner", "Step", "leaves", "map_leaves"]
+__all__ = ["Facts", "LRPError", "Planner", "Step", "detached", "leaves", "map_leaves"]

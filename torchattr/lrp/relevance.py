@@ -23,6 +23,7 @@ from torchattr.lrp.capture import (
     _Capture,
     _Frame,
     checksum,
+    detached,
     inference,
     leaves,
     map_leaves,
@@ -130,7 +131,7 @@ class Relevance(_Capture):
 
     def _compare(self, func: Any, args: Any, kwargs: Any, out: Any, site: Site) -> None:
         with torch.no_grad():
-            expected = func(*map_leaves(_detached, args), **map_leaves(_detached, kwargs))
+            expected = func(*map_leaves(detached, args), **map_leaves(detached, kwargs))
         for got, want in zip(leaves(out), leaves(expected)):
             if isinstance(got, Tensor) and got.is_floating_point() and not close(got, want):
                 raise LRPError(
@@ -181,10 +182,6 @@ def _describe(func: Any) -> str:
     from torchattr.lrp.ops import describe
 
     return describe(func)
-
-
-def _detached(t: Any) -> Any:
-    return t.detach() if isinstance(t, Tensor) else t
 
 
 def tolerance(dtype: torch.dtype) -> float:

@@ -49,3 +49,23 @@ __all__ = [
     "road_summary",
     "saliency_focus",
 ]
+
+# New metric families (issue 14): complexity, faithfulness / axiomatic, codes and tokens.
+from torchattr.metrics.complexity import complexity, sparseness
+from torchattr.metrics.faithfulness import (
+    average_drop,
+    completeness,
+    increase_in_confidence,
+    monotonicity,
+    sensitivity_n,
+)
+
+__all__ += [
+    "average_drop",
+    "completeness",
+    "complexity",
+    "increase_in_confidence",
+    "monotonicity",
+    "sensitivity_n",
+    "sparseness",
+]

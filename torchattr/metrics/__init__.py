@@ -59,13 +59,17 @@ from torchattr.metrics.faithfulness import (
     monotonicity,
     sensitivity_n,
 )
+from torchattr.metrics.tokens import TokenCurves, comprehensiveness, sufficiency
 
 __all__ += [
+    "TokenCurves",
     "average_drop",
     "completeness",
     "complexity",
+    "comprehensiveness",
     "increase_in_confidence",
     "monotonicity",
     "sensitivity_n",
     "sparseness",
+    "sufficiency",
 ]

@@ -15,6 +15,7 @@ from torchattr.metrics import (
     completeness,
     faithfulness_correlation,
     increase_in_confidence,
+    input_invariance,
     monotonicity,
     sensitivity_n,
 )
@@ -186,3 +187,66 @@ def test_average_drop_refuses_maps_that_are_no_mask_and_is_nan_for_non_positive_
     zero[1] = 0
     with pytest.raises(ValueError, match=r"zero everywhere in sample\(s\) \[1\]"):
         increase_in_confidence(Signed().eval(), x, zero, forward_kwargs=kw)
+
+
+# ------------------------------------------------------------------------------------------
+# Input invariance
+# ------------------------------------------------------------------------------------------
+
+
+def gradient(m: nn.Module, x: Tensor, t: object) -> Tensor:
+    return ta.saliency(m, x, target=t, abs=False, reduce=None)
+
+
+def times_input(m: nn.Module, x: Tensor, t: object) -> Tensor:
+    return ta.input_x_gradient(m, x, target=t)
+
+
+def mlp(bias: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5, bias=bias), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+
+
+def test_input_invariance_of_the_gradient_and_not_of_input_x_gradient() -> None:
+    model, x = mlp(), inputs((3, 4))
+    before = snapshot(model)
+    shift = torch.tensor([0.5, -1.0, 0.25, 2.0], dtype=torch.float64)
+    assert input_invariance(gradient, model, x, shift=shift, layer="0", chunk_size=2).max() < 1e-12
+    got = input_invariance(times_input, model, x, 1, shift=shift, layer="0")
+    # Phi(g, x + m) - Phi(f, x) = m * grad: the same gradient, the input moved by m
+    grad = gradient(model, x, 1)
+    expected = (shift * grad).norm(dim=1) / (x * grad).norm(dim=1)
+    assert torch.allclose(got, expected)
+    assert_unchanged(model, before)
+    # a first layer without a bias gets one in the copy only
+    plain = mlp(bias=False)
+    assert input_invariance(gradient, plain, x, shift=-0.5, layer="0").max() < 1e-12
+    assert plain[0].bias is None
+
+
+def test_input_invariance_through_a_convolution_and_refusals() -> None:
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    conv = conv.double().eval()
+    x = inputs((2, 2, 4, 4))
+    shift = torch.tensor([-0.5, 1.5], dtype=torch.float64).view(2, 1, 1)
+    assert input_invariance(gradient, conv, x, shift=shift, layer="0").max() < 1e-12
+    assert input_invariance(times_input, conv, x, shift=shift, layer="0").min() > 0
+    with pytest.raises(ValueError, match="constant over space"):
+        input_invariance(gradient, conv, x, shift=torch.rand(2, 4, 4), layer="0")
+    padded = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten()).double().eval()
+    with pytest.raises(ValueError, match="pads its input"):
+        input_invariance(gradient, padded, x, shift=1.0, layer="0")
+    with pytest.raises(ValueError, match="first layer"):
+        input_invariance(gradient, mlp(), inputs((2, 4)), shift=1.0, layer="2")
+    with pytest.raises(TypeError, match="ReLU"):
+        input_invariance(gradient, mlp(), inputs((2, 4)), shift=1.0, layer="1")
+    with pytest.raises(ValueError, match="layer must name"):
+        input_invariance(gradient, mlp(), inputs((2, 4)), shift=1.0, layer="conv1")
+
+
+def test_input_invariance_refuses_a_layer_that_is_not_applied_first() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).double().eval()
+    with pytest.raises(ValueError, match="does not reproduce the model's outputs"):
+        input_invariance(gradient, model, inputs((2, 4)), shift=1.0, layer="2")

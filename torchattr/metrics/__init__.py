@@ -56,6 +56,7 @@ from torchattr.metrics.faithfulness import (
     average_drop,
     completeness,
     increase_in_confidence,
+    input_invariance,
     monotonicity,
     sensitivity_n,
 )
@@ -68,6 +69,7 @@ __all__ += [
     "complexity",
     "comprehensiveness",
     "increase_in_confidence",
+    "input_invariance",
     "monotonicity",
     "sensitivity_n",
     "sparseness",

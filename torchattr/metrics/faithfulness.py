@@ -21,26 +21,32 @@ model is left as it was.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from torchattr._core.checks import check_positive_int
+from torchattr._core.checks import check_finite, check_positive_int, keywords
+from torchattr._core.chunking import row_ranges
 from torchattr._core.progress import Progress, check_progress
-from torchattr._core.targets import Target
+from torchattr._core.state import untouched
+from torchattr._core.targets import Target, logits_of, normalize_target
 from torchattr.metrics._copies import score_copies
 from torchattr.metrics._shared import _check_chunk_size, _scoring
 from torchattr.metrics.robustness import (
     _check_attributions,
     _check_baseline,
     _check_inputs,
+    _explained,
     _result_dtype,
+    _rows_of,
     faithfulness_correlation,
 )
 
 
+@keywords()
 def completeness(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -93,6 +99,7 @@ def completeness(
     return (total - (scorer.clean - base).double()).abs().to(_result_dtype(phi))
 
 
+@keywords()
 def monotonicity(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -165,6 +172,7 @@ def monotonicity(
     return (curve.diff(dim=0) >= 0).all(dim=0)
 
 
+@keywords()
 def sensitivity_n(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -233,6 +241,7 @@ def sensitivity_n(
     )
 
 
+@keywords()
 def average_drop(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -277,6 +286,7 @@ def average_drop(
     return torch.where(clean > 0, drop, torch.nan).to(dtype)
 
 
+@keywords()
 def increase_in_confidence(
     model: Callable[..., Any],
     inputs: Tensor,
@@ -339,3 +349,172 @@ def _masked_scores(
             scorer, batch, 1, lambda c, s: (x[s] * scale[s]).unsqueeze(0), chunk_size, False, ""
         )[0]
     return scorer.clean.double(), masked.double(), _result_dtype(maps)
+
+
+ShiftExplain = Callable[[Callable[..., Any], Tensor, Any], Tensor]
+_SHIFTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@keywords()
+def input_invariance(
+    explain: ShiftExplain,
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    *,
+    shift: float | Tensor,
+    layer: str,
+    chunk_size: int | None = None,
+    rtol: float = 1e-5,
+) -> Tensor:
+    """Input invariance (Kindermans et al. 2019), per sample: ``[B]``, 0 = invariant.
+
+    A copy ``g`` of the model takes inputs shifted by a constant ``m`` and undoes the shift in
+    its first layer's bias, so that ``g(x + m) = f(x)`` for every ``x``:
+
+        ``b_g = b_f - W m``   (``nn.Linear``: ``W @ m``; ``nn.ConvNd`` without padding, ``m``
+        constant per channel: ``b_g[o] = b_f[o] - sum_{c, k} W[o, c, k] m_c``)
+
+    The two models are the same function of the original data, so an input-invariant method
+    explains them alike. The result is the relative change
+
+        ``||Phi(g, x + m) - Phi(f, x)|| / ||Phi(f, x)||``
+
+    (Frobenius norm over one sample; 0 where both are 0, ``inf`` where only ``Phi(f, x)`` is).
+    The gradient is invariant (0), input x gradient and Integrated Gradients with a zero
+    baseline are not. The user's model is not modified: ``g`` is a deep copy. The copy is
+    checked to reproduce the model's outputs (``g(x + m) = f(x)`` within ``rtol`` of the
+    outputs' scale); a ``layer`` that is not applied first to the inputs is refused by name.
+
+    Args:
+        explain: ``explain(model, x, target) -> Phi`` for rows ``x [N, ...]`` (called with the
+            model and with its shifted copy), e.g.
+            ``lambda m, x, t: ta.saliency(m, x, target=t, abs=False, reduce=None)``.
+        model: an ``nn.Module`` whose submodule ``layer`` first receives the inputs.
+        inputs: ``[B, ...]``, floating point.
+        target: passed to ``explain`` (row by row for a LongTensor ``[B]``).
+        shift: the constant ``m``: a number, or a tensor broadcastable to one sample
+            (``inputs.shape[1:]``); constant over space for a convolution.
+        layer: the name of the first layer (``dict(model.named_modules())`` key), an
+            ``nn.Linear`` (fed the flattened sample) or an ``nn.ConvNd`` with zero padding.
+        chunk_size: rows per ``explain`` call (default B).
+        rtol: tolerance of the check that the copy reproduces the model's outputs.
+
+    Returns:
+        ``[B]``, float32 (float64 for float64 explanations).
+
+    Example::
+
+        gap = input_invariance(
+            lambda m, x, t: ta.input_x_gradient(m, x, target=t), model, images,
+            shift=-0.5, layer="conv1",
+        )
+    """
+    if not callable(explain):
+        raise TypeError(f"explain must be callable (model, x, target) -> Phi, got {explain!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (it is copied), got {type(model).__name__}")
+    x = _check_inputs(inputs)
+    m = _check_shift(shift, x)
+    shifted = _shifted_copy(model, layer, m)
+    batch = x.shape[0]
+    chunk_size = _check_chunk_size(chunk_size, batch)
+    target = normalize_target(target, batch, x.device)
+    with torch.no_grad(), untouched(model, gradients=False):
+        before, after = model(x), shifted(x + m)
+    _check_same_outputs(before, after, rtol, layer)
+    gaps = []
+    for a, b in row_ranges(batch, chunk_size):
+        rows = _rows_of(target, slice(a, b))
+        phi = _explained(lambda r, t: explain(model, r, t), x[a:b], rows, b - a)
+        moved = _explained(lambda r, t: explain(shifted, r, t), x[a:b] + m, rows, b - a)
+        if moved.shape != phi.shape:
+            raise ValueError(
+                f"explain returned {list(moved.shape)} for the shifted model but "
+                f"{list(phi.shape)} for the model: explanations must keep their shape"
+            )
+        change = (moved - phi).flatten(1).norm(dim=1)
+        size = phi.flatten(1).norm(dim=1)
+        ratio = change / torch.where(size > 0, size, 1)
+        gaps.append(torch.where(size > 0, ratio, torch.where(change > 0, torch.inf, 0.0)))
+    return torch.cat(gaps)
+
+
+def _check_shift(shift: Any, x: Tensor) -> Tensor:
+    """The shift broadcast to one sample, ``x.shape[1:]``."""
+    if isinstance(shift, bool) or not isinstance(shift, (int, float, Tensor)):
+        raise TypeError(f"shift must be a number or a tensor, got {type(shift).__name__}")
+    m = torch.as_tensor(shift).detach().to(device=x.device, dtype=x.dtype)
+    check_finite([m], ["shift"])
+    try:
+        return torch.broadcast_to(m, x.shape[1:]).clone()
+    except RuntimeError:
+        raise ValueError(
+            f"shift has shape {list(m.shape)}: expected a number or a tensor broadcastable to "
+            f"one sample, {list(x.shape[1:])}"
+        ) from None
+
+
+def _shifted_copy(model: nn.Module, layer: Any, m: Tensor) -> nn.Module:
+    """A deep copy of ``model`` whose ``layer`` subtracts ``W m`` from its bias."""
+    modules = dict(model.named_modules())
+    if not isinstance(layer, str) or layer not in modules:
+        names = [n for n, mod in modules.items() if isinstance(mod, _SHIFTABLE)]
+        raise ValueError(
+            f"layer must name a Linear or Conv layer of the model {names}, got {layer!r}"
+        )
+    first = modules[layer]
+    if not isinstance(first, _SHIFTABLE):
+        raise TypeError(
+            f"layer {layer!r} is a {type(first).__name__}: the shift is compensated in an "
+            "nn.Linear or nn.ConvNd"
+        )
+    weight = first.weight.detach()
+    if isinstance(first, nn.Linear):
+        if m.numel() != first.in_features:
+            raise ValueError(
+                f"layer {layer!r} has {first.in_features} input features but one sample has "
+                f"{m.numel()}: it must be the first layer, fed the flattened sample"
+            )
+        delta = weight @ m.reshape(-1).to(weight.dtype)
+    else:
+        padding = first.padding
+        pads = padding == "same" or (isinstance(padding, tuple) and any(p != 0 for p in padding))
+        if pads:
+            raise ValueError(
+                f"layer {layer!r} pads its input: padding is not shifted, so no bias can "
+                "compensate the shift at the borders; use a layer without padding"
+            )
+        if m.ndim < 1 or m.shape[0] != first.in_channels:
+            raise ValueError(
+                f"layer {layer!r} has {first.in_channels} input channels but one sample has "
+                f"shape {list(m.shape)}"
+            )
+        per_channel = m.reshape(m.shape[0], -1)[:, 0]
+        if not bool((m.reshape(m.shape[0], -1) == per_channel[:, None]).all()):
+            raise ValueError("shift must be constant over space for a convolution")
+        groups, out = first.groups, first.out_channels
+        summed = weight.flatten(2).sum(dim=2)  # [out, in / groups]
+        s = per_channel.to(weight.dtype).reshape(groups, -1).repeat_interleave(out // groups, 0)
+        delta = (summed * s).sum(dim=1)
+    shifted = copy.deepcopy(model)
+    target = dict(shifted.named_modules())[layer]
+    with torch.no_grad():
+        if target.bias is None:
+            target.bias = nn.Parameter(-delta.clone(), requires_grad=target.weight.requires_grad)
+        else:
+            target.bias.sub_(delta.to(target.bias.dtype))
+    return shifted
+
+
+def _check_same_outputs(before: Any, after: Any, rtol: float, layer: str) -> None:
+    """Refuse a copy whose outputs on the shifted inputs are not the model's."""
+    before, after = logits_of(before), logits_of(after)
+    scale = before.detach().abs().max().clamp_min(1e-12)
+    error = (after.detach() - before.detach()).abs().max()
+    if not bool(error <= rtol * scale):
+        raise ValueError(
+            f"the copy with the shift compensated in layer {layer!r} does not reproduce the "
+            f"model's outputs (max error {float(error):.3g}, outputs up to {float(scale):.3g}): "
+            "layer must be the first layer applied to the inputs"
+        )

@@ -49,3 +49,29 @@ __all__ = [
     "road_summary",
     "saliency_focus",
 ]
+
+# New metric families (issue 14): complexity, faithfulness / axiomatic, codes and tokens.
+from torchattr.metrics.complexity import complexity, sparseness
+from torchattr.metrics.faithfulness import (
+    average_drop,
+    completeness,
+    increase_in_confidence,
+    input_invariance,
+    monotonicity,
+    sensitivity_n,
+)
+from torchattr.metrics.tokens import TokenCurves, comprehensiveness, sufficiency
+
+__all__ += [
+    "TokenCurves",
+    "average_drop",
+    "completeness",
+    "complexity",
+    "comprehensiveness",
+    "increase_in_confidence",
+    "input_invariance",
+    "monotonicity",
+    "sensitivity_n",
+    "sparseness",
+    "sufficiency",
+]

@@ -49,3 +49,12 @@ __all__ = [
     "road_summary",
     "saliency_focus",
 ]
+
+from torchattr.metrics.sanity import (
+    Randomisation,
+    RandomLogit,
+    model_randomisation,
+    random_logit,
+)
+
+__all__ += ["RandomLogit", "Randomisation", "model_randomisation", "random_logit"]

@@ -19,8 +19,10 @@ ignores the model (an edge detector, the input itself). Similarities:
 
 The user's model is never called, written or explained: the checks work on a deep copy
 (``copy.deepcopy`` of the module inside any DataParallel / DDP / compile wrapper), which is
-re-initialised in place. Layers are re-initialised by their own ``reset_parameters()`` under
-a seed drawn from ``generator`` (the global random state is forked and restored).
+re-initialised in place. The copy keeps the model's hooks (they may be part of its function),
+so a hook's function is called with the copy's modules. Layers are re-initialised by their own
+``reset_parameters()`` under a seed drawn from ``generator`` (the global random state is forked
+and restored).
 """
 
 from __future__ import annotations
@@ -135,10 +137,14 @@ def ssim(
         x = nn.functional.conv2d(x, w.view(1, 1, size, 1))
         return nn.functional.conv2d(x, w.view(1, 1, 1, size))[:, 0]
 
+    # moments of the maps less their means (exact shift invariance, less cancellation)
+    mean_a, mean_b = a.mean(dim=(1, 2), keepdim=True), b.mean(dim=(1, 2), keepdim=True)
+    a, b = a - mean_a, b - mean_b
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a * mu_a
     var_b = blur(b * b) - mu_b * mu_b
     cov = blur(a * b) - mu_a * mu_b
+    mu_a, mu_b = mu_a + mean_a, mu_b + mean_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
     return (num / den).flatten(1).mean(dim=1)

@@ -75,6 +75,21 @@ def test_spearman_of_a_constant_is_nan_not_zero():
     assert torch.isnan(out).all()
 
 
+def test_non_finite_explanations_give_nan_not_a_number():
+    model = mlp().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+
+    def explain(m, x, t):
+        phi = x.clone()
+        phi[1, 2] = math.nan
+        return phi
+
+    out = model_randomisation(explain, model, x, similarity=("spearman", "spearman_signed"))
+    for value in out.similarity.values():
+        assert torch.isnan(value[:, 1]).all()
+        assert torch.equal(value[:, [0, 2]], torch.ones(3, 2, dtype=value.dtype))
+
+
 def test_spearman_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     g = torch.Generator().manual_seed(1)

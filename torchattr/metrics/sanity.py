@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from torchattr._core.checks import check_choice, keywords
+from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target, resolve_target
 from torchattr._core.wrapped import strip_prefix, unwrap
 
@@ -172,8 +173,19 @@ def _ssim_maps(phi: Tensor) -> Tensor:
 
 
 def similarities(original: Tensor, changed: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
-    """``{name: [B]}``: each similarity of ``changed`` to ``original`` (both ``[B, ...]``)."""
+    """``{name: [B]}``: each similarity of ``changed`` to ``original`` (both ``[B, ...]``);
+    NaN for a sample whose explanations hold NaN or inf (never a number ranked from them)."""
     original, changed = _same_shape(original, changed)
+    finite = torch.isfinite(original).flatten(1).all(1) & torch.isfinite(changed).flatten(1).all(1)
+    if not bool(finite.all()):
+        keep = finite.view(-1, *([1] * (original.ndim - 1)))
+        values = {
+            name: value.masked_fill(~finite, math.nan)
+            for name, value in similarities(
+                original.where(keep, 0), changed.where(keep, 0), names
+            ).items()
+        }
+        return values
     out = {}
     for name in names:
         if name == "spearman":
@@ -312,7 +324,7 @@ def _resolved_target(model: nn.Module, inputs: Tensor, target: Target) -> Target
     so that every randomised model explains the same class."""
     target = normalize_target(target, inputs.shape[0], inputs.device)
     if target is None or isinstance(target, Tensor):
-        with torch.no_grad():
+        with untouched(model, gradients=False), torch.no_grad():
             output = model(inputs)
         target = resolve_target(target, output)
     return target
@@ -434,7 +446,7 @@ def random_logit(
     target = normalize_target(target, x.shape[0], x.device)
     if callable(target) or (isinstance(target, Tensor) and target.ndim != 1):
         raise ValueError("random_logit needs one class index per sample: target None, int or [B]")
-    with torch.no_grad():
+    with untouched(copied, gradients=False), torch.no_grad():
         output = copied(x)
     target = resolve_target(target, output)
     classes = logits_of(output).shape[-1]

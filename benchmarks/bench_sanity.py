@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> str:
         lines.append(f"| {name} | {s:.2f} | {1000 * s / explanations:.1f} | {up} |")
     if theirs is not None:
         names = [k for k in theirs if k != "original"]
-        same = names == list(ours.layers)
+        # Quantus runs independent randomisation bottom-up: the same layers, in reverse
+        same = names == list(ours.layers if args.order == "cascading" else ours.layers[::-1])
         # the two Spearman implementations on the same pairs: the explanations of the target
         # and of the next class, absolute values as MPRT compares them
         other = explain(model, images, (target + 1) % 1000 if args.model == "resnet18" else 0)
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> str:
         diff = float(np.abs(spearman(*pair).cpu().numpy() - q).max())
         top = min(3, layers)
         ours_mean = ours.similarity["spearman"][:top].mean(1).tolist()
-        theirs_mean = [float(np.mean(theirs[k])) for k in names[:top]]
+        theirs_mean = [float(np.mean(theirs[k])) for k in ours.layers[:top] if k in theirs]
         lines += [
             "",
             f"same layers in the same order: {same} ({len(names)} vs {layers})",

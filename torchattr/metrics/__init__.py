@@ -60,6 +60,12 @@ from torchattr.metrics.faithfulness import (
     monotonicity,
     sensitivity_n,
 )
+from torchattr.metrics.sanity import (
+    Randomisation,
+    RandomLogit,
+    model_randomisation,
+    random_logit,
+)
 from torchattr.metrics.tokens import TokenCurves, comprehensiveness, sufficiency
 
 __all__ += [
@@ -75,3 +81,6 @@ __all__ += [
     "sparseness",
     "sufficiency",
 ]
+
+
+__all__ += ["RandomLogit", "Randomisation", "model_randomisation", "random_logit"]

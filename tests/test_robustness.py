@@ -213,7 +213,7 @@ def test_infidelity_batch_size_and_probability_scores() -> None:
         ({"perturbation": 0.1}, TypeError, "perturbation"),
         ({"sigma": -1.0}, ValueError, "sigma"),
         ({"samples": 0}, ValueError, "samples"),
-        ({"score": "softmax"}, ValueError, "score"),
+        ({"score": "probit"}, ValueError, "score"),
         ({"target": 7}, ValueError, "out of range"),
     ],
 )

@@ -10,7 +10,8 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
 * ROAD (:func:`~torchattr.metrics.road`, noisy linear imputation) of the class explained by
   ``generate``: MoRF and LeRF scores at ``--fractions`` percent (default 20 40 60 80) of the
   model input (the map resized to it when the preprocessing resizes), and
-  ``road_score = mean_p (LeRF - MoRF) / 2`` (:func:`~torchattr.metrics.road_summary`). The
+  ``road_score = mean_p (LeRF(1 - p) - MoRF(p)) / 2`` (:func:`~torchattr.metrics.road_summary`:
+  both impute as many pixels, so a random map scores 0; the fractions must be symmetric). The
   tie-breaker and the noise of image ``name`` come from a generator seeded with
   ``derive_seed(--seed, "road/<name>")``, the same for MoRF and LeRF.
 
@@ -124,9 +125,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--score",
-        choices=("logit", "probability"),
-        default="logit",
-        help="ROAD: the model's logit or softmax probability of the class (default: logit)",
+        choices=("softmax", "sigmoid", "logit", "probability"),
+        default="softmax",
+        help="ROAD: the class's softmax probability, per-output sigmoid (multi-label models) or "
+        "logit (default: softmax, as the ROAD paper; 'probability' is the deprecated name of "
+        "'softmax')",
     )
     parser.add_argument(
         "--no-road", action="store_true", help="skip ROAD (localisation only; MODEL unused)"
@@ -193,6 +196,11 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     fractions = tuple(p / 100 for p in args.fractions)
     if len(set(fractions)) != len(fractions):
         raise CommandError(f"--fractions has repeated values: {args.fractions}")
+    if not args.no_road:
+        try:
+            metrics.paired_fractions(fractions)
+        except ValueError as error:
+            raise CommandError(f"--fractions {args.fractions}: {error}") from None
     loaded = None if args.no_road else load_model(args.model, dist.device)
 
     shard = dist.shard(names)
@@ -362,7 +370,7 @@ def road_scores(
         raise CommandError(
             f"ROAD failed: {type(error).__name__}: {text[0] if text else ''}"
         ) from None
-    summary = metrics.road_summary(curves["morf"], curves["lerf"])
+    summary = metrics.road_summary(curves["morf"], curves["lerf"], fractions)
     return {
         "target": explained,
         "road_morf": [float(v) for v in curves["morf"][0]],
@@ -410,11 +418,12 @@ def summarise(
             percent = _percent(p)
             table[f"road_morf_{percent}"] = statistics(morf[:, k].tolist())
             table[f"road_lerf_{percent}"] = statistics(lerf[:, k].tolist())
+        partner = metrics.paired_fractions(fractions)  # LeRF(1 - p) for MoRF(p)
         road = {
             "fractions": list(fractions),
             "morf": morf.mean(axis=0).tolist(),
             "lerf": lerf.mean(axis=0).tolist(),
-            "gap": ((lerf - morf) / 2).mean(axis=0).tolist(),
+            "gap": ((lerf[:, partner] - morf) / 2).mean(axis=0).tolist(),
         }
     return table, road
 
@@ -527,9 +536,10 @@ def _markdown(summary: dict[str, Any]) -> str:
     if curves is not None:
         lines += [
             "",
-            "ROAD curves (mean over images; MoRF lower is better, LeRF higher is better):",
+            "ROAD curves (mean over images; MoRF lower is better, LeRF higher is better; "
+            "MoRF(p) imputes as many pixels as LeRF(1 - p), and the gap pairs them):",
             "",
-            "| fraction | MoRF | LeRF | (LeRF - MoRF) / 2 |",
+            "| p | MoRF(p) | LeRF(p) | (LeRF(1 - p) - MoRF(p)) / 2 |",
             "|---|---|---|---|",
         ]
         for p, m, lv, g in zip(curves["fractions"], curves["morf"], curves["lerf"], curves["gap"]):

@@ -8,6 +8,13 @@ bool mask ``[H, W]``. Every metric returns one value per image, ``[B]``:
 * :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance);
 * :func:`relevance_rank_accuracy`: ``|top-K(S) & M| / |M|`` with ``K = |M|``.
 
+Ties are resolved the same way everywhere: in favour of the boxes. The pointing game is a hit if
+*any* of several equal maxima lies in (or near) the boxes, and relevance rank accuracy counts the
+pixels tied at the K-th value inside the boxes first. Neither depends on where the tied pixels
+lie; both reward plateaus (a constant non-zero map is a hit and scores 1 on any image with boxes),
+so a map with large flat regions at its maximum scores optimistically (see
+:data:`torchattr.metrics.DIRECTIONS` for every metric's direction and caveats).
+
 Boxes are XYXY pixel coordinates with exclusive ends: a box ``(x1, y1, x2, y2)`` covers
 ``M[y1:y2, x1:x2]``. Coordinates outside the image are clipped to it (``0 <= x <= W``,
 ``0 <= y <= H``), unlike Python slicing, where negative numbers would wrap around. Every metric
@@ -103,6 +110,11 @@ def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
     normalised by the map's mass: it reads in the map's units (for maps scaled to [0, 1], a
     value in [0, 1]; 1 when the map is 1 everywhere in the boxes).
 
+    Caution: higher is better only between maps of comparable scale and spread. It rewards
+    diffuse maps: a map of ones everywhere scores 1, uniform noise in [0, 1] scores 0.5, and a
+    sharp map scaled to max 1 typically scores less, however well it points at the boxes. Use
+    :func:`proportional_energy` (mass share) or :func:`relevance_rank_accuracy` to rank methods.
+
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
         boxes: a bool mask ``[B, H, W]`` or a list of B per-image ``[N_i, 4]`` XYXY boxes,
@@ -123,12 +135,14 @@ def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
 def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tensor:
     """Pointing game (Zhang et al. 2016): is each map's maximum in or near the boxes? ``[B]``.
 
-    The point of map b is its maximum ``p_b = argmax S_b``; with several equal maxima, the first
-    in row-major order (``S_b.flatten().argmax()``). It is a hit iff some pixel ``q`` of ``M_b``
-    has ``||p_b - q||_2 <= tolerance`` (Euclidean distance in pixels; ``tolerance=0``: ``p_b``
-    itself lies in ``M_b``; 15 px is a common choice). An image without boxes is never a hit
-    (some implementations count an empty mask as a hit), and neither is an all-zero map, which
-    points nowhere.
+    The points of map b are its maxima ``P_b = {p : S_b[p] = max S_b}``. It is a hit iff some
+    ``p`` in ``P_b`` and some pixel ``q`` of ``M_b`` have ``||p - q||_2 <= tolerance``
+    (Euclidean distance in pixels; ``tolerance=0``: a maximum lies in ``M_b``; 15 px is a
+    common choice). With several equal maxima (a plateau), *any* of them counts, so the result
+    does not depend on where the tied maxima lie or on the pixel order (consistent with
+    :func:`relevance_rank_accuracy`'s ties; a plateau that touches the boxes is a hit). An image
+    without boxes is never a hit (some implementations count an empty mask as a hit), and
+    neither is an all-zero map, which points nowhere.
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
@@ -148,15 +162,29 @@ def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tenso
     if not tolerance >= 0 or tolerance == float("inf"):
         raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
     maps, mask = _maps_and_mask(saliency, boxes)
-    height, width = maps.shape[1:]
-    point = maps.flatten(1).argmax(dim=1)  # first maximum in row-major order
-    py, px = (point // width).to(maps.dtype), (point % width).to(maps.dtype)
-    ys = torch.arange(height, device=maps.device, dtype=maps.dtype)
-    xs = torch.arange(width, device=maps.device, dtype=maps.dtype)
-    dy2, dx2 = (ys - py[:, None]) ** 2, (xs - px[:, None]) ** 2  # [B, H], [B, W]
-    distance2 = dy2[:, :, None] + dx2[:, None, :]
-    near = mask & (distance2 <= float(tolerance) ** 2)
-    return near.flatten(1).any(dim=1) & (maps.flatten(1).amax(dim=1) > 0)
+    peak = maps.flatten(1).amax(dim=1)  # [B]
+    maxima = maps == peak[:, None, None]
+    near = mask if tolerance == 0 else squared_distances(mask) <= float(tolerance) ** 2
+    return (maxima & near).flatten(1).any(dim=1) & (peak > 0)
+
+
+def squared_distances(mask: Tensor) -> Tensor:
+    """Squared Euclidean distance ``[B, H, W]`` of every pixel to the nearest True pixel of
+    ``mask [B, H, W]`` (``inf`` for an empty mask), exact, in float64.
+
+    Two separable passes: ``G(y, x) = min_{y': M(y', x)} (y - y')^2`` down the columns, then
+    ``D(y, x) = min_{x'} G(y, x') + (x - x')^2`` along the rows; ``O(H W (H + W))`` per image.
+    """
+    _, height, width = mask.shape
+    ys = torch.arange(height, device=mask.device, dtype=torch.float64)
+    xs = torch.arange(width, device=mask.device, dtype=torch.float64)
+    dy2 = (ys[:, None] - ys[None, :]) ** 2  # [y, y']
+    dx2 = (xs[:, None] - xs[None, :]) ** 2  # [x, x']
+    out = []
+    for image in mask:  # one image at a time bounds the memory to H W (H + W)
+        column = torch.where(image[None], dy2[:, :, None], torch.inf).amin(dim=1)  # [y, x]
+        out.append((column[:, None, :] + dx2[None]).amin(dim=2))  # [y, x]
+    return torch.stack(out)
 
 
 def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
@@ -166,11 +194,12 @@ def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
     (their union): 1 when the boxes hold the K highest values. ``[B]``, 0 for an image without
     boxes and for an all-zero map.
 
-    Ties at the K-th value are split evenly instead of by pixel position: if ``g`` pixels are
-    above the K-th largest value ``v`` and ``t`` pixels equal it, ``t_M`` of them in the boxes,
-    the top K holds the ``g`` and ``K - g`` of the tied pixels, and counts
-    ``|{S > v} & M| + (K - g) * t_M / t`` hits (the expected count under a random order of the
-    ties). The result does not depend on where the tied pixels lie.
+    Ties at the K-th value are resolved in favour of the boxes, as in :func:`pointing_game`
+    (any tied maximum counts): if ``g`` pixels are above the K-th largest value ``v`` and ``t``
+    pixels equal it, ``t_M`` of them in the boxes, the top K holds the ``g`` and ``K - g`` of
+    the tied pixels, those in the boxes first, and counts ``|{S > v} & M| + min(K - g, t_M)``
+    hits. The result does not depend on where the tied pixels lie; a plateau scores
+    optimistically (a constant non-zero map scores 1).
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
@@ -192,8 +221,8 @@ def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
     above, tied = flat > kth, flat == kth
     hits_above = (above & inside).sum(dim=1).to(maps.dtype)
     n_above = above.sum(dim=1).to(maps.dtype)
-    share_tied = (tied & inside).sum(dim=1).to(maps.dtype) / tied.sum(dim=1).clamp_min(1)
-    hits = hits_above + (k.to(maps.dtype) - n_above) * share_tied
+    tied_inside = (tied & inside).sum(dim=1).to(maps.dtype)
+    hits = hits_above + torch.minimum(k.to(maps.dtype) - n_above, tied_inside)
     valid = (k > 0) & (flat.amax(dim=1) > 0)
     return torch.where(valid, hits / k.clamp_min(1).to(maps.dtype), 0)
 

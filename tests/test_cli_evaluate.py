@@ -53,11 +53,12 @@ def _expected_road(model, x: torch.Tensor, heat: torch.Tensor, name: str) -> dic
         )
         for order in ("morf", "lerf")
     }  # fmt: skip
+    summary = metrics.road_summary(curves["morf"], curves["lerf"], FRACTIONS)
     return {
         "target": target,
         "road_morf": curves["morf"][0].tolist(),
         "road_lerf": curves["lerf"][0].tolist(),
-        "road_score": float(metrics.road_summary(curves["morf"], curves["lerf"], FRACTIONS).per_image[0]),
+        "road_score": float(summary.per_image[0]),
     }
 
 

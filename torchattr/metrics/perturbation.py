@@ -584,9 +584,7 @@ def road_masks(
     return _holes(ranks[:, None], counts[None, :, None, None], order)
 
 
-def road_summary(
-    morf: Tensor, lerf: Tensor, fractions: Sequence[float] = FRACTIONS
-) -> RoadSummary:
+def road_summary(morf: Tensor, lerf: Tensor, fractions: Sequence[float] = FRACTIONS) -> RoadSummary:
     """Summarise ROAD curves, comparing like with like: ``(LeRF(1 - p) - MoRF(p)) / 2``.
 
     ``morf`` and ``lerf`` are :func:`road` scores (or accuracies) ``[B, P]``, both computed at

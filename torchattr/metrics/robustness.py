@@ -148,8 +148,9 @@ def infidelity(
     per sample and returning ``I [B, ...]`` shaped like the inputs. ``f`` is the model's score
     for the target (``score="logit"``, the default: the output; ``"softmax"``: after a softmax
     over the classes, a sigmoid for one logit; ``"sigmoid"``: after a sigmoid per output;
-    ``"probability"`` is the deprecated name of ``"softmax"``). 0 means the attributions predict every score drop exactly: the
-    gradient of a linear model has infidelity 0 under any perturbation.
+    ``"probability"`` is the deprecated name of ``"softmax"``). 0 means the attributions
+    predict every score drop exactly: the gradient of a linear model has infidelity 0 under
+    any perturbation.
 
     With ``normalize=True`` the attributions are first rescaled by the best factor
     ``beta = mean_s(a_s b_s) / mean_s(a_s^2)`` (``a_s = sum(Phi * I_s)``, ``b_s`` the drop), as

@@ -90,7 +90,7 @@ def test_values_match_direct_metric_calls(setup: dict, capsys) -> None:
             for metric in ("proportional_energy", "saliency_focus", "relevance_rank_accuracy"):
                 direct = float(getattr(metrics, metric)(heat[None], xyxy)[0])
                 assert row[metric] == pytest.approx(direct, abs=1e-7), metric
-            assert row["pointing_game"] == bool(
+            assert row["pointing_game"] == float(
                 metrics.pointing_game(heat[None], xyxy, tolerance=15)[0]
             )
         else:

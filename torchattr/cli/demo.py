@@ -386,7 +386,7 @@ def score_maps(
         "proportional_energy": metrics.proportional_energy(maps, boxes),
         "saliency_focus": metrics.saliency_focus(maps, boxes),
         "pointing_game": hits.float(),
-        "road": metrics.road_summary(road["morf"], road["lerf"]).per_image,
+        "road": metrics.road_summary(road["morf"], road["lerf"], config.road_fractions).per_image,
         "road_morf": road["morf"],
         "road_lerf": road["lerf"],
     }
@@ -563,12 +563,19 @@ def plot_methods(record: dict[str, Any]) -> Any:
             axes.axvline(area, color="0.3", linestyle=":", label="uniform map (box area)")
         axes.set_yticks(positions, names if i == 0 else [])
         axes.invert_yaxis()
-        axes.set_title(METRICS[metric], fontsize=10)
+        axes.set_title(_panel_title(metric), fontsize=10)
     handles, labels = figure.axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     count = len(record["images"])
-    figure.suptitle(f"{count} phantoms, mean ± std over the images: higher is better", fontsize=10)
+    figure.suptitle(f"{count} phantoms, mean ± std over the images", fontsize=10)
     return figure
+
+
+def _panel_title(metric: str) -> str:
+    """The metric's label, its direction and caveat (:data:`torchattr.metrics.DIRECTIONS`)."""
+    way = metrics.direction(metric)
+    caveat = f"; {way.caveat}" if way.caveat else ""
+    return f"{METRICS[metric]}\n({way.word} is better{caveat})"
 
 
 def format_table(

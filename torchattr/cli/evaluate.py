@@ -64,6 +64,7 @@ from torchattr.cli._progress import progress
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
 from torchattr.io import load_map, map_names, save_json, write_atomic
+from torchattr.metrics.directions import Direction, direction
 
 LOCALISATION = (
     "proportional_energy",
@@ -319,7 +320,7 @@ def localisation(saliency: Tensor, boxes: list[Box], tolerance: float) -> dict[s
         "boxes": len(boxes),
         "proportional_energy": float(metrics.proportional_energy(maps, xyxy)[0]),
         "saliency_focus": float(metrics.saliency_focus(maps, xyxy)[0]),
-        "pointing_game": bool(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
+        "pointing_game": float(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
         "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, xyxy)[0]),
     }
 
@@ -532,6 +533,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     for name, stats in summary["metrics"].items():
         cells = [_cell(stats[key]) for key in STATISTICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *_direction_lines(list(summary["metrics"]))]
     curves = summary["road_curves"]
     if curves is not None:
         lines += [
@@ -547,6 +549,32 @@ def _markdown(summary: dict[str, Any]) -> str:
     if summary["notes"]:
         lines += ["", *[f"Note: {note}" for note in summary["notes"]]]
     return "\n".join(lines) + "\n"
+
+
+def metric_direction(name: str) -> Direction:
+    """The direction of a summary column: a metric, or a ROAD curve column ``road_morf_20``."""
+    for curve in ("road_morf", "road_lerf"):
+        if name.startswith(f"{curve}_"):
+            return direction(curve)
+    return direction(name)
+
+
+def _direction_lines(names: list[str]) -> list[str]:
+    """Which way is better for each column (:data:`torchattr.metrics.DIRECTIONS`), and notes."""
+    groups: dict[str, list[str]] = {"higher": [], "lower": []}
+    for name in names:
+        groups[metric_direction(name).word].append(name)
+    lines = [
+        f"{word.capitalize()} is better: {', '.join(group)}."
+        for word, group in groups.items()
+        if group
+    ]
+    lines += [
+        f"Note: {name}: {direction(name).note}."
+        for name in names
+        if not name.startswith("road_") and metric_direction(name).caveat
+    ]
+    return lines
 
 
 def _cell(value: Any) -> str:
@@ -582,13 +610,14 @@ def _histograms(path: Path, rows: list[dict[str, Any]], table: dict[str, Any]) -
     for k, name in enumerate(shown):
         axes = figure.add_subplot(rows_count, columns, k + 1)
         values = [float(r[name]) for r in rows if r.get(name) is not None]
-        if name == "pointing_game":
+        if name == "pointing_game" and set(values) <= {0.0, 1.0}:
             axes.bar(["miss", "hit"], [values.count(0.0), values.count(1.0)], color="tab:blue")
         else:
             axes.hist(values, bins=min(20, max(5, len(values) // 2)), color="tab:blue")
             axes.axvline(float(np.mean(values)), color="tab:red", label="mean")
             axes.legend()
-        axes.set_title(f"{name} (n={len(values)})")
+        word = metric_direction(name).word
+        axes.set_title(f"{name} (n={len(values)}, {word} is better)", fontsize=9)
         axes.set_ylabel("images")
         axes.tick_params(axis="x", labelrotation=30)
     return save_png(path, figure)

@@ -5,15 +5,18 @@ bool mask ``[H, W]``. Every metric returns one value per image, ``[B]``:
 
 * :func:`proportional_energy`: ``sum(S * M) / sum(S)``, the share of the map's mass in the boxes;
 * :func:`saliency_focus`: ``sum(S * M) / sum(M)``, the mean saliency inside the boxes;
-* :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance);
+* :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance; the
+  share of its maxima that do, with ties);
 * :func:`relevance_rank_accuracy`: ``|top-K(S) & M| / |M|`` with ``K = |M|``.
 
-Ties are resolved the same way everywhere: in favour of the boxes. The pointing game is a hit if
-*any* of several equal maxima lies in (or near) the boxes, and relevance rank accuracy counts the
-pixels tied at the K-th value inside the boxes first. Neither depends on where the tied pixels
-lie; both reward plateaus (a constant non-zero map is a hit and scores 1 on any image with boxes),
-so a map with large flat regions at its maximum scores optimistically (see
-:data:`torchattr.metrics.DIRECTIONS` for every metric's direction and caveats).
+Ties are resolved the same way everywhere: by their expected value under a random order of the
+tied pixels. The pointing game of a map with several equal maxima is the fraction of them that
+lie in (or near) the boxes, and relevance rank accuracy counts the pixels tied at the K-th value
+in proportion to their share inside the boxes. Neither depends on where the tied pixels lie or
+on the pixel order, and a flat map scores chance (the boxes' area fraction, for a constant map),
+not a hit. (Counting a plateau as a hit if *any* of its pixels touches the boxes would let a
+constant map, or a map that is zero over most of the boxes, score perfectly.) See
+:data:`torchattr.metrics.DIRECTIONS` for every metric's direction and caveats.
 
 Boxes are XYXY pixel coordinates with exclusive ends: a box ``(x1, y1, x2, y2)`` covers
 ``M[y1:y2, x1:x2]``. Coordinates outside the image are clipped to it (``0 <= x <= W``,
@@ -135,14 +138,19 @@ def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
 def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tensor:
     """Pointing game (Zhang et al. 2016): is each map's maximum in or near the boxes? ``[B]``.
 
-    The points of map b are its maxima ``P_b = {p : S_b[p] = max S_b}``. It is a hit iff some
-    ``p`` in ``P_b`` and some pixel ``q`` of ``M_b`` have ``||p - q||_2 <= tolerance``
-    (Euclidean distance in pixels; ``tolerance=0``: a maximum lies in ``M_b``; 15 px is a
-    common choice). With several equal maxima (a plateau), *any* of them counts, so the result
-    does not depend on where the tied maxima lie or on the pixel order (consistent with
-    :func:`relevance_rank_accuracy`'s ties; a plateau that touches the boxes is a hit). An image
-    without boxes is never a hit (some implementations count an empty mask as a hit), and
-    neither is an all-zero map, which points nowhere.
+    The points of map b are its maxima ``P_b = {p : S_b[p] = max S_b}``. A point ``p`` is a
+    hit iff some pixel ``q`` of ``M_b`` has ``||p - q||_2 <= tolerance`` (Euclidean distance in
+    pixels; ``tolerance=0``: ``p`` lies in ``M_b``; 15 px is a common choice), and the result is
+    the fraction of the points that are hits,
+
+        ``PG_b = |{p in P_b : d(p, M_b) <= tolerance}| / |P_b|``,
+
+    1 or 0 for a map with a single maximum, and for a plateau of equal maxima the probability of
+    a hit when the tie is broken at random (a plateau of 9 maxima, 3 of them in the box: 1/3),
+    whatever the position of the plateau or the pixel order; consistent with
+    :func:`relevance_rank_accuracy`'s ties. An image without boxes scores 0 (some
+    implementations count an empty mask as a hit), and so does an all-zero map, which points
+    nowhere.
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
@@ -151,7 +159,8 @@ def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tenso
         tolerance: a non-negative distance in pixels.
 
     Returns:
-        ``[B]`` bool; ``hits.float().mean()`` is the pointing accuracy.
+        ``[B]`` in [0, 1], float32 (float64 for float64 maps); ``hits.mean()`` is the pointing
+        accuracy.
 
     Example::
 
@@ -165,7 +174,9 @@ def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tenso
     peak = maps.flatten(1).amax(dim=1)  # [B]
     maxima = maps == peak[:, None, None]
     near = mask if tolerance == 0 else squared_distances(mask) <= float(tolerance) ** 2
-    return (maxima & near).flatten(1).any(dim=1) & (peak > 0)
+    hits = (maxima & near).flatten(1).sum(dim=1).to(maps.dtype)
+    share = hits / maxima.flatten(1).sum(dim=1).to(maps.dtype)  # >= 1 maximum per map
+    return torch.where(peak > 0, share, 0)
 
 
 def squared_distances(mask: Tensor) -> Tensor:
@@ -194,12 +205,12 @@ def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
     (their union): 1 when the boxes hold the K highest values. ``[B]``, 0 for an image without
     boxes and for an all-zero map.
 
-    Ties at the K-th value are resolved in favour of the boxes, as in :func:`pointing_game`
-    (any tied maximum counts): if ``g`` pixels are above the K-th largest value ``v`` and ``t``
-    pixels equal it, ``t_M`` of them in the boxes, the top K holds the ``g`` and ``K - g`` of
-    the tied pixels, those in the boxes first, and counts ``|{S > v} & M| + min(K - g, t_M)``
-    hits. The result does not depend on where the tied pixels lie; a plateau scores
-    optimistically (a constant non-zero map scores 1).
+    Ties at the K-th value are split evenly instead of by pixel position, as in
+    :func:`pointing_game` (the expected value under a random order of the ties): if ``g``
+    pixels are above the K-th largest value ``v`` and ``t`` pixels equal it, ``t_M`` of them in
+    the boxes, the top K holds the ``g`` and ``K - g`` of the tied pixels, and counts
+    ``|{S > v} & M| + (K - g) * t_M / t`` hits. The result does not depend on where the tied
+    pixels lie; a constant map scores the boxes' area fraction ``K / (H W)``.
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
@@ -221,8 +232,8 @@ def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
     above, tied = flat > kth, flat == kth
     hits_above = (above & inside).sum(dim=1).to(maps.dtype)
     n_above = above.sum(dim=1).to(maps.dtype)
-    tied_inside = (tied & inside).sum(dim=1).to(maps.dtype)
-    hits = hits_above + torch.minimum(k.to(maps.dtype) - n_above, tied_inside)
+    share_tied = (tied & inside).sum(dim=1).to(maps.dtype) / tied.sum(dim=1).clamp_min(1)
+    hits = hits_above + (k.to(maps.dtype) - n_above) * share_tied
     valid = (k > 0) & (flat.amax(dim=1) > 0)
     return torch.where(valid, hits / k.clamp_min(1).to(maps.dtype), 0)
 

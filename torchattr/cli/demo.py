@@ -376,7 +376,7 @@ def score_maps(
             maps,
             fractions=config.road_fractions,
             order=order,
-            score="probability",
+            score="softmax",
             generator=generator,
         )
         for order in ("morf", "lerf")

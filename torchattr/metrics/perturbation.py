@@ -7,7 +7,8 @@ predicted on the clean images) on every perturbed copy:
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
   neighbours, solved jointly for all of them (one sparse system per image), plus noise;
 * :func:`road` (Rong et al., ICML 2022): scores after imputing the most (MoRF) or least (LeRF)
-  relevant pixels, for several fractions; :func:`road_summary` averages the curves;
+  relevant pixels, for several fractions; :func:`road_summary` compares MoRF(p) with
+  LeRF(1 - p), which impute as many pixels;
 * :func:`deletion` / :func:`insertion` (RISE, Petsiuk et al. 2018): scores while pixels are
   replaced by a substrate, or restored onto it, ``step`` pixels at a time; curves and AUC.
 
@@ -433,8 +434,8 @@ class RoadSummary(NamedTuple):
 
     morf: Tensor  # [P] mean MoRF score per fraction (lower is better)
     lerf: Tensor  # [P] mean LeRF score per fraction (higher is better)
-    gap: Tensor  # [P] (lerf - morf) / 2 per fraction
-    per_image: Tensor  # [B] (LeRF - MoRF) / 2 averaged over the fractions, per image
+    gap: Tensor  # [P] (LeRF(1 - p) - MoRF(p)) / 2 per MoRF fraction p
+    per_image: Tensor  # [B] (LeRF(1 - p) - MoRF(p)) / 2 averaged over the fractions, per image
     score: Tensor  # [] the mean of per_image: one number per method (higher is better)
 
 

@@ -175,6 +175,7 @@ def test_bad_inputs(setup: dict, tmp_path: Path, capsys) -> None:
         (["evaluate", model, images, tmp_path / "nowhere"], "MAPS"),
         (["evaluate", model, images, maps, "--target", "7"], "target 7 is out of range"),
         (["evaluate", tmp_path / "nope.pt", images, maps], "MODEL"),
+        (["evaluate", model, images, maps, "--fractions", "20", "40"], "have no partner"),
     ]
     for k, (argv, message) in enumerate(cases):
         out = tmp_path / f"out_{k}"

@@ -23,9 +23,9 @@ one is missing, that output is skipped with a note, and the rest is written.
 Metrics (:mod:`torchattr.metrics`; higher is better for each): proportional energy (share of the
 map's mass inside the lesion box; a uniform map scores the box's area fraction), saliency focus
 (mean map value inside the box), pointing game (the map's maximum inside the box, or within
-``pointing_tolerance`` pixels of it) and ROAD ``(LeRF - MoRF) / 2`` of the lesion probability
-(noisy linear imputation of 10% to 90% of the pixels; 20%, 50%, 80% with ``--quick``). A map of
-uniform random noise is scored the same way as a reference.
+``pointing_tolerance`` pixels of it) and ROAD ``(LeRF(1 - p) - MoRF(p)) / 2`` of the lesion
+probability (noisy linear imputation of 10% to 90% of the pixels; 20%, 50%, 80% with
+``--quick``). A map of uniform random noise is scored the same way as a reference.
 
 Adding a method is one entry in :data:`METHODS`: a function ``(model, images [K, 1, H, W],
 config) -> maps [K, H, W]`` (any scale). It is then run, saved, drawn and scored like the others.
@@ -157,8 +157,8 @@ def describe_metrics(config: DemoConfig) -> dict[str, str]:
         "saliency_focus": "mean map value inside the lesion box; not normalised by the map's "
         "mass, so diffuse maps (random noise too) score high",
         "pointing_game": f"hit rate: the map's maximum lies {where} the lesion box",
-        "road": "ROAD (LeRF - MoRF) / 2 of the lesion probability, averaged over noisy linear "
-        f"imputation of {fractions} of the pixels",
+        "road": "ROAD (LeRF(1 - p) - MoRF(p)) / 2 of the lesion probability, averaged over noisy "
+        f"linear imputation of {fractions} of the pixels",
     }
 
 

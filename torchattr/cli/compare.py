@@ -164,7 +164,7 @@ def _comparability(summaries: list[dict[str, Any]], labels: list[str]) -> list[s
 def _markdown(table: dict[str, Any]) -> str:
     metrics = table["metrics"]
     lines = [
-        "| method | images | " + " | ".join(f"{m} {direction(m).arrow}" for m in metrics) + " |",
+        "| method | images | " + " | ".join(f"{m} ({direction(m).word})" for m in metrics) + " |",
         "|---" * (len(metrics) + 2) + "|",
     ]
     for row in table["methods"]:
@@ -179,8 +179,8 @@ def _markdown(table: dict[str, Any]) -> str:
         lines.append(f"| {row['label']} | {images} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Mean +- sample std over images (n); \u2191 higher is better, \u2193 lower is better; "
-        "best in bold.",
+        "Mean +- sample std over images (n); (higher) / (lower): which is better, from "
+        "torchattr.metrics.DIRECTIONS; best in bold.",
     ]
     lines += [f"Note: {m}: {direction(m).note}." for m in metrics if direction(m).caveat]
     lines += [f"Warning: {w}" for w in table["warnings"]]

@@ -33,11 +33,6 @@ class Direction:
         """``"higher"`` or ``"lower"``."""
         return "higher" if self.higher_is_better else "lower"
 
-    @property
-    def arrow(self) -> str:
-        """``"↑"`` (higher is better) or ``"↓"`` (lower is better)."""
-        return "\u2191" if self.higher_is_better else "\u2193"
-
     def best(self, values: Iterable[float]) -> float:
         """The best of ``values``: their max (higher is better) or min (lower is better)."""
         return max(values) if self.higher_is_better else min(values)

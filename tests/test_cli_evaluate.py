@@ -53,11 +53,12 @@ def _expected_road(model, x: torch.Tensor, heat: torch.Tensor, name: str) -> dic
         )
         for order in ("morf", "lerf")
     }  # fmt: skip
+    summary = metrics.road_summary(curves["morf"], curves["lerf"], FRACTIONS)
     return {
         "target": target,
         "road_morf": curves["morf"][0].tolist(),
         "road_lerf": curves["lerf"][0].tolist(),
-        "road_score": float(metrics.road_summary(curves["morf"], curves["lerf"]).per_image[0]),
+        "road_score": float(summary.per_image[0]),
     }
 
 
@@ -89,7 +90,7 @@ def test_values_match_direct_metric_calls(setup: dict, capsys) -> None:
             for metric in ("proportional_energy", "saliency_focus", "relevance_rank_accuracy"):
                 direct = float(getattr(metrics, metric)(heat[None], xyxy)[0])
                 assert row[metric] == pytest.approx(direct, abs=1e-7), metric
-            assert row["pointing_game"] == bool(
+            assert row["pointing_game"] == float(
                 metrics.pointing_game(heat[None], xyxy, tolerance=15)[0]
             )
         else:
@@ -174,6 +175,7 @@ def test_bad_inputs(setup: dict, tmp_path: Path, capsys) -> None:
         (["evaluate", model, images, tmp_path / "nowhere"], "MAPS"),
         (["evaluate", model, images, maps, "--target", "7"], "target 7 is out of range"),
         (["evaluate", tmp_path / "nope.pt", images, maps], "MODEL"),
+        (["evaluate", model, images, maps, "--fractions", "20", "40"], "have no partner"),
     ]
     for k, (argv, message) in enumerate(cases):
         out = tmp_path / f"out_{k}"

@@ -175,11 +175,55 @@ def test_pointing_game_tolerance_is_euclidean_pixels() -> None:
     assert pointing_game(saliency, diagonal, tolerance=4.2).tolist() == [False]
 
 
-def test_pointing_game_ties_take_the_first_maximum_in_row_major_order() -> None:
+def test_pointing_game_ties_score_the_share_of_maxima_wherever_they_lie() -> None:
     saliency = torch.zeros(1, 4, 4)
-    saliency[0, 1, 3] = saliency[0, 2, 0] = 1.0  # first in row-major order: (1, 3)
-    assert pointing_game(saliency, [[[3, 1, 4, 2]]]).tolist() == [True]
-    assert pointing_game(saliency, [[[0, 2, 1, 3]]]).tolist() == [False]
+    saliency[0, 1, 3] = saliency[0, 2, 0] = 1.0  # two equal maxima
+    assert pointing_game(saliency, [[[3, 1, 4, 2]]]).tolist() == [0.5]  # holds (1, 3)
+    assert pointing_game(saliency, [[[0, 2, 1, 3]]]).tolist() == [0.5]  # holds (2, 0)
+    assert pointing_game(saliency, [[[0, 1, 4, 3]]]).tolist() == [1.0]  # holds both
+    assert pointing_game(saliency, [[[1, 0, 3, 1]]]).tolist() == [0.0]  # neither
+
+
+def test_pointing_game_plateau_of_nine_maxima_moved_around() -> None:
+    # The case: a 3 x 3 plateau of maxima in a 6 x 6 map; row-major order made the
+    # result depend on where the plateau sat. Now: the share of the 9 maxima in the box.
+    box = torch.zeros(1, 6, 6, dtype=torch.bool)
+    box[0, 2:5, 2:5] = True
+    for top, left in [(0, 0), (1, 1), (3, 3), (2, 3), (3, 0), (0, 3)]:
+        saliency = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(top * 6 + left))
+        saliency[0, top : top + 3, left : left + 3] = 2.0
+        rows = len(set(range(top, top + 3)) & {2, 3, 4})
+        columns = len(set(range(left, left + 3)) & {2, 3, 4})
+        expected = torch.tensor([rows * columns / 9])
+        torch.testing.assert_close(pointing_game(saliency, box), expected)
+        flipped = pointing_game(saliency.flip(1, 2), box.flip(1, 2))  # pixel order reversed
+        torch.testing.assert_close(flipped, expected)
+    saliency = torch.zeros(1, 6, 6)
+    saliency[0, 0:3, 0:3] = 1.0  # only (2, 2) of the plateau is within 4.25 of (5, 5)
+    far = torch.zeros(1, 6, 6, dtype=torch.bool)
+    far[0, 5, 5] = True  # distance from (2, 2): sqrt(18) = 4.243
+    torch.testing.assert_close(pointing_game(saliency, far, tolerance=4.25), torch.tensor([1 / 9]))
+    assert pointing_game(saliency, far, tolerance=4.24).tolist() == [0.0]
+    uniform = torch.ones(1, 4, 4)  # a constant map scores the box's area fraction
+    torch.testing.assert_close(pointing_game(uniform, [[[0, 0, 2, 2]]]), torch.tensor([0.25]))
+
+
+def test_pointing_game_tolerance_matches_brute_force_distances() -> None:
+    g = torch.Generator().manual_seed(1)
+    saliency = torch.randint(0, 3, (6, 7, 9), generator=g).double()  # many ties at the maximum
+    mask = torch.rand(6, 7, 9, generator=g) > 0.93
+    ys, xs = torch.meshgrid(torch.arange(7.0), torch.arange(9.0), indexing="ij")
+    points = torch.stack([ys.flatten(), xs.flatten()], 1)
+    distance = torch.cdist(points, points)  # [63, 63]
+    for tolerance in (0, 1, 1.5, 3):
+        hits = pointing_game(saliency, mask, tolerance=tolerance)
+        assert hits.dtype == torch.float64
+        for b in range(6):
+            maxima = (saliency[b] == saliency[b].max()).flatten()
+            inside = mask[b].flatten()
+            near = (distance[maxima][:, inside] <= tolerance).any(dim=1).double().mean()
+            expected = near if saliency[b].max() > 0 else 0.0
+            assert float(hits[b]) == pytest.approx(float(expected)), (b, tolerance)
 
 
 def test_pointing_game_bad_tolerance() -> None:
@@ -221,12 +265,25 @@ def test_relevance_rank_accuracy_splits_ties_evenly() -> None:
     torch.testing.assert_close(relevance_rank_accuracy(outside, boxes), torch.tensor([1 / 2]))
 
 
+def test_pointing_game_and_rank_accuracy_agree_on_plateaus() -> None:
+    # With a one-pixel box (K = 1), relevance rank accuracy is the pointing game, ties included.
+    g = torch.Generator().manual_seed(2)
+    saliency = torch.randint(0, 3, (40, 4, 5), generator=g).float()
+    corners = torch.randint(0, 4, (40, 2), generator=g)
+    boxes = [[[int(x), int(y), int(x) + 1, int(y) + 1]] for x, y in corners]
+    hits = pointing_game(saliency, boxes)
+    rra = relevance_rank_accuracy(saliency, boxes)
+    assert ((hits > 0) & (hits < 1)).any() and (hits == 0).any()  # ties and misses occur
+    torch.testing.assert_close(rra, hits)
+
+
 def test_relevance_rank_accuracy_uniform_empty_and_zero() -> None:
     uniform = torch.ones(1, 4, 4)
-    # all tied: K hits spread evenly -> K * (K / 16) / K = K / 16
+    # all tied: K hits spread evenly -> K * (K / 16) / K = K / 16, the pointing game's value
     torch.testing.assert_close(
         relevance_rank_accuracy(uniform, [[[0, 0, 2, 2]]]), torch.tensor([0.25])
     )
+    torch.testing.assert_close(pointing_game(uniform, [[[0, 0, 2, 2]]]), torch.tensor([0.25]))
     assert relevance_rank_accuracy(uniform, [[]]).tolist() == [0.0]
     assert relevance_rank_accuracy(torch.zeros(1, 4, 4), [[[0, 0, 2, 2]]]).tolist() == [0.0]
 

@@ -17,10 +17,12 @@ from torchattr.metrics import (
     gaussian_blur,
     insertion,
     noisy_linear_impute,
+    paired_fractions,
     road,
     road_masks,
     road_summary,
 )
+from torchattr.metrics.perturbation import FRACTIONS
 
 
 def seed(value: int = 0) -> torch.Generator:
@@ -285,8 +287,9 @@ def test_road_scores_are_the_model_on_the_imputed_images() -> None:
     fractions = (0.1, 0.5, 0.8)
     for order in ("morf", "lerf"):
         scores = road(
-            model, images, maps, 2, fractions=fractions, order=order, sigma=0.0, generator=seed()
-        )
+            model, images, maps, 2, fractions=fractions, order=order, sigma=0.0,
+            generator=seed(), score="logit",
+        )  # fmt: skip
         masks = road_masks(maps, fractions, order, generator=seed())
         assert scores.shape == (3, 3) and scores.dtype == torch.float64
         for j in range(len(fractions)):
@@ -306,6 +309,7 @@ def test_road_draws_tie_breaker_then_noise_per_fraction_in_order() -> None:
         fractions=fractions,
         sigma=0.1,
         generator=torch.Generator().manual_seed(0),
+        score="logit",
     )
     g = torch.Generator().manual_seed(0)
     masks = road_masks(maps, fractions, "morf", generator=g)  # draws the tie-breaker
@@ -344,7 +348,7 @@ def test_road_targets_and_probabilities() -> None:
         )
 
     torch.testing.assert_close(run(None), run(predicted))
-    probability = run(1, score="probability")
+    probability = run(1, score="softmax")
     filled = noisy_linear_impute(
         images, road_masks(maps, (0.3,), generator=seed())[:, 0], sigma=0.0
     )
@@ -357,9 +361,7 @@ def test_road_targets_and_probabilities() -> None:
 def test_road_single_logit_model() -> None:
     images = torch.rand(2, 1, 6, 6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 1))
-    scores = road(
-        model, images, torch.rand(2, 6, 6), fractions=(0.5,), sigma=0.0, score="probability"
-    )
+    scores = road(model, images, torch.rand(2, 6, 6), fractions=(0.5,), sigma=0.0, score="softmax")
     assert scores.shape == (2, 1) and bool(((scores > 0) & (scores < 1)).all())
 
 
@@ -385,7 +387,7 @@ def test_road_leaves_the_model_untouched() -> None:
         ({"fractions": ()}, TypeError, "fractions"),
         ({"fractions": ("a",)}, TypeError, "fractions"),
         ({"order": "random"}, ValueError, "order"),
-        ({"score": "softmax"}, ValueError, "score"),
+        ({"score": "probit"}, ValueError, "score"),
         ({"sigma": -0.1}, ValueError, "sigma"),
         ({"chunk_size": 0}, ValueError, "chunk_size"),
         ({"saliency": torch.rand(2, 6, 5)}, ValueError, "saliency has shape"),
@@ -416,17 +418,115 @@ def test_road_accepts_signed_maps() -> None:
     assert scores.shape == (2, 1)
 
 
-def test_road_summary_hand_computed() -> None:
-    morf = torch.tensor([[0.6, 0.2], [0.4, 0.0]])
+def test_road_summary_pairs_morf_p_with_lerf_one_minus_p() -> None:
+    morf = torch.tensor([[0.6, 0.2], [0.4, 0.0]])  # fractions (0.3, 0.7)
     lerf = torch.tensor([[0.8, 0.8], [0.6, 0.4]])
-    summary = road_summary(morf, lerf)
+    summary = road_summary(morf, lerf, fractions=(0.3, 0.7))
     torch.testing.assert_close(summary.morf, torch.tensor([0.5, 0.1]))
     torch.testing.assert_close(summary.lerf, torch.tensor([0.7, 0.6]))
-    torch.testing.assert_close(summary.gap, torch.tensor([0.1, 0.25]))
+    # gap[p] = (LeRF(1 - p) - MoRF(p)) / 2: (0.8-0.6)/2, (0.8-0.2)/2 | (0.4-0.4)/2, (0.6-0.0)/2
+    torch.testing.assert_close(summary.gap, torch.tensor([(0.1 + 0.0) / 2, (0.3 + 0.3) / 2]))
     torch.testing.assert_close(summary.per_image, torch.tensor([0.2, 0.15]))
     torch.testing.assert_close(summary.score, torch.tensor(0.175))
+    lone = road_summary(morf[:, :1], lerf[:, :1], fractions=(0.5,))
+    torch.testing.assert_close(lone.per_image, torch.tensor([0.1, 0.1]))
     with pytest.raises(ValueError, match="same"):
-        road_summary(morf, lerf[:, :1])
+        road_summary(morf, lerf[:, :1], fractions=(0.3, 0.7))
+    with pytest.raises(ValueError, match=r"\[0\.3, 0\.6\] have no partner"):
+        road_summary(morf, lerf, fractions=(0.3, 0.6))
+    with pytest.raises(ValueError, match="2 columns"):
+        road_summary(morf, lerf)  # the default fractions have 9
+
+
+def test_default_fractions_are_symmetric() -> None:
+    assert sorted(round(1 - p, 9) for p in FRACTIONS) == sorted(round(p, 9) for p in FRACTIONS)
+    assert paired_fractions((0.2, 0.5, 0.8)) == [2, 1, 0]
+
+
+def test_road_summary_of_random_maps_is_zero_within_three_standard_errors() -> None:
+    # MoRF(p) and LeRF(1 - p) impute as many pixels (p H W is an integer for 10 x 10 images):
+    # for maps independent of the images, both copies have the same distribution.
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 10, 10, generator=g)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(100, 3)
+    )
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, std=2.0)
+    fractions = (0.2, 0.4, 0.6, 0.8)
+    per_image = []
+    for seed_ in range(4):
+        maps = torch.rand(12, 10, 10, generator=g)
+        curves = [
+            road(
+                model, images, maps, fractions=fractions, order=order, score="logit",
+                generator=torch.Generator().manual_seed(seed_),
+            )
+            for order in ("morf", "lerf")
+        ]  # fmt: skip
+        per_image.append(road_summary(*curves, fractions=fractions).per_image)
+    values = torch.cat(per_image).double()
+    error = values.std() / len(values) ** 0.5
+    assert float(values.std()) > 0  # the test can fail: the scores do vary
+    assert abs(float(values.mean())) <= 3 * float(error), (values.mean(), error)
+
+
+def test_score_names_softmax_sigmoid_and_the_deprecated_probability() -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 1, 6, 6, generator=g)
+    maps = torch.rand(3, 6, 6, generator=g)
+    model = Weighted(1, 6, 6, seed=2)
+
+    def run(score):
+        return road(
+            model, images, maps, 1, fractions=(0.5,), sigma=0.0, generator=seed(), score=score
+        )
+
+    logits = run("logit")
+    filled = noisy_linear_impute(images, road_masks(maps, (0.5,), generator=seed())[:, 0], 0.0)
+    outputs = model(filled).detach()
+    torch.testing.assert_close(logits[:, 0], outputs[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(run("sigmoid"), logits.sigmoid(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(run("softmax")[:, 0], outputs.softmax(1)[:, 1], atol=1e-6, rtol=0)
+    with pytest.warns(DeprecationWarning, match="'softmax'"):
+        old = run("probability")
+    torch.testing.assert_close(old, run("softmax"))
+    with pytest.warns(DeprecationWarning, match="'softmax'"):
+        curves = deletion(model, images, maps, 1, step=12, score="probability").curves
+    torch.testing.assert_close(curves, deletion(model, images, maps, 1, step=12).curves)
+    sig = deletion(model, images, maps, 1, step=12, score="sigmoid").curves
+    logit = deletion(model, images, maps, 1, step=12, score="logit").curves
+    torch.testing.assert_close(sig, logit.sigmoid(), atol=1e-6, rtol=0)
+
+
+def test_road_accuracy_with_labels() -> None:
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(5, 1, 6, 6, generator=g)
+    maps = torch.rand(5, 6, 6, generator=g)
+    model = Weighted(1, 6, 6, seed=3)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    fractions = (0.2, 0.5, 0.8)
+    for order in ("morf", "lerf"):
+        accuracy = road(
+            model, images, maps, fractions=fractions, order=order, sigma=0.0, generator=seed(),
+            labels=labels,
+        )  # fmt: skip
+        masks = road_masks(maps, fractions, order, generator=seed())
+        assert accuracy.shape == (5, 3) and set(accuracy.unique().tolist()) <= {0.0, 1.0}
+        for j in range(3):
+            filled = noisy_linear_impute(images, masks[:, j], sigma=0.0)
+            expected = (model(filled).argmax(1) == labels).float()
+            torch.testing.assert_close(accuracy[:, j], expected)
+    single = nn.Sequential(nn.Flatten(), nn.Linear(36, 1))
+    hits = road(single, images, maps, fractions=(0.5,), labels=torch.ones(5, dtype=torch.long))
+    raw = road(single, images, maps, fractions=(0.5,), score="logit")
+    torch.testing.assert_close(hits, (raw > 0).float())
+    with pytest.raises(ValueError, match="labels"):
+        road(model, images, maps, fractions=(0.5,), labels=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels"):
+        road(model, images, maps, fractions=(0.5,), labels=torch.zeros(5))
 
 
 # ------------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_infidelity_batch_size_and_probability_scores() -> None:
     b = infidelity(model, x, phi, samples=3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
     p = infidelity(
-        model, x, phi, samples=3, score="probability", generator=torch.Generator().manual_seed(1)
+        model, x, phi, samples=3, score="softmax", generator=torch.Generator().manual_seed(1)
     )
     assert bool((p >= 0).all()) and not torch.equal(p, a)
 
@@ -213,7 +213,7 @@ def test_infidelity_batch_size_and_probability_scores() -> None:
         ({"perturbation": 0.1}, TypeError, "perturbation"),
         ({"sigma": -1.0}, ValueError, "sigma"),
         ({"samples": 0}, ValueError, "samples"),
-        ({"score": "softmax"}, ValueError, "score"),
+        ({"score": "probit"}, ValueError, "score"),
         ({"target": 7}, ValueError, "out of range"),
     ],
 )

@@ -3,7 +3,8 @@
 Each RESULT_DIR is an ``evaluate`` output folder (its ``summary.json``); each becomes a row,
 labelled with its method (the maps folder's name; the result folder's name when two share a
 method). Columns: the mean, sample std and n of every metric the results have (localisation
-metrics and the ROAD score; higher is better for all of them, and the best mean is marked).
+metrics and the ROAD score; each metric's direction, higher or lower is better, comes from
+:data:`torchattr.metrics.DIRECTIONS`, and the best mean in that direction is marked).
 Written to ``--out``: ``compare.md``, ``compare.json`` and (with matplotlib) ``compare.png``
 (bars of the means with std error bars, and the mean MoRF / LeRF curves); the Markdown table is
 also printed. Results of different data, boxes or ROAD settings are compared with a warning.
@@ -20,6 +21,7 @@ from typing import Any
 from torchattr.cli._common import CommandError, Reporter
 from torchattr.cli.evaluate import LOCALISATION
 from torchattr.io import save_json, write_atomic
+from torchattr.metrics.directions import direction
 
 METRICS = (*LOCALISATION, "road_score")
 
@@ -77,9 +79,16 @@ def run(args: argparse.Namespace) -> int:
         means = [(r["metrics"][metric] or {}).get("mean") for r in rows]
         valid = [(v, r["label"]) for v, r in zip(means, rows) if v is not None]
         if valid:
-            top = max(v for v, _ in valid)
+            top = direction(metric).best(v for v, _ in valid)
             best[metric] = [label for v, label in valid if v == top]
-    table = {"metrics": metrics, "methods": rows, "best": best, "warnings": warnings}
+    directions = {m: direction(m).word for m in metrics}
+    table = {
+        "metrics": metrics,
+        "directions": directions,
+        "methods": rows,
+        "best": best,
+        "warnings": warnings,
+    }
     markdown = _markdown(table)
     out: Path = args.out
     save_json(out / "compare.json", table)
@@ -155,7 +164,7 @@ def _comparability(summaries: list[dict[str, Any]], labels: list[str]) -> list[s
 def _markdown(table: dict[str, Any]) -> str:
     metrics = table["metrics"]
     lines = [
-        "| method | images | " + " | ".join(metrics) + " |",
+        "| method | images | " + " | ".join(f"{m} ({direction(m).word})" for m in metrics) + " |",
         "|---" * (len(metrics) + 2) + "|",
     ]
     for row in table["methods"]:
@@ -168,7 +177,12 @@ def _markdown(table: dict[str, Any]) -> str:
             cells.append(cell)
         images = "-" if row["images"] is None else str(row["images"])
         lines.append(f"| {row['label']} | {images} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean +- sample std over images (n); higher is better; best in bold."]
+    lines += [
+        "",
+        "Mean +- sample std over images (n); (higher) / (lower): which is better, from "
+        "torchattr.metrics.DIRECTIONS; best in bold.",
+    ]
+    lines += [f"Note: {m}: {direction(m).note}." for m in metrics if direction(m).caveat]
     lines += [f"Warning: {w}" for w in table["warnings"]]
     return "\n".join(lines) + "\n"
 
@@ -200,7 +214,9 @@ def _plot(path: Path, rows: list[dict[str, Any]], metrics: list[str]) -> Path | 
         positions = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(metrics))]
         bars.bar(positions, means, width, yerr=errors, capsize=3, label=row["label"])
     bars.set_xticks(range(len(metrics)))
-    bars.set_xticklabels([m.replace("_", "\n") for m in metrics], fontsize=8)
+    bars.set_xticklabels(
+        [m.replace("_", "\n") + f"\n({direction(m).word} is better)" for m in metrics], fontsize=7
+    )
     bars.set_ylabel("mean over images (+- std)")
     bars.legend(fontsize=8)
     if curves:

@@ -23,9 +23,9 @@ one is missing, that output is skipped with a note, and the rest is written.
 Metrics (:mod:`torchattr.metrics`; higher is better for each): proportional energy (share of the
 map's mass inside the lesion box; a uniform map scores the box's area fraction), saliency focus
 (mean map value inside the box), pointing game (the map's maximum inside the box, or within
-``pointing_tolerance`` pixels of it) and ROAD ``(LeRF - MoRF) / 2`` of the lesion probability
-(noisy linear imputation of 10% to 90% of the pixels; 20%, 50%, 80% with ``--quick``). A map of
-uniform random noise is scored the same way as a reference.
+``pointing_tolerance`` pixels of it) and ROAD ``(LeRF(1 - p) - MoRF(p)) / 2`` of the lesion
+probability (noisy linear imputation of 10% to 90% of the pixels; 20%, 50%, 80% with
+``--quick``). A map of uniform random noise is scored the same way as a reference.
 
 Adding a method is one entry in :data:`METHODS`: a function ``(model, images [K, 1, H, W],
 config) -> maps [K, H, W]`` (any scale). It is then run, saved, drawn and scored like the others.
@@ -157,8 +157,8 @@ def describe_metrics(config: DemoConfig) -> dict[str, str]:
         "saliency_focus": "mean map value inside the lesion box; not normalised by the map's "
         "mass, so diffuse maps (random noise too) score high",
         "pointing_game": f"hit rate: the map's maximum lies {where} the lesion box",
-        "road": "ROAD (LeRF - MoRF) / 2 of the lesion probability, averaged over noisy linear "
-        f"imputation of {fractions} of the pixels",
+        "road": "ROAD (LeRF(1 - p) - MoRF(p)) / 2 of the lesion probability, averaged over noisy "
+        f"linear imputation of {fractions} of the pixels",
     }
 
 
@@ -376,7 +376,7 @@ def score_maps(
             maps,
             fractions=config.road_fractions,
             order=order,
-            score="probability",
+            score="softmax",
             generator=generator,
         )
         for order in ("morf", "lerf")
@@ -386,7 +386,7 @@ def score_maps(
         "proportional_energy": metrics.proportional_energy(maps, boxes),
         "saliency_focus": metrics.saliency_focus(maps, boxes),
         "pointing_game": hits.float(),
-        "road": metrics.road_summary(road["morf"], road["lerf"]).per_image,
+        "road": metrics.road_summary(road["morf"], road["lerf"], config.road_fractions).per_image,
         "road_morf": road["morf"],
         "road_lerf": road["lerf"],
     }
@@ -563,12 +563,19 @@ def plot_methods(record: dict[str, Any]) -> Any:
             axes.axvline(area, color="0.3", linestyle=":", label="uniform map (box area)")
         axes.set_yticks(positions, names if i == 0 else [])
         axes.invert_yaxis()
-        axes.set_title(METRICS[metric], fontsize=10)
+        axes.set_title(_panel_title(metric), fontsize=10)
     handles, labels = figure.axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     count = len(record["images"])
-    figure.suptitle(f"{count} phantoms, mean ± std over the images: higher is better", fontsize=10)
+    figure.suptitle(f"{count} phantoms, mean ± std over the images", fontsize=10)
     return figure
+
+
+def _panel_title(metric: str) -> str:
+    """The metric's label, its direction and caveat (:data:`torchattr.metrics.DIRECTIONS`)."""
+    way = metrics.direction(metric)
+    caveat = f"; {way.caveat}" if way.caveat else ""
+    return f"{METRICS[metric]}\n({way.word} is better{caveat})"
 
 
 def format_table(

@@ -10,7 +10,8 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
 * ROAD (:func:`~torchattr.metrics.road`, noisy linear imputation) of the class explained by
   ``generate``: MoRF and LeRF scores at ``--fractions`` percent (default 20 40 60 80) of the
   model input (the map resized to it when the preprocessing resizes), and
-  ``road_score = mean_p (LeRF - MoRF) / 2`` (:func:`~torchattr.metrics.road_summary`). The
+  ``road_score = mean_p (LeRF(1 - p) - MoRF(p)) / 2`` (:func:`~torchattr.metrics.road_summary`:
+  both impute as many pixels, so a random map scores 0; the fractions must be symmetric). The
   tie-breaker and the noise of image ``name`` come from a generator seeded with
   ``derive_seed(--seed, "road/<name>")``, the same for MoRF and LeRF.
 
@@ -63,6 +64,7 @@ from torchattr.cli._progress import progress
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
 from torchattr.io import load_map, map_names, save_json, write_atomic
+from torchattr.metrics.directions import Direction, direction
 
 LOCALISATION = (
     "proportional_energy",
@@ -124,9 +126,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--score",
-        choices=("logit", "probability"),
-        default="logit",
-        help="ROAD: the model's logit or softmax probability of the class (default: logit)",
+        choices=("softmax", "sigmoid", "logit", "probability"),
+        default="softmax",
+        help="ROAD: the class's softmax probability, per-output sigmoid (multi-label models) or "
+        "logit (default: softmax, as the ROAD paper; 'probability' is the deprecated name of "
+        "'softmax')",
     )
     parser.add_argument(
         "--no-road", action="store_true", help="skip ROAD (localisation only; MODEL unused)"
@@ -193,6 +197,11 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     fractions = tuple(p / 100 for p in args.fractions)
     if len(set(fractions)) != len(fractions):
         raise CommandError(f"--fractions has repeated values: {args.fractions}")
+    if not args.no_road:
+        try:
+            metrics.paired_fractions(fractions)
+        except ValueError as error:
+            raise CommandError(f"--fractions {args.fractions}: {error}") from None
     loaded = None if args.no_road else load_model(args.model, dist.device)
 
     shard = dist.shard(names)
@@ -311,7 +320,7 @@ def localisation(saliency: Tensor, boxes: list[Box], tolerance: float) -> dict[s
         "boxes": len(boxes),
         "proportional_energy": float(metrics.proportional_energy(maps, xyxy)[0]),
         "saliency_focus": float(metrics.saliency_focus(maps, xyxy)[0]),
-        "pointing_game": bool(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
+        "pointing_game": float(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
         "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, xyxy)[0]),
     }
 
@@ -362,7 +371,7 @@ def road_scores(
         raise CommandError(
             f"ROAD failed: {type(error).__name__}: {text[0] if text else ''}"
         ) from None
-    summary = metrics.road_summary(curves["morf"], curves["lerf"])
+    summary = metrics.road_summary(curves["morf"], curves["lerf"], fractions)
     return {
         "target": explained,
         "road_morf": [float(v) for v in curves["morf"][0]],
@@ -410,11 +419,12 @@ def summarise(
             percent = _percent(p)
             table[f"road_morf_{percent}"] = statistics(morf[:, k].tolist())
             table[f"road_lerf_{percent}"] = statistics(lerf[:, k].tolist())
+        partner = metrics.paired_fractions(fractions)  # LeRF(1 - p) for MoRF(p)
         road = {
             "fractions": list(fractions),
             "morf": morf.mean(axis=0).tolist(),
             "lerf": lerf.mean(axis=0).tolist(),
-            "gap": ((lerf - morf) / 2).mean(axis=0).tolist(),
+            "gap": ((lerf[:, partner] - morf) / 2).mean(axis=0).tolist(),
         }
     return table, road
 
@@ -523,13 +533,15 @@ def _markdown(summary: dict[str, Any]) -> str:
     for name, stats in summary["metrics"].items():
         cells = [_cell(stats[key]) for key in STATISTICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *_direction_lines(list(summary["metrics"]))]
     curves = summary["road_curves"]
     if curves is not None:
         lines += [
             "",
-            "ROAD curves (mean over images; MoRF lower is better, LeRF higher is better):",
+            "ROAD curves (mean over images; MoRF lower is better, LeRF higher is better; "
+            "MoRF(p) imputes as many pixels as LeRF(1 - p), and the gap pairs them):",
             "",
-            "| fraction | MoRF | LeRF | (LeRF - MoRF) / 2 |",
+            "| p | MoRF(p) | LeRF(p) | (LeRF(1 - p) - MoRF(p)) / 2 |",
             "|---|---|---|---|",
         ]
         for p, m, lv, g in zip(curves["fractions"], curves["morf"], curves["lerf"], curves["gap"]):
@@ -537,6 +549,32 @@ def _markdown(summary: dict[str, Any]) -> str:
     if summary["notes"]:
         lines += ["", *[f"Note: {note}" for note in summary["notes"]]]
     return "\n".join(lines) + "\n"
+
+
+def metric_direction(name: str) -> Direction:
+    """The direction of a summary column: a metric, or a ROAD curve column ``road_morf_20``."""
+    for curve in ("road_morf", "road_lerf"):
+        if name.startswith(f"{curve}_"):
+            return direction(curve)
+    return direction(name)
+
+
+def _direction_lines(names: list[str]) -> list[str]:
+    """Which way is better for each column (:data:`torchattr.metrics.DIRECTIONS`), and notes."""
+    groups: dict[str, list[str]] = {"higher": [], "lower": []}
+    for name in names:
+        groups[metric_direction(name).word].append(name)
+    lines = [
+        f"{word.capitalize()} is better: {', '.join(group)}."
+        for word, group in groups.items()
+        if group
+    ]
+    lines += [
+        f"Note: {name}: {direction(name).note}."
+        for name in names
+        if not name.startswith("road_") and metric_direction(name).caveat
+    ]
+    return lines
 
 
 def _cell(value: Any) -> str:
@@ -572,13 +610,14 @@ def _histograms(path: Path, rows: list[dict[str, Any]], table: dict[str, Any]) -
     for k, name in enumerate(shown):
         axes = figure.add_subplot(rows_count, columns, k + 1)
         values = [float(r[name]) for r in rows if r.get(name) is not None]
-        if name == "pointing_game":
+        if name == "pointing_game" and set(values) <= {0.0, 1.0}:
             axes.bar(["miss", "hit"], [values.count(0.0), values.count(1.0)], color="tab:blue")
         else:
             axes.hist(values, bins=min(20, max(5, len(values) // 2)), color="tab:blue")
             axes.axvline(float(np.mean(values)), color="tab:red", label="mean")
             axes.legend()
-        axes.set_title(f"{name} (n={len(values)})")
+        word = metric_direction(name).word
+        axes.set_title(f"{name} (n={len(values)}, {word} is better)", fontsize=9)
         axes.set_ylabel("images")
         axes.tick_params(axis="x", labelrotation=30)
     return save_png(path, figure)

@@ -8,8 +8,18 @@
   :func:`deletion`, :func:`insertion`, :func:`gaussian_blur`).
 * :mod:`~torchattr.metrics.robustness`: stability and faithfulness of explanations
   (:func:`max_sensitivity`, :func:`infidelity`, :func:`faithfulness_correlation`).
+* :mod:`~torchattr.metrics.directions`: :data:`DIRECTIONS`, whether higher or lower is better
+  for every metric (and a note where it misleads), read by the command line and the plots.
+
+Every metric that calls the model takes ``score=``: ``"softmax"`` (over the classes; a sigmoid
+for a single logit), ``"sigmoid"`` (per output, for multi-label models) or ``"logit"``
+(``"probability"``: the deprecated name of ``"softmax"``). The perturbation curves (:func:`road`,
+:func:`deletion`, :func:`insertion`) default to ``"softmax"``, as their papers report
+probabilities; :func:`infidelity` and :func:`faithfulness_correlation`, defined on the model's
+function, default to ``"logit"``, as Captum.
 """
 
+from torchattr.metrics.directions import DIRECTIONS, Direction, direction
 from torchattr.metrics.localisation import (
     boxes_to_mask,
     pointing_game,
@@ -24,6 +34,7 @@ from torchattr.metrics.perturbation import (
     gaussian_blur,
     insertion,
     noisy_linear_impute,
+    paired_fractions,
     road,
     road_masks,
     road_summary,
@@ -31,16 +42,20 @@ from torchattr.metrics.perturbation import (
 from torchattr.metrics.robustness import faithfulness_correlation, infidelity, max_sensitivity
 
 __all__ = [
+    "DIRECTIONS",
     "CausalCurves",
+    "Direction",
     "RoadSummary",
     "boxes_to_mask",
     "deletion",
+    "direction",
     "faithfulness_correlation",
     "gaussian_blur",
     "infidelity",
     "insertion",
     "max_sensitivity",
     "noisy_linear_impute",
+    "paired_fractions",
     "pointing_game",
     "proportional_energy",
     "relevance_rank_accuracy",

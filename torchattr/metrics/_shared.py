@@ -3,6 +3,7 @@ per copy, argument checks."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from torchattr._core.targets import (
 )
 from torchattr.metrics.localisation import summed_maps
 
-SCORES = ("logit", "probability")
+SCORES = ("logit", "softmax", "sigmoid")
+_DEPRECATED_SCORES = {"probability": "softmax"}
 _TENSOR = InputSpec("tensor")
 
 
@@ -76,7 +78,7 @@ def _scoring(
     """
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
-    check_choice(score, "score", SCORES)
+    score = check_score(score)
     target = normalize_target(target, inputs.shape[0], inputs.device)
     if isinstance(target, Tensor) and target.ndim == 2:
         raise ValueError(
@@ -100,10 +102,32 @@ def _scoring(
         yield _Scorer(model, target, score, torch.cat(clean), kwargs)
 
 
+def check_score(score: Any, stacklevel: int = 4) -> str:
+    """The score name: one of :data:`SCORES`; ``"probability"`` is the deprecated ``"softmax"``.
+
+    * ``"logit"``: the model's output for the target, unchanged;
+    * ``"softmax"``: ``exp(z_c) / sum_k exp(z_k)`` over the classes of ``[N, C]`` outputs (one
+      class out of several, as ImageNet classifiers); a single logit ``z`` per row (``[N]`` or
+      ``[N, 1]``) is a binary classifier's, and gets ``sigmoid(z)`` (the softmax of ``(0, z)``);
+    * ``"sigmoid"``: ``1 / (1 + exp(-z_c))`` of each output separately (multi-label models, such
+      as chest X-ray classifiers with one finding per output).
+    """
+    if isinstance(score, str) and score in _DEPRECATED_SCORES:
+        new = _DEPRECATED_SCORES[score]
+        warnings.warn(
+            f"score={score!r} is deprecated: use score={new!r} (the same values)",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        return new
+    check_choice(score, "score", SCORES)
+    return score
+
+
 def _scores(output: Any, target: Target, score: str) -> Tensor:
-    """``[N]`` scores of resolved targets, after a softmax / sigmoid for probabilities."""
-    if score == "probability":
-        output = _as_probabilities(logits_of(output))
+    """``[N]`` scores of resolved targets, after a softmax / sigmoid (see :func:`check_score`)."""
+    if score != "logit":
+        output = _as_probabilities(logits_of(output), score)
     scores = row_scores(output, target)
     if scores.ndim != 1:
         raise ValueError(
@@ -113,18 +137,34 @@ def _scores(output: Any, target: Target, score: str) -> Tensor:
     return scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
 
 
-def _as_probabilities(output: Any) -> Tensor:
-    """Softmax over the classes of ``[N, C]`` logits; sigmoid of a single logit per row."""
+def _as_probabilities(output: Any, score: str = "softmax") -> Tensor:
+    """``score="softmax"``: softmax over the classes of ``[N, C]`` logits, sigmoid of a single
+    logit per row; ``"sigmoid"``: the sigmoid of every output."""
     if not isinstance(output, Tensor) or output.ndim not in (1, 2):
         shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(
-            f"model output has shape {shape}: score='probability' needs [N, C] or [N] logits; "
+            f"model output has shape {shape}: score={score!r} needs [N, C] or [N] logits; "
             "pass score='logit' with a callable target"
         )
     output = output.to(torch.promote_types(output.dtype, torch.float32))
-    if output.ndim == 1 or output.shape[1] == 1:
+    if score == "sigmoid" or output.ndim == 1 or output.shape[1] == 1:
         return output.sigmoid()
     return output.softmax(dim=1)
+
+
+def predicted_classes(output: Any) -> Tensor:
+    """The class each row is classified as, ``[N]`` long: ``argmax_c z_c`` of ``[N, C]`` logits
+    (the first on ties), ``z > 0`` (class 1) for a single logit per row (``[N]`` or ``[N, 1]``).
+    """
+    logits = logits_of(output)
+    if not isinstance(logits, Tensor) or logits.ndim not in (1, 2):
+        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"model output has shape {shape}: accuracy (labels=) needs [N, C] or [N] logits"
+        )
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        return (logits.reshape(-1) > 0).long()
+    return logits.argmax(dim=1)
 
 
 def _randn(

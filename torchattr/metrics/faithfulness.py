@@ -74,7 +74,7 @@ def completeness(
             a callable.
         baseline: a number or a tensor broadcastable to the inputs: the reference point the
             attributions were computed against.
-        score: ``"logit"`` (default) or ``"probability"``.
+        score: ``"logit"`` (default), ``"softmax"`` or ``"sigmoid"``.
         chunk_size: rows per model call (default B).
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their sample).
@@ -108,7 +108,7 @@ def monotonicity(
     *,
     features_per_step: int = 1,
     baseline: float | Tensor = 0.0,
-    score: str = "probability",
+    score: str = "softmax",
     chunk_size: int | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: Progress = False,
@@ -134,7 +134,7 @@ def monotonicity(
             a callable.
         features_per_step: features put back per step.
         baseline: a number or a tensor broadcastable to the inputs (the starting point).
-        score: ``"probability"`` (default, as AIX360) or ``"logit"``.
+        score: ``"softmax"`` (default, as AIX360), ``"sigmoid"`` or ``"logit"``.
         chunk_size: rows per model call (default B).
         forward_kwargs: keyword arguments passed to every model call.
         progress: True for a tqdm bar or a callable ``(done, total)`` (``total = K B``).
@@ -248,7 +248,7 @@ def average_drop(
     saliency: Tensor,
     target: Target = None,
     *,
-    score: str = "probability",
+    score: str = "softmax",
     chunk_size: int | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor:
@@ -259,7 +259,7 @@ def average_drop(
     with ``Y = f(x)`` the score for the target on the image and ``O`` the score on the image
     multiplied by its explanation map ``E`` scaled to a maximum of 1 (the paper's "explanation
     map as a mask"). The paper's Average Drop is the mean over images. Lower is better; NaN
-    where ``Y <= 0`` (use ``score="probability"``, the default and the paper's choice).
+    where ``Y <= 0`` (use ``score="softmax"``, the default and the paper's choice).
 
     Args:
         model: maps rows ``[N, ...]`` to outputs ``[N, classes]`` (or ``[N]``).
@@ -268,7 +268,7 @@ def average_drop(
             ``[B, C, H, W]`` inputs (shared by the channels), each with a positive maximum.
         target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
             a callable.
-        score: ``"probability"`` (default) or ``"logit"``.
+        score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.
         chunk_size: rows per model call (default B).
         forward_kwargs: keyword arguments passed to every model call.
 
@@ -293,7 +293,7 @@ def increase_in_confidence(
     saliency: Tensor,
     target: Target = None,
     *,
-    score: str = "probability",
+    score: str = "softmax",
     chunk_size: int | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Tensor:

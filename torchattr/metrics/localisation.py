@@ -5,8 +5,18 @@ bool mask ``[H, W]``. Every metric returns one value per image, ``[B]``:
 
 * :func:`proportional_energy`: ``sum(S * M) / sum(S)``, the share of the map's mass in the boxes;
 * :func:`saliency_focus`: ``sum(S * M) / sum(M)``, the mean saliency inside the boxes;
-* :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance);
+* :func:`pointing_game`: whether the map's maximum lies in the boxes (within a tolerance; the
+  share of its maxima that do, with ties);
 * :func:`relevance_rank_accuracy`: ``|top-K(S) & M| / |M|`` with ``K = |M|``.
+
+Ties are resolved the same way everywhere: by their expected value under a random order of the
+tied pixels. The pointing game of a map with several equal maxima is the fraction of them that
+lie in (or near) the boxes, and relevance rank accuracy counts the pixels tied at the K-th value
+in proportion to their share inside the boxes. Neither depends on where the tied pixels lie or
+on the pixel order, and a flat map scores chance (the boxes' area fraction, for a constant map),
+not a hit. (Counting a plateau as a hit if *any* of its pixels touches the boxes would let a
+constant map, or a map that is zero over most of the boxes, score perfectly.) See
+:data:`torchattr.metrics.DIRECTIONS` for every metric's direction and caveats.
 
 Boxes are XYXY pixel coordinates with exclusive ends: a box ``(x1, y1, x2, y2)`` covers
 ``M[y1:y2, x1:x2]``. Coordinates outside the image are clipped to it (``0 <= x <= W``,
@@ -103,6 +113,11 @@ def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
     normalised by the map's mass: it reads in the map's units (for maps scaled to [0, 1], a
     value in [0, 1]; 1 when the map is 1 everywhere in the boxes).
 
+    Caution: higher is better only between maps of comparable scale and spread. It rewards
+    diffuse maps: a map of ones everywhere scores 1, uniform noise in [0, 1] scores 0.5, and a
+    sharp map scaled to max 1 typically scores less, however well it points at the boxes. Use
+    :func:`proportional_energy` (mass share) or :func:`relevance_rank_accuracy` to rank methods.
+
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
         boxes: a bool mask ``[B, H, W]`` or a list of B per-image ``[N_i, 4]`` XYXY boxes,
@@ -123,12 +138,19 @@ def saliency_focus(saliency: Tensor, boxes: Boxes) -> Tensor:
 def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tensor:
     """Pointing game (Zhang et al. 2016): is each map's maximum in or near the boxes? ``[B]``.
 
-    The point of map b is its maximum ``p_b = argmax S_b``; with several equal maxima, the first
-    in row-major order (``S_b.flatten().argmax()``). It is a hit iff some pixel ``q`` of ``M_b``
-    has ``||p_b - q||_2 <= tolerance`` (Euclidean distance in pixels; ``tolerance=0``: ``p_b``
-    itself lies in ``M_b``; 15 px is a common choice). An image without boxes is never a hit
-    (some implementations count an empty mask as a hit), and neither is an all-zero map, which
-    points nowhere.
+    The points of map b are its maxima ``P_b = {p : S_b[p] = max S_b}``. A point ``p`` is a
+    hit iff some pixel ``q`` of ``M_b`` has ``||p - q||_2 <= tolerance`` (Euclidean distance in
+    pixels; ``tolerance=0``: ``p`` lies in ``M_b``; 15 px is a common choice), and the result is
+    the fraction of the points that are hits,
+
+        ``PG_b = |{p in P_b : d(p, M_b) <= tolerance}| / |P_b|``,
+
+    1 or 0 for a map with a single maximum, and for a plateau of equal maxima the probability of
+    a hit when the tie is broken at random (a plateau of 9 maxima, 3 of them in the box: 1/3),
+    whatever the position of the plateau or the pixel order; consistent with
+    :func:`relevance_rank_accuracy`'s ties. An image without boxes scores 0 (some
+    implementations count an empty mask as a hit), and so does an all-zero map, which points
+    nowhere.
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).
@@ -137,7 +159,8 @@ def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tenso
         tolerance: a non-negative distance in pixels.
 
     Returns:
-        ``[B]`` bool; ``hits.float().mean()`` is the pointing accuracy.
+        ``[B]`` in [0, 1], float32 (float64 for float64 maps); ``hits.mean()`` is the pointing
+        accuracy.
 
     Example::
 
@@ -148,15 +171,31 @@ def pointing_game(saliency: Tensor, boxes: Boxes, tolerance: float = 0) -> Tenso
     if not tolerance >= 0 or tolerance == float("inf"):
         raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
     maps, mask = _maps_and_mask(saliency, boxes)
-    height, width = maps.shape[1:]
-    point = maps.flatten(1).argmax(dim=1)  # first maximum in row-major order
-    py, px = (point // width).to(maps.dtype), (point % width).to(maps.dtype)
-    ys = torch.arange(height, device=maps.device, dtype=maps.dtype)
-    xs = torch.arange(width, device=maps.device, dtype=maps.dtype)
-    dy2, dx2 = (ys - py[:, None]) ** 2, (xs - px[:, None]) ** 2  # [B, H], [B, W]
-    distance2 = dy2[:, :, None] + dx2[:, None, :]
-    near = mask & (distance2 <= float(tolerance) ** 2)
-    return near.flatten(1).any(dim=1) & (maps.flatten(1).amax(dim=1) > 0)
+    peak = maps.flatten(1).amax(dim=1)  # [B]
+    maxima = maps == peak[:, None, None]
+    near = mask if tolerance == 0 else squared_distances(mask) <= float(tolerance) ** 2
+    hits = (maxima & near).flatten(1).sum(dim=1).to(maps.dtype)
+    share = hits / maxima.flatten(1).sum(dim=1).to(maps.dtype)  # >= 1 maximum per map
+    return torch.where(peak > 0, share, 0)
+
+
+def squared_distances(mask: Tensor) -> Tensor:
+    """Squared Euclidean distance ``[B, H, W]`` of every pixel to the nearest True pixel of
+    ``mask [B, H, W]`` (``inf`` for an empty mask), exact, in float64.
+
+    Two separable passes: ``G(y, x) = min_{y': M(y', x)} (y - y')^2`` down the columns, then
+    ``D(y, x) = min_{x'} G(y, x') + (x - x')^2`` along the rows; ``O(H W (H + W))`` per image.
+    """
+    _, height, width = mask.shape
+    ys = torch.arange(height, device=mask.device, dtype=torch.float64)
+    xs = torch.arange(width, device=mask.device, dtype=torch.float64)
+    dy2 = (ys[:, None] - ys[None, :]) ** 2  # [y, y']
+    dx2 = (xs[:, None] - xs[None, :]) ** 2  # [x, x']
+    out = []
+    for image in mask:  # one image at a time bounds the memory to H W (H + W)
+        column = torch.where(image[None], dy2[:, :, None], torch.inf).amin(dim=1)  # [y, x]
+        out.append((column[:, None, :] + dx2[None]).amin(dim=2))  # [y, x]
+    return torch.stack(out)
 
 
 def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
@@ -166,11 +205,12 @@ def relevance_rank_accuracy(saliency: Tensor, boxes: Boxes) -> Tensor:
     (their union): 1 when the boxes hold the K highest values. ``[B]``, 0 for an image without
     boxes and for an all-zero map.
 
-    Ties at the K-th value are split evenly instead of by pixel position: if ``g`` pixels are
-    above the K-th largest value ``v`` and ``t`` pixels equal it, ``t_M`` of them in the boxes,
-    the top K holds the ``g`` and ``K - g`` of the tied pixels, and counts
-    ``|{S > v} & M| + (K - g) * t_M / t`` hits (the expected count under a random order of the
-    ties). The result does not depend on where the tied pixels lie.
+    Ties at the K-th value are split evenly instead of by pixel position, as in
+    :func:`pointing_game` (the expected value under a random order of the ties): if ``g``
+    pixels are above the K-th largest value ``v`` and ``t`` pixels equal it, ``t_M`` of them in
+    the boxes, the top K holds the ``g`` and ``K - g`` of the tied pixels, and counts
+    ``|{S > v} & M| + (K - g) * t_M / t`` hits. The result does not depend on where the tied
+    pixels lie; a constant map scores the boxes' area fraction ``K / (H W)``.
 
     Args:
         saliency: non-negative maps ``[B, H, W]`` or ``[B, C, H, W]`` (channels summed).

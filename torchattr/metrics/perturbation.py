@@ -7,7 +7,8 @@ predicted on the clean images) on every perturbed copy:
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
   neighbours, solved jointly for all of them (one sparse system per image), plus noise;
 * :func:`road` (Rong et al., ICML 2022): scores after imputing the most (MoRF) or least (LeRF)
-  relevant pixels, for several fractions; :func:`road_summary` averages the curves;
+  relevant pixels, for several fractions; :func:`road_summary` compares MoRF(p) with
+  LeRF(1 - p), which impute as many pixels;
 * :func:`deletion` / :func:`insertion` (RISE, Petsiuk et al. 2018): scores while pixels are
   replaced by a substrate, or restored onto it, ``step`` pixels at a time; curves and AUC.
 
@@ -42,7 +43,6 @@ from torchattr._core.targets import (
     Target,
 )
 from torchattr.metrics._shared import (
-    SCORES,
     _check_chunk_size,
     _check_fractions,
     _check_images,
@@ -51,9 +51,12 @@ from torchattr.metrics._shared import (
     _check_tolerance,
     _randn,
     _scoring,
+    check_score,
+    predicted_classes,
 )
 
-FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+# Symmetric (p and 1 - p both present), so that road_summary can pair MoRF(p) with LeRF(1 - p).
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
 
 # The 8 neighbours (dy, dx) and their weights: 1/6 for the edge, 1/12 for the diagonal ones.
@@ -431,8 +434,8 @@ class RoadSummary(NamedTuple):
 
     morf: Tensor  # [P] mean MoRF score per fraction (lower is better)
     lerf: Tensor  # [P] mean LeRF score per fraction (higher is better)
-    gap: Tensor  # [P] (lerf - morf) / 2 per fraction
-    per_image: Tensor  # [B] (LeRF - MoRF) / 2 averaged over the fractions, per image
+    gap: Tensor  # [P] (LeRF(1 - p) - MoRF(p)) / 2 per MoRF fraction p
+    per_image: Tensor  # [B] (LeRF(1 - p) - MoRF(p)) / 2 averaged over the fractions, per image
     score: Tensor  # [] the mean of per_image: one number per method (higher is better)
 
 
@@ -448,7 +451,8 @@ def road(
     sigma: float = 0.01,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
-    score: str = "logit",
+    score: str = "softmax",
+    labels: Tensor | None = None,
     tol: float = 1e-6,
     max_iter: int = 500,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -465,12 +469,23 @@ def road(
     * ``order="lerf"``: LeRF(p) keeps the ``k_p`` most relevant pixels and imputes the other
       ``n - k_p`` (higher is better), as in the reference implementation.
 
+    MoRF(p) and LeRF(1 - p) impute the same number of pixels (exactly when ``p n`` is an integer,
+    else one more for LeRF): :func:`road_summary` pairs them.
+
     Imputation is :func:`noisy_linear_impute` (noise ``sigma * N(0, 1)``, ``sigma`` in the
     inputs' units; ``noise`` is its deprecated former name), and the score is the
-    model's output for the target on the imputed image: ``score="logit"`` the raw output (the
-    logit of an index target), ``"probability"`` the output after a softmax over the classes
-    (a sigmoid for single-logit models) -- applied before the target, so a callable target
-    receives probabilities. ``target=None`` explains the class predicted on the clean image.
+    model's output for the target on the imputed image: ``score="softmax"`` (the default, as the
+    ROAD paper) the output after a softmax over the classes (a sigmoid for single-logit
+    models), ``"sigmoid"`` after a sigmoid per output (multi-label models), ``"logit"`` the raw
+    output (``"probability"``: the deprecated name of ``"softmax"``) -- applied before the
+    target, so a callable target receives probabilities. ``target=None`` explains the class
+    predicted on the clean image.
+
+    With ``labels`` (LongTensor ``[B]`` of class indices), ROAD accuracy instead, as the paper
+    reports it: entry ``[b, p]`` is 1.0 where the model still classifies the imputed copy as
+    ``labels[b]`` (``argmax`` of ``[N, C]`` outputs; ``z > 0`` is class 1 for a single logit
+    ``z``), else 0.0; ``.mean(0)`` is the accuracy per fraction. ``score`` and ``target`` then
+    play no part beyond the checks.
 
     The ``P x B`` imputed copies (fraction-major) are imputed and scored ``chunk_size`` at a
     time (default B), on the inputs' device. Random draws come from ``generator``: first the
@@ -485,6 +500,8 @@ def road(
             :mod:`torchattr._core.targets`).
         fractions: P values in (0, 1).
         order: ``"morf"`` or ``"lerf"``.
+        score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.
+        labels: None, or the true classes ``[B]``: return ROAD accuracy (0/1 per copy).
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their image into the imputed copies).
         progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
@@ -492,19 +509,21 @@ def road(
             (``total = P B``).
 
     Returns:
-        Scores ``[B, P]`` (float32, or float64 for float64 outputs).
+        Scores ``[B, P]`` (float32, or float64 for float64 outputs); with ``labels``, 0/1
+        correctness ``[B, P]`` (float32).
 
     Example::
 
         morf = road(model, images, maps, order="morf")
         lerf = road(model, images, maps, order="lerf")
-        road_summary(morf, lerf).score     # (LeRF - MoRF) / 2, higher is better
+        road_summary(morf, lerf).score     # mean (LeRF(1 - p) - MoRF(p)) / 2, higher is better
     """
+    score = check_score(score)
     images = _check_images(inputs)
     maps = _check_maps(saliency, images)
     fractions = _check_fractions(fractions)
     check_choice(order, "order", ORDERS)
-    check_choice(score, "score", SCORES)
+    labels = _check_labels(labels, images)
     sigma = check_scale(sigma, "sigma")
     _check_tolerance(tol, max_iter)
     check_progress(progress)
@@ -526,7 +545,11 @@ def road(
             if sigma > 0:
                 draws = build_rows(start, stop, batch, lambda c, s: stack_draws(noise_draws, c, s))
                 filled = filled + sigma * draws.to(filled.dtype) * holes[:, None]
-            scores = scorer(filled.to(images.dtype), sample)
+            if labels is None:
+                scores = scorer(filled.to(images.dtype), sample)
+            else:
+                output = scorer.forward(filled.to(images.dtype), sample)
+                scores = (predicted_classes(output) == labels[sample]).float()
             if result is None:
                 result = scores.new_zeros(len(fractions) * batch)
             result[start:stop] = scores
@@ -562,18 +585,29 @@ def road_masks(
     return _holes(ranks[:, None], counts[None, :, None, None], order)
 
 
-def road_summary(morf: Tensor, lerf: Tensor) -> RoadSummary:
-    """Summarise ROAD curves ``[B, P]`` of the same fractions: means and ``(LeRF - MoRF) / 2``.
+def road_summary(morf: Tensor, lerf: Tensor, fractions: Sequence[float] = FRACTIONS) -> RoadSummary:
+    """Summarise ROAD curves, comparing like with like: ``(LeRF(1 - p) - MoRF(p)) / 2``.
 
-    ``morf`` and ``lerf`` are :func:`road` scores (or accuracies) ``[B, P]``. Returns the mean
-    curves ``[P]`` over the images, their half-difference ``gap = (lerf - morf) / 2`` per
-    fraction, the per-image ``(LeRF - MoRF) / 2`` averaged over the fractions ``[B]``, and its
-    mean over the images (a scalar tensor; higher is better: removing the least relevant pixels
-    hurts the model less than removing the most relevant ones).
+    ``morf`` and ``lerf`` are :func:`road` scores (or accuracies) ``[B, P]``, both computed at
+    ``fractions`` (P values; default :data:`FRACTIONS`, as :func:`road`'s). MoRF(p) imputes the
+    ``floor(p n)`` most relevant pixels, LeRF(q) all but the ``floor(q n)`` most relevant, so
+    MoRF(p) and LeRF(1 - p) impute the same number of pixels (``p n`` integer; else LeRF one
+    more): the two copies differ only in *which* pixels the map picks, and a random map scores
+    0 in expectation. (LeRF(p) imputes ``1 - p`` of the image: pairing it with MoRF(p), as
+    before, biases the score whenever the fractions are not symmetric.) Hence ``fractions``
+    must be symmetric: ``1 - p`` must be among them for every ``p`` (within 1e-6), else a
+    ValueError names the unpaired fractions.
+
+    Returns the mean curves ``[P]`` over the images (indexed by ``fractions``), the per-fraction
+    ``gap[k] = mean_b (LeRF_b(1 - p_k) - MoRF_b(p_k)) / 2`` (indexed by the MoRF fraction
+    ``p_k``), the per-image ``(LeRF(1 - p) - MoRF(p)) / 2`` averaged over the fractions ``[B]``,
+    and its mean over the images (a scalar tensor; higher is better: removing the least relevant
+    pixels hurts the model less than removing as many of the most relevant ones).
 
     Example::
 
-        summary = road_summary(morf, lerf)
+        summary = road_summary(morf, lerf)                       # the default fractions
+        summary = road_summary(morf, lerf, fractions=(0.2, 0.5, 0.8))
         summary.score, summary.morf, summary.lerf
     """
     for name, value in (("morf", morf), ("lerf", lerf)):
@@ -585,11 +619,59 @@ def road_summary(morf: Tensor, lerf: Tensor) -> RoadSummary:
             f"morf has shape {list(morf.shape)} but lerf has {list(lerf.shape)}: "
             "summarise curves of the same images and fractions"
         )
-    half = (lerf - morf) / 2
+    fractions = _check_fractions(fractions)
+    if len(fractions) != morf.shape[1]:
+        raise ValueError(
+            f"fractions has {len(fractions)} values but the curves have {morf.shape[1]} "
+            "columns: pass the fractions given to road"
+        )
+    partner = paired_fractions(fractions)
+    half = (lerf[:, partner] - morf) / 2
     per_image = half.mean(dim=1)
     return RoadSummary(
         morf.mean(dim=0), lerf.mean(dim=0), half.mean(dim=0), per_image, per_image.mean()
     )
+
+
+def paired_fractions(fractions: Sequence[float]) -> list[int]:
+    """For each fraction ``p_k``, the index ``j`` with ``p_j = 1 - p_k`` (within 1e-6).
+
+    Raises a ValueError naming the fractions whose ``1 - p`` is missing.
+
+    Example::
+
+        paired_fractions((0.2, 0.5, 0.8))   # [2, 1, 0]
+    """
+    fractions = _check_fractions(fractions)
+    partner, unpaired = [], []
+    for p in fractions:
+        matches = [j for j, q in enumerate(fractions) if abs(p + q - 1) <= 1e-6]
+        if matches:
+            partner.append(matches[0])
+        else:
+            unpaired.append(p)
+    if unpaired:
+        raise ValueError(
+            f"fractions {unpaired} have no partner 1 - p among {list(fractions)}: the ROAD "
+            "summary pairs MoRF(p) with LeRF(1 - p) (the same number of imputed pixels); "
+            f"add {[round(1 - p, 6) for p in unpaired]} or use symmetric fractions"
+        )
+    return partner
+
+
+def _check_labels(labels: Any, images: Tensor) -> Tensor | None:
+    """None, or integer class labels ``[B]`` on the images' device."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.is_complex():
+        kind = f"dtype {labels.dtype}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise TypeError(f"labels must be an integer tensor [B] of class indices, got {kind}")
+    if labels.dtype == torch.bool or tuple(labels.shape) != (images.shape[0],):
+        raise ValueError(
+            f"labels has shape {list(labels.shape)} and dtype {labels.dtype}: expected integer "
+            f"class indices [B] = [{images.shape[0]}]"
+        )
+    return labels.to(images.device)
 
 
 def _relevance_ranks(maps: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -656,7 +738,7 @@ def deletion(
     step: int | None = None,
     substrate: Any = 0.0,
     chunk_size: int | None = None,
-    score: str = "probability",
+    score: str = "softmax",
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: Progress = False,
 ) -> CausalCurves:
@@ -688,8 +770,9 @@ def deletion(
         progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
             ``(done, total)`` called after each model call with the copies done
             (``total = (n + 1) B``).
-        score: ``"probability"`` (softmax over the classes, sigmoid for a single logit; the
-            default, as in RISE) or ``"logit"``.
+        score: ``"softmax"`` (over the classes, a sigmoid for a single logit; the default, as
+            in RISE), ``"sigmoid"`` (per output, for multi-label models) or ``"logit"``;
+            ``"probability"`` is the deprecated name of ``"softmax"``.
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their image into the copies).
 
@@ -725,7 +808,7 @@ def insertion(
     step: int | None = None,
     substrate: Any = "blur",
     chunk_size: int | None = None,
-    score: str = "probability",
+    score: str = "softmax",
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: Progress = False,
 ) -> CausalCurves:
@@ -793,10 +876,10 @@ def _causal(
     progress: Progress = False,
 ) -> CausalCurves:
     """Deletion (``insert=False``) or insertion curves; see :func:`deletion`."""
+    score = check_score(score, stacklevel=5)
     check_progress(progress)
     images = _check_images(inputs)
     maps = _check_maps(saliency, images)
-    check_choice(score, "score", SCORES)
     batch, _, height, width = images.shape
     pixels = height * width
     step = width if step is None else check_positive_int(step, "step")

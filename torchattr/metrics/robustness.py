@@ -32,6 +32,7 @@ from torchattr.metrics._shared import (
     _rand,
     _randn,
     _scoring,
+    check_score,
 )
 
 Explain = Callable[[Tensor, Any], Tensor]
@@ -145,9 +146,11 @@ def infidelity(
     over ``samples`` perturbations ``I_s``: by default ``sigma * N(0, 1)`` elementwise (one
     ``[B, ...]`` draw per sample, in order), or ``perturbation(inputs, generator)`` called once
     per sample and returning ``I [B, ...]`` shaped like the inputs. ``f`` is the model's score
-    for the target (``score="logit"``: the output; ``"probability"``: after a softmax, or a
-    sigmoid for one logit). 0 means the attributions predict every score drop exactly: the
-    gradient of a linear model has infidelity 0 under any perturbation.
+    for the target (``score="logit"``, the default: the output; ``"softmax"``: after a softmax
+    over the classes, a sigmoid for one logit; ``"sigmoid"``: after a sigmoid per output;
+    ``"probability"`` is the deprecated name of ``"softmax"``). 0 means the attributions
+    predict every score drop exactly: the gradient of a linear model has infidelity 0 under
+    any perturbation.
 
     With ``normalize=True`` the attributions are first rescaled by the best factor
     ``beta = mean_s(a_s b_s) / mean_s(a_s^2)`` (``a_s = sum(Phi * I_s)``, ``b_s`` the drop), as
@@ -208,6 +211,7 @@ def infidelity(
     draws = CopyDraws(draw)
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
+    score = check_score(score)
     with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
         rows = samples * batch
         for start, stop in reported(row_ranges(rows, chunk_size), progress, rows, "infidelity"):
@@ -263,7 +267,8 @@ def faithfulness_correlation(
         chunk_size: rows per model call (default B).
         generator: draws the subsets: ``rand([B, F])`` per run, the subset being the
             ``subset_size`` largest draws.
-        score: ``"logit"`` or ``"probability"``.
+        score: ``"logit"`` (the default), ``"softmax"`` or ``"sigmoid"`` (per output); see
+            :func:`~torchattr.metrics.infidelity`.
         forward_kwargs: keyword arguments passed to every model call (see :func:`infidelity`).
         progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
             ``(done, total)`` called after each model call with the rows done
@@ -302,6 +307,7 @@ def faithfulness_correlation(
     draws = CopyDraws(draw)
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
+    score = check_score(score)
     with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
         rows = runs * batch
         ranges = reported(row_ranges(rows, chunk_size), progress, rows, "faithfulness")

@@ -62,7 +62,7 @@ def comprehensiveness(
     fractions: Sequence[float] | float = (0.01, 0.05, 0.1, 0.2, 0.5),
     baseline: int = 0,
     mask: Tensor | None = None,
-    score: str = "probability",
+    score: str = "softmax",
     chunk_size: int | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: Progress = False,
@@ -93,7 +93,7 @@ def comprehensiveness(
         mask: ``[B, L]`` bool or 0/1 integers, True/1 for real tokens (default: all real).
             Padding positions are never replaced; pass the model's own attention mask in
             ``forward_kwargs`` as usual.
-        score: ``"probability"`` (default, as ERASER) or ``"logit"``.
+        score: ``"softmax"`` (default, as ERASER), ``"sigmoid"`` or ``"logit"``.
         chunk_size: rows per model call (default B).
         forward_kwargs: keyword arguments passed to every model call (tensors with leading
             dimension B follow their sample).
@@ -123,7 +123,7 @@ def sufficiency(
     fractions: Sequence[float] | float = (0.01, 0.05, 0.1, 0.2, 0.5),
     baseline: int = 0,
     mask: Tensor | None = None,
-    score: str = "probability",
+    score: str = "softmax",
     chunk_size: int | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: Progress = False,

@@ -219,7 +219,7 @@ def _plan(
     extra: dict[str, Any],
 ) -> tuple[list[Step], Any]:
     """The plain forward: the steps relevance reaches, and the model's output."""
-    planner = Planner(model, composite, prefix, {})
+    planner = Planner(model, composite, prefix)
     with torch.no_grad():
         copies = tuple(t.detach().clone() for t in tensors)
         for t, facts in zip(copies, _facts(tensors)):

@@ -432,13 +432,11 @@ def _is_query(name: str) -> bool:
 class Planner(_Capture):
     """The plain forward (values only, no autograd) that records the steps relevance reaches."""
 
-    def __init__(self, model: nn.Module, composite: Composite, prefix: str,
-                 inputs: dict[int, Facts]) -> None:  # fmt: skip
+    def __init__(self, model: nn.Module, composite: Composite, prefix: str) -> None:
         super().__init__(model, composite, prefix)
         self.steps: list[Step] = []
         self.producer: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> step index
         self.uses: list[int] = []
-        self.inputs = inputs
 
     def plain(self, func: Any, args: Any, kwargs: Any) -> Any:
         return func(*args, **inference(func, args, kwargs))

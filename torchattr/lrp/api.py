@@ -35,6 +35,7 @@ from torchattr._core.wrapped import unwrap
 from torchattr.lrp.capture import (
     Facts,
     LRPError,
+    Nondeterministic,
     Planner,
     Step,
     detached,
@@ -188,10 +189,10 @@ def lrp(
             grads, scores, sinks, float_slots, cotangent, multi = _relevance(
                 inner, composite, prefix, steps, tensors, spec, extra, target, known, reference
             )
-        except LRPError as error:
-            if not in_training_mode(inner) or "not deterministic" not in str(error):
+        except Nondeterministic as error:
+            if not in_training_mode(inner):
                 raise
-            raise LRPError(
+            raise Nondeterministic(
                 f"{error}. The model is in training mode: layers that draw random numbers there "
                 "(stochastic depth, drop path, custom dropout) differ between the two passes; "
                 "call model.eval() first"
@@ -250,8 +251,9 @@ def _relevance(
 ) -> tuple[Any, ...]:
     """The forward under the rules, the exactness check, and the backward."""
     with torch.enable_grad():
+        # _run_rules hands the model copies of these leaves (in-place operations on inputs)
         leaves = tuple(
-            t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in tensors
+            t.detach().requires_grad_(True) if t.is_floating_point() else t for t in tensors
         )
         output, run = _run_rules(model, composite, prefix, steps, leaves, spec, extra)
         _check_layer_inputs(run, steps, leaves[0].dtype)
@@ -302,7 +304,7 @@ def _run_rules(
         output = call_model(model, copies, spec, extra)
     if run.index != len(steps):
         missing = steps[run.index].site
-        raise LRPError(
+        raise Nondeterministic(
             f"LRP: the forward took another path than in the plan pass: operation "
             f"{missing.name!r} ({missing.target}) did not run again. The model's control flow "
             "depends on values or on random draws; LRP needs a deterministic inference forward"
@@ -322,7 +324,7 @@ def _check_layer_inputs(run: Relevance, steps: list[Step], dtype: torch.dtype) -
     for (i, _), d in zip(run.inputs_seen, drift):
         if not d <= tol:
             site = steps[i].site
-            raise LRPError(
+            raise Nondeterministic(
                 f"LRP: the relevance program differs from the model before layer {site.name!r} "
                 f"({site.target}): its input changed between the plain forward and the rules "
                 f"(relative difference {d:.3g}). The model's forward is not deterministic "
@@ -345,7 +347,7 @@ def _check_exact(output: Any, reference: Any, diagnose: Any) -> None:
     if len(got) == len(want) and all(close(a, b) for a, b in zip(got, want)):
         return
     diagnose()
-    raise LRPError(
+    raise Nondeterministic(
         "LRP: the relevance program's output differs from the model's output, but no single "
         "operation differs from its plain value; the model is not deterministic between calls "
         "(random draws, state updated by the forward)"

@@ -54,11 +54,16 @@ from torchattr.lrp.ops import (
     kind_of,
     op_name,
 )
-from torchattr.lrp.rules import _Rule
+from torchattr.lrp.rules import Constant, Pass, _Rule
 
 
 class LRPError(RuntimeError):
     """LRP cannot explain this model as it runs (the message names the operation and module)."""
+
+
+class Nondeterministic(LRPError):
+    """The two passes of one call disagree: a random draw, state the forward updates, or
+    control flow on values that differ between them."""
 
 
 class Escape(Exception):
@@ -620,8 +625,6 @@ def inference(func: Any, args: Any, kwargs: Any) -> Any:
 def check_supported(site: Site, kind: str, rule: _Rule | None, name: str) -> None:
     """Refuse, before anything is computed, an operation that relevance reaches but that no rule
     covers, and rules that cannot apply to an operation's kind."""
-    from torchattr.lrp.rules import Constant, Pass
-
     if kind in ("dense", "conv") and rule is None:
         raise TypeError(
             f"LRP: the composite gives no rule to layer {site.name!r} ({site.target}); add one, "
@@ -689,4 +692,13 @@ def no_rule_message(site: Site, name: str) -> str:
     )
 
 
-__all__ = ["Facts", "LRPError", "Planner", "Step", "detached", "leaves", "map_leaves"]
+__all__ = [
+    "Facts",
+    "LRPError",
+    "Nondeterministic",
+    "Planner",
+    "Step",
+    "detached",
+    "leaves",
+    "map_leaves",
+]

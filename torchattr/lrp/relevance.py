@@ -19,9 +19,11 @@ from torchattr.lrp import affine, attention
 from torchattr.lrp.capture import (
     Facts,
     LRPError,
+    Nondeterministic,
     Step,
     _Capture,
     _Frame,
+    batchnorm_parameters,
     checksum,
     detached,
     inference,
@@ -30,8 +32,8 @@ from torchattr.lrp.capture import (
     take_value,
 )
 from torchattr.lrp.composites import Composite, Site, default_rule
-from torchattr.lrp.ops import DIVISIONS, PRODUCTS, op_name
-from torchattr.lrp.rules import Constant, Epsilon, RuleError, _Rule, identity
+from torchattr.lrp.ops import DIVISIONS, PRODUCTS, describe, op_name
+from torchattr.lrp.rules import Constant, Epsilon, RuleError, _Rule, identity, stabilize
 
 
 class Relevance(_Capture):
@@ -65,7 +67,7 @@ class Relevance(_Capture):
                     and self.fact(t) is None
                 ):
                     raise LRPError(
-                        f"LRP lost track of relevance: {_describe(func)} in {self.scope()} "
+                        f"LRP lost track of relevance: {describe(func)} in {self.scope()} "
                         "receives a tensor computed from the inputs outside the operations LRP "
                         "sees (e.g. by a custom torch.autograd.Function). Give the enclosing "
                         "module one rule (ta.composites.by_name({'<module>': ta.rules.Pass()}))"
@@ -77,14 +79,14 @@ class Relevance(_Capture):
 
     def _next(self, site: Site, name: str) -> Step:
         if self.index >= len(self.steps):
-            raise LRPError(
+            raise Nondeterministic(
                 f"LRP: the forward took another path than in the plan pass: an extra operation "
                 f"{site.name!r} ({site.target}). The model's control flow depends on values or "
                 "on random draws; LRP needs a deterministic inference forward"
             )
         step = self.steps[self.index]
         if step.site.name != site.name or step.name != name:
-            raise LRPError(
+            raise Nondeterministic(
                 f"LRP: the forward took another path than in the plan pass: operation "
                 f"{site.name!r} ({site.target}) where {step.site.name!r} ran before. The "
                 "model's control flow depends on values or on random draws; LRP needs a "
@@ -178,12 +180,6 @@ class Relevance(_Capture):
         return out
 
 
-def _describe(func: Any) -> str:
-    from torchattr.lrp.ops import describe
-
-    return describe(func)
-
-
 def tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of the exactness checks for a floating dtype."""
     return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
@@ -203,8 +199,6 @@ def close(a: Tensor, b: Tensor) -> bool:
 
 def _shifted_identity(y: Tensor, x: Tensor, bias: Tensor) -> Tensor:
     """``y = gamma x / rms + bias``: the shift is a bias, ``R_x = (y - bias) / y * R_y``."""
-    from torchattr.lrp.rules import stabilize
-
     y = y.detach()
     return y + (x - x.detach()) * ((y - bias.detach()) / stabilize(y, 1e-6))
 
@@ -302,8 +296,6 @@ def _norm(rel, func, name, in_place, args, kwargs, step, index):  # type: ignore
 
 def _batchnorm(rel, func, name, in_place, args, kwargs, step, index):  # type: ignore[no-untyped-def]
     if step.merged:
-        from torchattr.lrp.capture import batchnorm_parameters
-
         return rel.stash.pop(index)(batchnorm_parameters(*rel.raw), take_value(step))
     fn = _out_of_place(func, name, in_place, kwargs)
     live = _live_positions(list(args), kwargs, step)

@@ -5,6 +5,10 @@
 * ``resnet18``: the ResNet-18 architecture (He et al. 2016): BasicBlock with a functional residual
   add, [2, 2, 2, 2] blocks of widths 64/128/256/512, BatchNorm, global average pooling; 1000
   classes by default. About 11.7 M parameters, like torchvision's ``resnet18``.
+* ``resnet50``: the ResNet-50 architecture (He et al. 2016): Bottleneck blocks (1x1, 3x3, 1x1
+  convolutions, expansion 4, stride on the 3x3 as in torchvision) with a functional residual add,
+  [3, 4, 6, 3] blocks, base width 64 (``width=`` scales it: 16 for a CPU smoke run), BatchNorm;
+  about 25.6 M parameters at width 64 and 1000 classes, like torchvision's ``resnet50``.
 * ``transformer``: a text classifier over integer tokens ``[B, L]`` (vocabulary 1000, PAD = 0,
   UNK = 1): ``nn.Embedding(1000, 128, padding_idx=0)`` plus learned positions, a 2-layer
   ``nn.TransformerEncoder`` (4 heads, feed-forward 256 with ReLU, no dropout, batch first, key
@@ -22,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-MODELS = ("small", "resnet18", "transformer")
-IMAGE_MODELS = ("small", "resnet18")
+MODELS = ("small", "resnet18", "resnet50", "transformer")
+IMAGE_MODELS = ("small", "resnet18", "resnet50")
 TEXT_MODELS = ("transformer",)
 PAD, UNK = 0, 1  # token ids of the transformer: padding, unknown
 VOCAB, MAX_LENGTH = 1000, 512
@@ -104,6 +108,61 @@ class ResNet18(nn.Module):
         return self.fc(self.stages(self.stem(x)).mean(dim=(2, 3)))
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (stride here), 1x1 expand (x4), each with BatchNorm; residual add."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = 4 * width
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))``."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50: 7x7/2 stem, 3x3/2 max pool, Bottleneck stages [3, 4, 6, 3], average pool, fc.
+
+    ``self.stages[-1]`` is the last convolutional stage (the Grad-CAM layer).
+    """
+
+    def __init__(self, num_classes: int = 1000, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages = []
+        cin = width
+        for i, blocks in enumerate((3, 4, 6, 3)):
+            w = width * 2**i
+            layers = [Bottleneck(cin, w, 1 if i == 0 else 2)]
+            layers += [Bottleneck(4 * w, w) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = 4 * w
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of images ``[B, 3, H, W]`` (H, W >= 32)."""
+        return self.fc(self.stages(self.stem(x)).mean(dim=(2, 3)))
+
+
 class TransformerClassifier(nn.Module):
     """Tokens ``[B, L]`` -> logits ``[B, num_classes]``: embedding + positions, encoder, pooling.
 
@@ -176,18 +235,21 @@ def build(
     *,
     num_classes: int | None = None,
     seed: int = 0,
+    width: int | None = None,
 ) -> nn.Module:
     """Build benchmark model ``name`` (see :data:`MODELS`) on ``device``, in eval mode.
 
     Weights are drawn with ``seed`` (default initialisation, plus random BatchNorm statistics), so
     two calls give identical models. ``num_classes`` defaults to 10 (small), 1000 (resnet18) and
-    4 (transformer).
+    4 (transformer); ``width`` is ResNet-50's base width (default 64).
     """
     torch.manual_seed(seed)
     if name == "small":
         model: nn.Module = SmallCNN(num_classes=num_classes or 10)
     elif name == "resnet18":
         model = ResNet18(num_classes=num_classes or 1000)
+    elif name == "resnet50":
+        model = ResNet50(num_classes=num_classes or 1000, width=width or 64)
     elif name == "transformer":
         model = TransformerClassifier(num_classes=num_classes or 4)
     else:

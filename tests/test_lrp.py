@@ -385,3 +385,22 @@ def test_lrp0_on_conv3d_and_transposed_convolutions_is_gradient_times_input():
         rtol=1e-9,
         atol=1e-12,
     )
+
+
+def test_lrp_under_autocast_explains_the_model_in_its_own_dtype():
+    """An enclosing bf16 autocast is switched off: the same relevance as outside it, no error."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 5),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 8, 8)
+    expected = ta.lrp(model, x, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ta.lrp(model, x, 2)
+        assert torch.is_autocast_enabled("cpu")  # the user's context is back after the call
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)

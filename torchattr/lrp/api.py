@@ -125,7 +125,10 @@ def lrp(
     shapes, einops and Hugging Face code run as they are; BatchNorm is merged into the layer
     before it; the second forward's output is checked against the first on every call, and a
     difference raises an error naming the first operation that differs. LRP explains the
-    model's inference function (dropout off, BatchNorm with running statistics). Wrapped models
+    model's inference function (dropout off, BatchNorm with running statistics), in the dtype of
+    its parameters: an enclosing ``torch.autocast`` is switched off for the call (a rule needs
+    each layer's exact output; cast the model itself, ``model.bfloat16()``, for half precision,
+    which LRP runs as it is). Wrapped models
     (``nn.DataParallel``, DDP, ``torch.compile``) are unwrapped. The model is never modified.
 
     Args:
@@ -181,7 +184,12 @@ def lrp(
             UserWarning,
             stacklevel=2,
         )
-    with buffers_kept(inner) as restore, grad_context(inner):
+    # Rules need each layer's exact output: an enclosing autocast is switched off for the call.
+    with (
+        torch.autocast(device.type, enabled=False),
+        buffers_kept(inner) as restore,
+        grad_context(inner),
+    ):
         tensors = normal_tensors(tensors)
         steps, reference = _plan(inner, composite, prefix, tensors, spec, extra)
         restore()

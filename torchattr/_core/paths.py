@@ -145,12 +145,15 @@ def fixed_path(
     memory_budget: int | None,
     progress: Progress,
     description: str,
+    masks: Sequence[Tensor | None] = (),
 ) -> tuple[list[Tensor], bool, Tensor | None]:
     """Attributions along ``point`` with ``steps`` chords (see the module docstring).
 
     Gradients at the chord midpoints ``(k + 1/2) / n``; with ``idgi`` the scores at the knots
     ``k / n`` (``n + 1`` more forward-only rows per sample) give each chord's score change.
-    Returns (sums per primal, multi, knot scores ``[n + 1, B(, K)]`` or None).
+    ``masks`` (per slot, None or bool ``[B, L]``): padded positions of layered slots, left out
+    of the IDGI correction (they do not move, and get zero). Returns (sums per primal, multi,
+    knot scores ``[n + 1, B(, K)]`` or None).
     """
     n_slots, batch = len(problem.tensors), problem.batch
     knots = [k / steps for k in range(steps + 1)]
@@ -166,7 +169,8 @@ def fixed_path(
     def weigh(start: int, stop: int, grads: tuple[Tensor, ...], multi: bool) -> tuple[Tensor, ...]:
         if scores is not None:
             step, sample = row_index(start, stop, batch, scores.device)
-            return idgi_correction(grads, scores[step + 1, sample] - scores[step, sample], multi)
+            change = scores[step + 1, sample] - scores[step, sample]
+            return idgi_correction(unmasked(grads, masks, sample, multi), change, multi)
         chords = tuple(
             build_rows(
                 start,
@@ -196,6 +200,21 @@ def chord_times(diff: Tensor, grad: Tensor, multi: bool) -> Tensor:
     """``diff * grad`` in at least float32; ``diff`` [N, ...] against ``grad`` [N, K, ...]."""
     dtype = accumulation_dtype(grad)
     return (diff.unsqueeze(1) if multi else diff).to(dtype) * grad.to(dtype)
+
+
+def unmasked(
+    grads: Sequence[Tensor], masks: Sequence[Tensor | None], sample: Tensor, multi: bool
+) -> tuple[Tensor, ...]:
+    """``grads`` with the rows' padded positions (``masks[i][sample]`` False) set to zero."""
+    out = []
+    for i, g in enumerate(grads):
+        mask = masks[i] if i < len(masks) else None
+        if mask is None:
+            out.append(g)
+            continue
+        keep = mask[sample].unsqueeze(1) if multi else mask[sample]
+        out.append(g * keep.reshape(keep.shape + (1,) * (g.ndim - keep.ndim)))
+    return tuple(out)
 
 
 def idgi_correction(
@@ -302,6 +321,7 @@ def guided_path(
     idgi: bool,
     chunk_size: int | None,
     progress: Progress = False,
+    masks: Sequence[Tensor | None] = (),
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Guided IG (Kapishnikov et al. 2021) for all samples at once.
 
@@ -313,6 +333,7 @@ def guided_path(
     forward-only B-row pass per step). The last step ends at the input. Bookkeeping is per
     sample in float64 over the features of all slots; each step's gradient is one B-row forward
     and backward (``chunk_size`` rows per call). ``target`` is resolved (one class per row).
+    ``masks``: padded positions, left out of the IDGI correction (see :func:`fixed_path`).
     Returns (attributions per primal ``[B, ...]`` in float64, the final state per primal).
     """
     batch = problem.batch
@@ -335,6 +356,8 @@ def guided_path(
     with reporting(progress, steps * batch, "guided integrated gradients") as report:
         for step in range(steps):
             grads = _state_gradients(problem, target, primals(state), chunk_size)
+            if idgi:
+                grads = unmasked(grads, masks, torch.arange(batch, device=base.device), False)
             g = torch.cat([t.reshape(batch, -1).double() for t in grads], 1)
             before = state
             state = guided_step(state, base, inputs, g, (step + 1) / steps, fraction, max_dist)
@@ -502,6 +525,7 @@ def run_path(
                     idgi=idgi,
                     chunk_size=rows,
                     progress=progress,
+                    masks=masks,
                 )[0]
                 for t in target.unbind(1)
             ]
@@ -518,6 +542,7 @@ def run_path(
                 idgi=idgi,
                 chunk_size=rows,
                 progress=progress,
+                masks=masks,
             )
             multi = False
         else:
@@ -531,6 +556,7 @@ def run_path(
                 memory_budget=memory_budget,
                 progress=progress,
                 description="blur integrated gradients" if path == "blur" else "idgi",
+                masks=masks,
             )
         if return_delta:
             start_scores, _ = forward_scores(problem, starts, target, rows)

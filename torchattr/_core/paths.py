@@ -158,7 +158,8 @@ def fixed_path(
     n_slots, batch = len(problem.tensors), problem.batch
     knots = [k / steps for k in range(steps + 1)]
     mids = [(k + 0.5) / steps for k in range(steps)]
-    rows = None if chunk_size == "auto" else chunk_size
+    # forward-only knot rows: B per call under "auto" (no saved activations to measure)
+    rows = batch if chunk_size == "auto" else chunk_size
     scores = None
     if idgi:
         scores = score_rows(

@@ -15,7 +15,7 @@ from models import ImageAndTabular, SmoothMLP, build
 import torchattr as ta
 import torchattr.paths.expected as expected_module
 from torchattr._core.grad import prepare
-from torchattr._core.paths import gaussian_blur, guided_path
+from torchattr._core.paths import gaussian_blur, guided_path, idgi_correction
 
 TARGETS = torch.tensor([0, 2, 1])
 
@@ -462,3 +462,66 @@ def test_idgi_on_blur_is_complete_and_matches_ig_shape():
         ta.idgi(model, x, method="ig", max_sigma=3.0)
     with pytest.raises(ValueError, match="unknown method"):
         ta.idgi(model, x, method="straight")
+
+
+# --------------------------------------------------------------------------------------------
+# Every path method: grad contexts, model state, threads, chunking
+# --------------------------------------------------------------------------------------------
+
+CNN, IMAGES = build("conv_bn")
+REFS = torch.rand(
+    4, *IMAGES.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(9)
+)
+CALLS = {
+    "expected": lambda x, chunk: ta.expected_gradients(
+        CNN,
+        x,
+        TARGETS,
+        references=REFS,
+        samples=4,
+        chunk_size=chunk,
+        generator=torch.Generator().manual_seed(0),
+    ),
+    "blur": lambda x, chunk: ta.blur_integrated_gradients(
+        CNN, x, TARGETS, max_sigma=3.0, steps=4, chunk_size=chunk
+    ),
+    "guided": lambda x, chunk: ta.guided_integrated_gradients(
+        CNN, x, TARGETS, steps=4, chunk_size=chunk
+    ),
+    "idgi": lambda x, chunk: ta.idgi(CNN, x, TARGETS, steps=4, chunk_size=chunk),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_contexts_chunks_and_model_state(name):
+    call = CALLS[name]
+    before = snapshot(CNN)
+    plain = call(IMAGES, None)
+    assert plain.shape == IMAGES.shape and plain.dtype == torch.float64
+    close(call(IMAGES, 5), plain, rtol=1e-10)
+    with torch.inference_mode():
+        close(call(IMAGES.clone(), 5), plain, rtol=1e-10)
+    with torch.no_grad():
+        close(call(IMAGES, None), plain, rtol=1e-10)
+    assert_unchanged(CNN, before)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: call(IMAGES, 4), range(2)))
+    for r in results:
+        close(r, plain, rtol=1e-10)
+    assert_unchanged(CNN, before)
+
+
+def test_nan_in_the_path_is_reported_never_zeroed():
+    class Log(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x).sum(1, keepdim=True)  # -inf / NaN at the zero baseline
+
+    x = torch.rand(2, 3, dtype=torch.float64) + 0.5
+    _, delta = ta.idgi(Log().eval(), x, 0, steps=4, return_delta=True)
+    assert not torch.isfinite(delta).all()
+    g = torch.tensor([[1.0, math.nan], [0.0, 0.0]], dtype=torch.float64)
+    (corrected,) = idgi_correction((g,), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert corrected[0].isnan().all()  # a NaN gradient is never turned into 0
+    assert torch.equal(corrected[1], torch.zeros(2, dtype=torch.float64))  # a zero one gives 0

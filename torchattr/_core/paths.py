@@ -233,7 +233,8 @@ def idgi_correction(
     dtype = accumulation_dtype(grads[0])
     squares = [g.to(dtype).square() for g in grads]
     norm = sum(s.flatten(lead).sum(-1) for s in squares)
-    factor = torch.where(norm > 0, change.to(dtype) / torch.where(norm > 0, norm, 1), 0)
+    # NaN stays NaN: only an exactly zero gradient gets the factor 0
+    factor = torch.where(norm == 0, 0, change.to(dtype) / torch.where(norm == 0, 1, norm))
     return tuple(s * factor.reshape(factor.shape + (1,) * (s.ndim - lead)) for s in squares)
 
 

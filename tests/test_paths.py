@@ -525,3 +525,32 @@ def test_nan_in_the_path_is_reported_never_zeroed():
     (corrected,) = idgi_correction((g,), torch.tensor([1.0, 2.0], dtype=torch.float64))
     assert corrected[0].isnan().all()  # a NaN gradient is never turned into 0
     assert torch.equal(corrected[1], torch.zeros(2, dtype=torch.float64))  # a zero one gives 0
+
+
+def test_blur_ig_tuple_inputs_and_callable_target():
+    """Each image input is blurred on its own path; a callable target explains any score."""
+
+    class TwoImages(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(1, 2, 3, padding=1)
+            self.b = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x, y):
+            return torch.cat(
+                [torch.tanh(self.a(x)).mean((2, 3)), torch.tanh(self.b(y)).mean((2, 3))], 1
+            )
+
+    torch.manual_seed(0)
+    model = TwoImages().double().eval()
+    x = torch.rand(2, 1, 5, 5, dtype=torch.float64)
+    y = torch.rand(2, 2, 4, 6, dtype=torch.float64)
+    target = lambda out: out.softmax(1)[:, 3]  # noqa: E731
+    (ax, ay), delta = ta.blur_integrated_gradients(
+        model, (x, y), target, max_sigma=2.0, steps=48, return_delta=True
+    )
+    assert ax.shape == x.shape and ay.shape == y.shape
+    start = model(gaussian_blur(x, 2.0), gaussian_blur(y, 2.0)).softmax(1)[:, 3]
+    end = model(x, y).softmax(1)[:, 3]
+    close(delta, (ax.sum((1, 2, 3)) + ay.sum((1, 2, 3))) - (end - start).detach(), rtol=1e-9)
+    assert delta.abs().max() < 1e-4 * (end - start).abs().max()

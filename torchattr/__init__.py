@@ -14,22 +14,33 @@ from torchattr.cam import cam
 from torchattr.gradient import input_x_gradient, reduce_channels, saliency, smoothgrad
 from torchattr.integrated import integrated_gradients, quadrature
 from torchattr.lrp import Conservation, LRPError, composites, lrp, lrp_rules, rules
+from torchattr.paths import (
+    blur_integrated_gradients,
+    expected_gradients,
+    guided_integrated_gradients,
+    idgi,
+)
 from torchattr.ranking import top_codes
 
 if TYPE_CHECKING:
+    from torchattr import baselines as baselines
     from torchattr import cli as cli
     from torchattr import data as data
     from torchattr import io as io
     from torchattr import metrics as metrics
     from torchattr import viz as viz
 
-_LAZY = ("cli", "data", "io", "metrics", "viz")
+_LAZY = ("baselines", "cli", "data", "io", "metrics", "viz")
 
 __all__ = [
     "Conservation",
     "LRPError",
+    "blur_integrated_gradients",
     "cam",
     "composites",
+    "expected_gradients",
+    "guided_integrated_gradients",
+    "idgi",
     "input_x_gradient",
     "integrated_gradients",
     "lrp",

@@ -1,7 +1,7 @@
 """Gradient saliency, input x gradient and the SmoothGrad family.
 
-All three are one forward and one backward of the (possibly enlarged) batch through
-:func:`torchattr._core.grad.score_gradients`; nothing else costs time.
+All three are one forward and one backward of the (possibly enlarged) batch (one batched
+vector-Jacobian product); nothing else costs time.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def saliency(
 ) -> InputsT:
     """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
 
-    ``s`` is each sample's explained score (see :mod:`torchattr._core.targets`). With the
+    ``s`` is each sample's explained score (see *Conventions > Targets* in the docs). With the
     defaults an image batch ``[B, C, H, W]`` gives ``[B, H, W]``: the absolute gradient, maximised
     over the channel dimension (dim 1). ``reduce`` may be ``"sum"``, ``"mean"`` or ``None`` (keep
     the full gradient, ``[B, C, H, W]``); ``abs=False`` keeps signs (then ``"max"`` is the largest

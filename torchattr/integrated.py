@@ -194,7 +194,7 @@ def integrated_gradients(
     the result does not depend on it beyond float rounding. The default ``"auto"`` measures the
     peak memory of the first two chunks (4 and 8 rows) and sizes the rest to stay under
     ``memory_budget`` bytes (default 128 MiB on CPU, half the free memory on CUDA; see
-    :func:`torchattr._core.chunking.run_chunks`); None sends all ``steps x B`` rows at once.
+    *Conventions > Chunking* in the docs); None sends all ``steps x B`` rows at once.
     ``progress``: True for a tqdm bar (when installed and stderr is a terminal) or a callable
     ``(done, total)`` called after each chunk with the rows done. ``return_delta=True`` also
     returns the convergence delta ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``,

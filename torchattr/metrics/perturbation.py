@@ -1,7 +1,7 @@
 """Perturbation metrics: noisy linear imputation, ROAD, deletion and insertion.
 
 Each metric perturbs the images along the order a saliency map gives and records the model's
-score of the explained class (see :mod:`torchattr._core.targets`; ``target=None``: the class
+score of the explained class (see *Conventions > Targets* in the docs; ``target=None``: the class
 predicted on the clean images) on every perturbed copy:
 
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
@@ -15,7 +15,7 @@ predicted on the clean images) on every perturbed copy:
 Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k B + b``) and go
 through the model ``chunk_size`` rows at a time; random draws are taken per copy, in copy
 order, so results do not depend on ``chunk_size``. Everything runs on the inputs' device, and
-the model is left as it was (:func:`~torchattr._core.state.untouched`).
+the model is left as it was (see *Conventions > Model state* in the docs).
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def road(
         saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign (only the
             order matters), finite.
         target: None, an int, a LongTensor ``[B]`` or a callable (see
-            :mod:`torchattr._core.targets`).
+            *Conventions > Targets* in the docs).
         fractions: P values in (0, 1).
         order: ``"morf"`` or ``"lerf"``.
         score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.

@@ -44,6 +44,15 @@ from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
+__all__ = [
+    "REDUCTIONS",
+    "SMOOTHGRAD_KINDS",
+    "input_x_gradient",
+    "reduce_channels",
+    "saliency",
+    "smoothgrad",
+]
+
 REDUCTIONS = ("max", "sum", "mean", None)
 _REDUCERS = {
     "max": lambda g, dims: g.amax(dim=dims),

@@ -40,6 +40,8 @@ from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
+__all__ = ["METHODS", "Baseline", "integrated_gradients", "quadrature"]
+
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 Baseline = Any  # None | float | Tensor, or a tuple / dict of them matching the inputs
 

@@ -21,6 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = [
+    "PathLike",
+    "load_map",
+    "load_maps",
+    "map_names",
+    "normalize_map",
+    "save_json",
+    "save_map",
+    "write_atomic",
+]
+
 PathLike = str | os.PathLike[str]
 
 

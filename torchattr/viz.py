@@ -35,6 +35,20 @@ from torch import Tensor
 from torchattr._core.checks import check_choice
 from torchattr.io import write_atomic
 
+__all__ = [
+    "BUILTIN_CMAPS",
+    "MODES",
+    "colorize",
+    "colormap",
+    "draw_boxes",
+    "grid",
+    "normalize",
+    "overlay",
+    "plot_attributions",
+    "save_png",
+    "to_rgb",
+]
+
 PathLike = str | os.PathLike[str]
 Array = Tensor | np.ndarray
 

@@ -64,6 +64,8 @@ from torchattr.cam.grids import (
 )
 from torchattr.cam.layers import LayerArg, bias_layers, resolve_cam_layers
 
+__all__ = ["cam"]
+
 
 @overload
 def cam(

@@ -16,6 +16,8 @@ from torchattr._core.inputs import call_model
 from torchattr._core.targets import Target, output_cotangent, resolve_target
 from torchattr.cam.grids import Reshape, Space, as_grid, check_map_dims
 
+__all__ = ["activations_and_gradients", "capture_outputs", "tapped"]
+
 
 @contextmanager
 def tapped(

@@ -43,6 +43,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+__all__ = [
+    "GRADIENT_MAPS",
+    "METHODS",
+    "ablationcam_weights",
+    "combine",
+    "effective_bias",
+    "eigen_projection",
+    "eigencam_map",
+    "eigengradcam_map",
+    "fullgrad_term",
+    "gradcam_elementwise_map",
+    "gradcam_map",
+    "gradcampp_map",
+    "hirescam_map",
+    "layercam_map",
+    "normalise",
+    "randomcam_weights",
+    "scorecam_weights",
+    "upsample",
+    "weighted_sum",
+    "xgradcam_map",
+]
+
 METHODS = (
     "gradcam",
     "hirescam",

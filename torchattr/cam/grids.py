@@ -13,6 +13,17 @@ from typing import Any
 
 from torch import Tensor
 
+__all__ = [
+    "Reshape",
+    "Space",
+    "as_grid",
+    "check_grid",
+    "check_map_dims",
+    "is_tokens",
+    "spatial",
+    "token_grid",
+]
+
 Reshape = tuple[int, ...] | Callable[[Tensor], Tensor] | None
 
 

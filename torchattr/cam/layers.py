@@ -11,6 +11,8 @@ from torch import nn
 from torchattr._core.layers import layer_name
 from torchattr._core.wrapped import strip_prefix, unwrap
 
+__all__ = ["LayerArg", "bias_layers", "resolve_cam_layers"]
+
 LayerArg = nn.Module | str | Sequence[nn.Module | str] | None
 _BIAS_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.modules.batchnorm._BatchNorm)
 

@@ -28,6 +28,8 @@ import torchattr
 from torchattr.cli import compare, demo, evaluate, generate, view
 from torchattr.cli._common import CommandError
 
+__all__ = ["main"]
+
 COMMANDS = (demo, generate, view, evaluate, compare)
 EXIT_INTERRUPTED = 130
 

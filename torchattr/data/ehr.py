@@ -35,6 +35,18 @@ from torch import Tensor
 from torchattr._core.checks import check_positive_int
 from torchattr.data.seeding import derive_seed
 
+__all__ = [
+    "CONDITIONS",
+    "CONDITION_NAMES",
+    "FIRST_CODE",
+    "LABS",
+    "PLANTED_CONDITION",
+    "PROCEDURES",
+    "PROCEDURE_NAMES",
+    "EHRData",
+    "make_ehr",
+]
+
 PAD, UNK = 0, 1
 FIRST_CODE = 2
 

@@ -25,6 +25,8 @@ from torch import Tensor
 from torchattr._core.checks import check_positive_int
 from torchattr.data.seeding import derive_seed
 
+__all__ = ["lesion_box", "make_phantoms"]
+
 _TEXTURE_CELLS = 8  # the smooth texture is bilinear noise on an 8 x 8 grid
 
 

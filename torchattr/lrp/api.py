@@ -46,6 +46,8 @@ from torchattr.lrp.composites import Composite, Site, resolve
 from torchattr.lrp.relevance import Relevance, close, tolerance
 from torchattr.lrp.rules import _Rule
 
+__all__ = ["Conservation", "lrp", "lrp_rules"]
+
 
 @dataclass(frozen=True)
 class Conservation:

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 
+__all__ = ["ALIASES", "DIRECTIONS", "Direction", "direction"]
+
 
 @dataclass(frozen=True)
 class Direction:

@@ -45,6 +45,15 @@ from torchattr.metrics.robustness import (
     faithfulness_correlation,
 )
 
+__all__ = [
+    "average_drop",
+    "completeness",
+    "increase_in_confidence",
+    "input_invariance",
+    "monotonicity",
+    "sensitivity_n",
+]
+
 
 @keywords()
 def completeness(

@@ -55,6 +55,21 @@ from torchattr.metrics._shared import (
     predicted_classes,
 )
 
+__all__ = [
+    "FRACTIONS",
+    "ORDERS",
+    "CausalCurves",
+    "RoadSummary",
+    "deletion",
+    "gaussian_blur",
+    "insertion",
+    "noisy_linear_impute",
+    "paired_fractions",
+    "road",
+    "road_masks",
+    "road_summary",
+]
+
 # Symmetric (p and 1 - p both present), so that road_summary can pair MoRF(p) with LeRF(1 - p).
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")

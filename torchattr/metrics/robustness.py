@@ -35,6 +35,8 @@ from torchattr.metrics._shared import (
     check_score,
 )
 
+__all__ = ["faithfulness_correlation", "infidelity", "max_sensitivity"]
+
 Explain = Callable[[Tensor, Any], Tensor]
 
 

@@ -40,6 +40,17 @@ from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target, resolve_target
 from torchattr._core.wrapped import strip_prefix, unwrap
 
+__all__ = [
+    "ORDERS",
+    "SIMILARITIES",
+    "RandomLogit",
+    "Randomisation",
+    "model_randomisation",
+    "random_logit",
+    "spearman",
+    "ssim",
+]
+
 SIMILARITIES = ("spearman", "spearman_signed", "ssim")
 ORDERS = ("cascading", "independent")
 

@@ -32,6 +32,8 @@ from torchattr._core.targets import Target
 from torchattr.metrics._copies import score_copies
 from torchattr.metrics._shared import _check_chunk_size, _check_fractions, _scoring
 
+__all__ = ["TokenCurves", "comprehensiveness", "sufficiency"]
+
 TokenInputs = Tensor | Mapping[str, Tensor]
 
 

@@ -300,6 +300,11 @@ def reduce_channels(
     """Optionally take ``|.|`` and reduce the channel dimension (``max``, ``sum`` or ``mean``).
 
     A tensor with nothing after its channel dimension (``[B, F]``) is returned unreduced.
+    ``[B, C, H, W] -> [B, H, W]``, e.g. ``max_c |g[:, c]|`` for ``reduce="max"``, ``abs=True``.
+
+    Example::
+
+        maps = ta.reduce_channels(gradients, reduce="sum", abs=False)   # [B, H, W]
     """
     if abs:
         gradient = gradient.abs()

@@ -9,6 +9,8 @@ One concept per module:
 * :mod:`torchattr.cam.capture`: call-scoped hooks that capture ``A`` and ``G``;
 * :mod:`torchattr.cam.grids`: layer outputs as channels-first grids (feature maps, ViT tokens);
 * :mod:`torchattr.cam.layers`: ``layer=`` resolved to submodules (names, wrapped models).
+
+``METHODS``: the names ``method=`` accepts, in the order of the formula table.
 """
 
 from torchattr.cam.api import cam

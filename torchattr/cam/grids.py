@@ -77,6 +77,10 @@ def token_grid(tokens: int, aspect: tuple[int, ...]) -> tuple[int, tuple[int, in
 
     Drops the first token (a class token) if the other ``tokens - 1`` tile an ``h x w`` grid with
     ``h / w = H / W``; else keeps all of them if they do; else None.
+
+    Example::
+
+        token_grid(197, (224, 224))   # (1, (14, 14)): a class token and 14 x 14 patches
     """
     if len(aspect) != 2:
         return None

@@ -22,7 +22,12 @@ def resolve_cam_layers(model: Any, layer: LayerArg) -> tuple[tuple[nn.Module, ..
 
     Names of a wrapped model (DataParallel, DDP, ``torch.compile``) resolve with or without the
     wrapper's prefix (``"module.layer4"`` or ``"layer4"``). An unknown name raises a ValueError
-    listing the closest submodule names (difflib).
+    listing the closest submodule names (difflib). Definition: ``layer`` -> the tuple of
+    ``model.get_submodule(name)`` (names stripped of a wrapper's prefix) and their names.
+
+    Example::
+
+        modules, names = resolve_cam_layers(model, ["layer3", "module.layer4"])
     """
     if layer is None:
         raise TypeError(

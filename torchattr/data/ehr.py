@@ -139,6 +139,11 @@ class EHRData:
     * ``has_planted``: bool ``[N]``, whether the patient carries the planted condition;
     * ``condition_names`` / ``procedure_names``: id -> readable name (PAD and UNK included);
     * ``planted``: the id of the planted condition code.
+
+Example::
+
+    cohort = ta.data.make_ehr(256, seed=0)
+    cohort.conditions.shape, cohort.labels.float().mean()
     """
 
     conditions: Tensor

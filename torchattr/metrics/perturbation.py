@@ -445,7 +445,16 @@ def _dense(stencil: Tensor) -> Tensor:
 
 
 class RoadSummary(NamedTuple):
-    """Summary of ROAD curves (see :func:`road_summary`)."""
+    """Summary of ROAD curves (see :func:`road_summary`).
+
+    ``gap [P] = (LeRF(1 - p) - MoRF(p)) / 2`` per MoRF fraction ``p``; ``per_image [B]``: the gap
+    averaged over the fractions; ``score = mean(per_image)``, higher is better.
+
+    Example::
+
+        summary = ta.metrics.road_summary(morf, lerf)
+        summary.score                # one number per method
+    """
 
     morf: Tensor  # [P] mean MoRF score per fraction (lower is better)
     lerf: Tensor  # [P] mean LeRF score per fraction (higher is better)
@@ -737,7 +746,15 @@ def _holes(ranks: Tensor, counts: Tensor, order: str) -> Tensor:
 
 
 class CausalCurves(NamedTuple):
-    """Deletion or insertion curves and their areas (see :func:`deletion`)."""
+    """Deletion or insertion curves and their areas (see :func:`deletion`).
+
+    ``curves [B, n + 1]``: the score after ``0, 1, ..., n`` steps; ``auc [B]``: the trapezoid
+    area ``(sum_i c_i - c_0 / 2 - c_n / 2) / n``.
+
+    Example::
+
+        curves, auc = ta.metrics.deletion(model, images, maps, labels)   # auc: lower is better
+    """
 
     curves: Tensor  # [B, n + 1] score after 0, 1, ..., n steps
     auc: Tensor  # [B] (sum - first / 2 - last / 2) / n
@@ -860,6 +877,11 @@ def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
     The kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(size // 2)..size // 2``, normalised
     to sum 1, applied along rows and columns; borders are padded by replicating the edge
     pixels, so a constant image stays constant (RISE pads with zeros, which darkens borders).
+
+    Example::
+
+        blurred = ta.metrics.gaussian_blur(images, size=11, sigma=5.0)   # [B, C, H, W]
+        curves, auc = ta.metrics.insertion(model, images, maps, substrate=blurred)
     """
     images = _check_images(images, "images")
     size = check_positive_int(size, "size")

@@ -61,8 +61,8 @@ class LRPError(RuntimeError):
     """LRP cannot explain this model as it runs (the message names the operation and module).
 
     Raised when the rule pass's output differs from the model's output (``f_rules(x) != f(x)``:
-    the relevance would explain another function), for operations LRP cannot follow (TorchScript, recurrent
-    kernels) and for nondeterministic forwards; never a silent wrong map.
+    the relevance would explain another function), for operations LRP cannot follow
+    (TorchScript, recurrent kernels) and for nondeterministic forwards; never a silent wrong map.
 
     Example::
 

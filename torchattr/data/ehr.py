@@ -140,10 +140,10 @@ class EHRData:
     * ``condition_names`` / ``procedure_names``: id -> readable name (PAD and UNK included);
     * ``planted``: the id of the planted condition code.
 
-Example::
+    Example::
 
-    cohort = ta.data.make_ehr(256, seed=0)
-    cohort.conditions.shape, cohort.labels.float().mean()
+        cohort = ta.data.make_ehr(256, seed=0)
+        cohort.conditions.shape, cohort.labels.float().mean()
     """
 
     conditions: Tensor

@@ -47,10 +47,10 @@ class TokenCurves:
         aopc: ``[B]``, ``drops.mean(0)`` (ERASER's area over the perturbation curve).
         tokens: ``[K, B]`` long, the number of tokens chosen, ``ceil(p n_b)``.
 
-Example::
+    Example::
 
-    drops = ta.metrics.comprehensiveness(model, ids, scores)
-    drops.aopc                   # [B]: higher is better
+        drops = ta.metrics.comprehensiveness(model, ids, scores)
+        drops.aopc                   # [B]: higher is better
     """
 
     fractions: tuple[float, ...]

@@ -1,7 +1,7 @@
 """Every public name has a docstring with a formula or a definition and an example.
 
-Public names: ``torchattr.__all__`` and the ``__all__`` of the public subpackages (listed in
-``PACKAGES``, the same list the API reference renders). A function, class or module needs a
+Public names: ``torchattr.__all__`` and the ``__all__`` of the public subpackages: the modules
+that docs/reference.md renders (``PACKAGES``). A function, class or module needs a
 summary line (its definition), an ``Example::`` block (or doctest) and, for the attribution
 methods and metrics, a formula: a double-backquoted expression with an operator or a shape.
 Data (tuples, dicts, type aliases) need a mention ````NAME```` or ``:data:`NAME``` in their
@@ -14,19 +14,13 @@ import importlib
 import inspect
 import re
 import types
+from pathlib import Path
 
 import pytest
 
-PACKAGES = [
-    "torchattr",
-    "torchattr.cam",
-    "torchattr.lrp",
-    "torchattr.metrics",
-    "torchattr.viz",
-    "torchattr.io",
-    "torchattr.data",
-    "torchattr.cli",
-]
+# The modules of the API reference, listed once in docs/reference.md (``::: module`` lines).
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
+PACKAGES = re.findall(r"^::: (torchattr[\w.]*)$", REFERENCE.read_text(), flags=re.M)
 # Names whose docstrings must carry a formula (the methods and the metrics).
 FORMULA_PACKAGES = {"torchattr", "torchattr.cam", "torchattr.metrics"}
 EXEMPT: set[str] = set()
@@ -68,6 +62,7 @@ def problems(package: str, name: str) -> list[str]:
 def test_the_public_surface_is_listed():
     names = public_names()
     assert ("torchattr", "saliency") in names and ("torchattr.metrics", "road") in names
+    assert {"torchattr", "torchattr.cam", "torchattr.viz", "torchattr.io"} <= set(PACKAGES)
     assert len(names) > 60
 
 

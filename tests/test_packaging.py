@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import importlib.util
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,10 +32,17 @@ EXTRAS = [
 def wheel(tmp_path_factory) -> Path:
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools (test extra) is needed to build the wheel without isolation")
+    # Build from a copy of what the wheel is made of, so that no build/ or *.egg-info folder is
+    # left in the checkout (nor a stale build/lib from an earlier build packaged).
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "torchattr", source / "torchattr",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(ROOT)],
+         "-w", str(out), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

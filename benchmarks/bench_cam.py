@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `torchat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torchattr as ta
+from benchmarks._common import comma_list, parse, parser
 from benchmarks.models import build, parameter_count
 from benchmarks.timing import device_name, peak_mib, time_interleaved
 from torchattr.cam import METHODS
@@ -106,16 +107,12 @@ def captum_gradcam(model: torch.nn.Module, layer: torch.nn.Module, x: Tensor, t:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/bench_cam.py",
-        description="Time every ta.cam method on ResNet-18 beside one forward + backward.",
+    p = parser(
+        "python benchmarks/bench_cam.py",
+        "Time every ta.cam method on ResNet-18 beside one forward + backward.",
+        batch=16,
+        size=224,
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--batch", type=int, default=16, help="samples B (default 16)")
-    p.add_argument("--size", type=int, default=224, help="image side S (default 224)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated ta.cam methods")
     p.add_argument("--layer", default="stages.3", help="CAM layer (default stages.3)")
     p.add_argument(
@@ -125,22 +122,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="rows per model call of scorecam / ablationcam (chunk_size; default 256)",
     )
     p.add_argument("--captum", action="store_true", help="also time Captum's LayerGradCam")
-    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch.cuda.is_available() is False")
-    unknown = [m for m in args.methods.split(",") if m and m not in METHODS]
-    if unknown:
-        p.error(f"unknown methods {unknown}: expected some of {', '.join(METHODS)}")
+    args = parse(p, argv)
+    comma_list(p, args.methods, METHODS, "method")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Time the methods and print the table; return the exit status."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build("resnet18", device, seed=args.seed)
     layer = model.get_submodule(args.layer)

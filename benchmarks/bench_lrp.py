@@ -74,6 +74,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `torchat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torchattr as ta
+from benchmarks._common import comma_list, parse, parser
 from benchmarks.compare import bare_input_gradient, max_relative_error
 from benchmarks.models import _randomize_batchnorm, build, parameter_count
 from benchmarks.timing import device_name, peak_mib, synchronize, time_interleaved
@@ -590,11 +591,13 @@ def verdicts(results: list[ModelResult]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_lrp",
-        description="Time ta.lrp beside one forward + backward, Zennit and Captum.",
+    p = parser(
+        "python -m benchmarks.bench_lrp",
+        "Time ta.lrp beside one forward + backward, Zennit and Captum.",
+        batch=2,
+        size=64,
+        size_help="image side S (default 64; >= 32)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
@@ -607,12 +610,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {','.join(COMPOSITES)} (default: all; Epsilon is Captum's "
         "rules, Epsilon(1e-9) on every layer)",
     )
-    p.add_argument("--batch", type=int, default=2, help="samples B (default 2)")
-    p.add_argument("--size", type=int, default=64, help="image side S (default 64; >= 32)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per contender (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--no-zennit", action="store_true", help="leave Zennit out")
     p.add_argument("--no-captum", action="store_true", help="leave Captum out")
     p.add_argument(
@@ -620,19 +618,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="print torch.profiler's top operators of every torchattr row above 2x bare",
     )
-    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch.cuda.is_available() is False")
-    args.models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
-    args.composites = [c.strip() for c in args.composites.split(",") if c.strip()]
-    for m in args.models:
-        if m not in MODELS:
-            p.error(f"unknown model {m!r}: expected some of {', '.join(MODELS)}")
-    for c in args.composites:
-        if c not in COMPOSITES:
-            p.error(f"unknown composite {c!r}: expected some of {', '.join(COMPOSITES)}")
+    args = parse(p, argv)
+    models = ",".join(ALIASES.get(m.strip(), m.strip()) for m in args.models.split(","))
+    args.models = comma_list(p, models, MODELS, "model")
+    args.composites = comma_list(p, args.composites, COMPOSITES, "composite")
     if args.size < 32:
         p.error("--size must be at least 32 (five 2x2 max pools in VGG, stride 32 in ResNet)")
     return args
@@ -655,8 +644,6 @@ def first_call_in_process(device: torch.device) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; return the exit status."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     zennit, zennit_note = (None, "left out (--no-zennit)") if args.no_zennit else import_zennit()

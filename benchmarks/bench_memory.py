@@ -21,7 +21,6 @@ the minimum of ``--repeats`` interleaved calls. ``rel err``: max |x - captum| / 
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+from benchmarks._common import parse, parser
 from benchmarks.models import build, token_batch, unk_baseline
 from torchattr._core.memory import PeakMeter
 
@@ -156,20 +156,23 @@ def table(rows: list[list[str]], markdown: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,transformer")
-    parser.add_argument("--batch", type=int, default=None, help="default 4 (images), 16 (tokens)")
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--size", type=int, default=None, help="default 128 (images), 64 (L)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument(
+    p = parser(
+        None,
+        __doc__.splitlines()[0],
+        batch=None,
+        size=None,
+        repeats=3,
+        warmup=None,
+        device=None,
+        batch_help="default 4 (images), 16 (tokens)",
+        size_help="default 128 (images), 64 (L)",
+    )
+    p.add_argument("--models", default="resnet18,transformer")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument(
         "--budget", type=float, default=None, help="memory_budget in MiB (default: the library's)"
     )
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(p, argv)
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps}")
     rows = []

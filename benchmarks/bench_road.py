@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 import torchattr
+from benchmarks._common import parse, parser
 from benchmarks.models import build
 from torchattr.metrics import gaussian_blur, noisy_linear_impute, road, road_masks
 from torchattr.metrics.perturbation import FRACTIONS, ORDERS
@@ -337,11 +338,10 @@ def report(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = parser(
+        None, __doc__.split("\n\n")[0], batch=32, size=224, repeats=1, device="auto", markdown=False
+    )
     p.add_argument("--model", default="resnet18", choices=("resnet18", "small"))
-    p.add_argument("--batch", type=int, default=32, help="images (default 32)")
-    p.add_argument("--size", type=int, default=224, help="image side (default 224)")
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--maps", default="smooth", choices=("smooth", "saliency"))
     p.add_argument("--noise", type=float, default=0.01)
@@ -350,11 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-scipy", action="store_true", help="time torchattr only")
     p.add_argument("--check", type=int, default=2, help="images compared without noise (0: none)")
-    p.add_argument("--repeats", type=int, default=1, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.skip_scipy:
         args.contenders = [c for c in args.contenders if c != "scipy"]
     return args
@@ -362,8 +358,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     results, agreement = run(args)
     print(report(results, agreement, args))
     return 0

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 import torchattr
+from benchmarks._common import parse, parser
 from benchmarks.models import build
 from torchattr.metrics import model_randomisation
 from torchattr.metrics.sanity import spearman
@@ -114,8 +115,6 @@ def timed(fn) -> tuple[float, Any]:
 
 def run(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = build(args.model, device)
     g = torch.Generator().manual_seed(args.seed)
     images = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
@@ -187,16 +186,19 @@ def run(args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = parser(
+        None,
+        __doc__.split("\n\n")[0],
+        batch=8,
+        size=64,
+        repeats=1,
+        warmup=None,
+        device="auto",
+        markdown=False,
+    )
     p.add_argument("--model", default="resnet18", choices=("resnet18", "small"))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
     p.add_argument("--order", default="cascading", choices=("cascading", "independent"))
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return parse(p, argv)
 
 
 if __name__ == "__main__":

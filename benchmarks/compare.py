@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+from benchmarks._common import parse, parser
 from benchmarks.models import (
     IMAGE_MODELS,
     MODELS,
@@ -371,11 +372,15 @@ def format_table(entries: list[Entry], markdown: bool, cuda: bool) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.compare",
-        description="Time torchattr against Captum and bare autograd, side by side.",
+    p = parser(
+        "python -m benchmarks.compare",
+        "Time torchattr against Captum and bare autograd, side by side.",
+        batch=None,
+        size=None,
+        batch_help="samples B (default: 4 for the image models, 16 for the transformer)",
+        size_help="image side (small, resnet18) or sequence length (transformer) for every model "
+        "(default: small 32, resnet18 64, transformer 64)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--models",
         default=",".join(MODELS),
@@ -387,35 +392,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {','.join(METHODS)} (default: all); saliency and ig run on "
         "the image models, ig_embedding on the transformer",
     )
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=None,
-        help="samples B (default: 4 for the image models, 16 for the transformer)",
-    )
     p.add_argument("--steps", type=int, default=50, help="IG steps S (default 50)")
-    p.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="image side (small, resnet18) or sequence length (transformer) for every model "
-        "(default: small 32, resnet18 64, transformer 64)",
-    )
     p.add_argument(
         "--num-classes",
         type=int,
         default=None,
         help="classes of the head (default: small 10, resnet18 1000, transformer 4)",
     )
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
     p.add_argument(
         "--stat",
         choices=("median", "min"),
         default="median",
         help="statistic of the repeats shown (min is robust on a busy machine)",
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per contender first")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -427,21 +416,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time saliency captured in CUDA graphs (CUDA only)",
     )
-    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     if args.cuda_graphs and args.device != "cuda":
         p.error("--cuda-graphs needs --device cuda")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch.cuda.is_available() is False")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and print the table; return the exit status."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -1,7 +1,7 @@
 """Gradient saliency, input x gradient and the SmoothGrad family.
 
-All three are one forward and one backward of the (possibly enlarged) batch through
-:func:`torchattr._core.grad.score_gradients`; nothing else costs time.
+All three are one forward and one backward of the (possibly enlarged) batch (one batched
+vector-Jacobian product); nothing else costs time.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
+__all__ = [
+    "REDUCTIONS",
+    "SMOOTHGRAD_KINDS",
+    "input_x_gradient",
+    "reduce_channels",
+    "saliency",
+    "smoothgrad",
+]
+
 REDUCTIONS = ("max", "sum", "mean", None)
 _REDUCERS = {
     "max": lambda g, dims: g.amax(dim=dims),
@@ -67,7 +76,7 @@ def saliency(
 ) -> InputsT:
     """Gradient saliency (Simonyan et al. 2013): ``max_c |d s / d x[c, ...]|``.
 
-    ``s`` is each sample's explained score (see :mod:`torchattr._core.targets`). With the
+    ``s`` is each sample's explained score (see *Conventions > Targets* in the docs). With the
     defaults an image batch ``[B, C, H, W]`` gives ``[B, H, W]``: the absolute gradient, maximised
     over the channel dimension (dim 1). ``reduce`` may be ``"sum"``, ``"mean"`` or ``None`` (keep
     the full gradient, ``[B, C, H, W]``); ``abs=False`` keeps signs (then ``"max"`` is the largest
@@ -291,6 +300,11 @@ def reduce_channels(
     """Optionally take ``|.|`` and reduce the channel dimension (``max``, ``sum`` or ``mean``).
 
     A tensor with nothing after its channel dimension (``[B, F]``) is returned unreduced.
+    ``[B, C, H, W] -> [B, H, W]``, e.g. ``max_c |g[:, c]|`` for ``reduce="max"``, ``abs=True``.
+
+    Example::
+
+        maps = ta.reduce_channels(gradients, reduce="sum", abs=False)   # [B, H, W]
     """
     if abs:
         gradient = gradient.abs()

@@ -40,6 +40,8 @@ from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
 
+__all__ = ["METHODS", "Baseline", "integrated_gradients", "quadrature"]
+
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 Baseline = Any  # None | float | Tensor, or a tuple / dict of them matching the inputs
 
@@ -60,6 +62,10 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     Every rule's weights sum to 1. Gauss-Legendre nodes come from Newton's iteration on the
     Legendre polynomial in float64 (O(steps^2); 4000 steps in about a second), and from the
     Jacobi matrix's eigenvalues (Golub-Welsch) while ``torch.compile`` traces.
+
+    Example::
+
+        nodes, weights = ta.quadrature("riemann_left", 4)   # [0, .25, .5, .75], [.25] * 4
     """
     check_choice(method, "method", METHODS)
     n = check_positive_int(steps, "steps", minimum=2 if method == "riemann_trapezoid" else 1)
@@ -194,7 +200,7 @@ def integrated_gradients(
     the result does not depend on it beyond float rounding. The default ``"auto"`` measures the
     peak memory of the first two chunks (4 and 8 rows) and sizes the rest to stay under
     ``memory_budget`` bytes (default 128 MiB on CPU, half the free memory on CUDA; see
-    :func:`torchattr._core.chunking.run_chunks`); None sends all ``steps x B`` rows at once.
+    *Conventions > Chunking* in the docs); None sends all ``steps x B`` rows at once.
     ``progress``: True for a tqdm bar (when installed and stderr is a terminal) or a callable
     ``(done, total)`` called after each chunk with the rows done. ``return_delta=True`` also
     returns the convergence delta ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``,

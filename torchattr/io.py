@@ -5,7 +5,8 @@ Convention: one map per image, float32, the image's ``H x W``, values in [0, 1],
 (:func:`load_maps`). Every writer here is atomic: the data go to a hidden temporary file
 ``.<name>.<pid>.<random>.tmp`` in the destination folder, which then replaces the destination
 (``os.replace``), so a reader (or a resumed run) never sees a half-written file, and an
-interrupted write leaves at most such a temporary file, which the readers ignore.
+interrupted write leaves at most such a temporary file, which the readers ignore. ``PathLike``:
+a ``str`` or an ``os.PathLike[str]``, what every path argument accepts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from typing import IO, Any
 import numpy as np
 import torch
 from torch import Tensor
+
+__all__ = [
+    "PathLike",
+    "load_map",
+    "load_maps",
+    "map_names",
+    "normalize_map",
+    "save_json",
+    "save_map",
+    "write_atomic",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -92,7 +104,7 @@ def write_atomic(path: PathLike, content: bytes | str | Callable[[IO[bytes]], An
 
     Example::
 
-        write_atomic("results/summary.md", "| method | mean |\n")
+        write_atomic("results/summary.md", "| method | mean |\\n")
     """
     target = Path(path)
     if isinstance(content, str):
@@ -168,6 +180,10 @@ def map_names(folder: PathLike) -> list[str]:
 
     Hidden files (names starting with ``.``, such as the temporary files of an interrupted
     write) are ignored.
+
+    Example::
+
+        names = map_names("maps/saliency")      # ["img_0001", "img_0002", ...]
     """
     root = Path(folder)
     if not root.is_dir():

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = ["top_codes"]
+
 
 def top_codes(
     attributions: Tensor,

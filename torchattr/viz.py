@@ -9,6 +9,9 @@
 * :func:`plot_attributions`: a matplotlib figure, the image then one overlay per method;
 * :func:`save_png`: an array (via Pillow) or a figure (via ``savefig``), written atomically.
 
+``MODES``: the normalisation modes of :func:`normalize` (``minmax``, ``abs``, ``percentile``);
+``BUILTIN_CMAPS``: the colormaps that need no matplotlib (``jet``, ``gray``).
+
 The viewing convention of the clinical pipeline (see ``metrics.md``): hide the pixels below
 ``0.2 * max`` of the map, blend the colormap 50/50 over the image where the map is shown, draw
 the ground-truth boxes, save a PNG::
@@ -34,6 +37,20 @@ from torch import Tensor
 
 from torchattr._core.checks import check_choice
 from torchattr.io import write_atomic
+
+__all__ = [
+    "BUILTIN_CMAPS",
+    "MODES",
+    "colorize",
+    "colormap",
+    "draw_boxes",
+    "grid",
+    "normalize",
+    "overlay",
+    "plot_attributions",
+    "save_png",
+    "to_rgb",
+]
 
 PathLike = str | os.PathLike[str]
 Array = Tensor | np.ndarray

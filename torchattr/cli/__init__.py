@@ -28,6 +28,8 @@ import torchattr
 from torchattr.cli import compare, demo, evaluate, generate, view
 from torchattr.cli._common import CommandError
 
+__all__ = ["main"]
+
 COMMANDS = (demo, generate, view, evaluate, compare)
 EXIT_INTERRUPTED = 130
 
@@ -54,6 +56,10 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
     prints the help and returns 2. Invalid options exit through ``argparse`` (``SystemExit(2)``).
     A :class:`~torchattr.cli._common.CommandError` (bad input) is printed on stderr and gives
     its exit code (1); Ctrl-C gives 130.
+
+    Example::
+
+        main(["demo", "--quick", "--out", "demo_out"])   # as `python -m torchattr demo --quick`
     """
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [os.fspath(a) for a in argv])

@@ -23,6 +23,8 @@ from torchattr.cli.evaluate import LOCALISATION
 from torchattr.io import save_json, write_atomic
 from torchattr.metrics.directions import direction
 
+__all__ = ["add_parser", "run"]
+
 METRICS = (*LOCALISATION, "road_score")
 
 

@@ -64,6 +64,8 @@ from torchattr.data import PhantomNet, derive_seed, make_phantoms
 from torchattr.io import normalize_map, save_map
 from torchattr.metrics.perturbation import FRACTIONS
 
+__all__ = ["DemoConfig", "add_parser", "run", "run_demo"]
+
 Log = Callable[[str], None]
 Method = Callable[[nn.Module, Tensor, "DemoConfig"], Tensor]
 CAM_LAYER = "features"  # PhantomNet's last conv block (conv -> BatchNorm -> ReLU), H/4 x W/4

@@ -40,6 +40,8 @@ from torchattr.cli._common import one_thread
 from torchattr.data import EHRData, EHRNet, derive_seed, make_ehr
 from torchattr.data.ehr import PAD, UNK
 
+__all__ = ["EHRDemoConfig", "run", "run_demo"]
+
 Log = Callable[[str], None]
 
 

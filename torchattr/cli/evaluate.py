@@ -66,6 +66,8 @@ from torchattr.data.seeding import derive_seed
 from torchattr.io import load_map, map_names, save_json, write_atomic
 from torchattr.metrics.directions import Direction, direction
 
+__all__ = ["add_parser", "run"]
+
 LOCALISATION = (
     "proportional_energy",
     "saliency_focus",

@@ -66,6 +66,8 @@ from torchattr.gradient import SMOOTHGRAD_KINDS
 from torchattr.integrated import METHODS as IG_RULES
 from torchattr.io import map_names, normalize_map, save_map
 
+__all__ = ["add_parser", "run"]
+
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "cam", "lrp")
 RANDOM_CAMS = ("randomcam",)
 MAP_CONVENTION = (

@@ -34,6 +34,8 @@ from torchattr.cli._data import (
 from torchattr.cli._progress import progress
 from torchattr.io import load_map, map_names
 
+__all__ = ["add_parser", "run"]
+
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``view`` subcommand."""

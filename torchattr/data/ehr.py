@@ -35,6 +35,18 @@ from torch import Tensor
 from torchattr._core.checks import check_positive_int
 from torchattr.data.seeding import derive_seed
 
+__all__ = [
+    "CONDITIONS",
+    "CONDITION_NAMES",
+    "FIRST_CODE",
+    "LABS",
+    "PLANTED_CONDITION",
+    "PROCEDURES",
+    "PROCEDURE_NAMES",
+    "EHRData",
+    "make_ehr",
+]
+
 PAD, UNK = 0, 1
 FIRST_CODE = 2
 
@@ -127,6 +139,11 @@ class EHRData:
     * ``has_planted``: bool ``[N]``, whether the patient carries the planted condition;
     * ``condition_names`` / ``procedure_names``: id -> readable name (PAD and UNK included);
     * ``planted``: the id of the planted condition code.
+
+    Example::
+
+        cohort = ta.data.make_ehr(256, seed=0)
+        cohort.conditions.shape, cohort.labels.float().mean()
     """
 
     conditions: Tensor

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from torchattr.data.ehr import PAD as EHR_PAD
 
+__all__ = ["EHRNet", "PhantomNet"]
+
 
 class PhantomNet(nn.Module):
     """A small CNN lesion detector for :func:`~torchattr.data.make_phantoms`.

@@ -25,6 +25,8 @@ from torch import Tensor
 from torchattr._core.checks import check_positive_int
 from torchattr.data.seeding import derive_seed
 
+__all__ = ["lesion_box", "make_phantoms"]
+
 _TEXTURE_CELLS = 8  # the smooth texture is bilinear noise on an 8 x 8 grid
 
 
@@ -72,6 +74,10 @@ def lesion_box(centre: Tensor, radius: Tensor | float, size: int) -> Tensor:
 
     Pixel ``i`` has its centre at coordinate ``i``; so ``x1 = floor(c_x - R) + 1`` and
     ``x2 = ceil(c_x + R)``, clipped to ``[0, size]``. ``centre`` is ``(c_x, c_y)``.
+
+    Example::
+
+        lesion_box(torch.tensor([10.0, 12.0]), 3.0, 32)   # tensor([8, 10, 13, 15])
     """
     low = torch.floor(centre - radius).long() + 1
     high = torch.ceil(centre + radius).long()

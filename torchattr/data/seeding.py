@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+__all__ = ["derive_seed"]
+
 
 def derive_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for the random stream ``stream``, derived from ``seed`` by hashing.

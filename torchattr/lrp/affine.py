@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 from torchattr.lrp.rules import Affine
 
+__all__ = ["addmm", "dense", "functional_conv", "functional_conv_transpose", "merge_batchnorm"]
+
 
 def _linear(x: Tensor, w: Tensor) -> Tensor:
     return F.linear(x, w)

@@ -46,6 +46,8 @@ from torchattr.lrp.composites import Composite, Site, resolve
 from torchattr.lrp.relevance import Relevance, close, tolerance
 from torchattr.lrp.rules import _Rule
 
+__all__ = ["Conservation", "lrp", "lrp_rules"]
+
 
 @dataclass(frozen=True)
 class Conservation:
@@ -54,6 +56,11 @@ class Conservation:
     ``relevance`` and ``score`` are ``[B]`` (``[B, K]`` for K targets per sample). With biases
     and stabilisers at zero, rules that conserve give ``relevance == score``; the difference is
     what biases, stabilisers and non-conserving rules (Flat excepted, it conserves) absorbed.
+
+    Example::
+
+        relevance, report = ta.lrp(model, x, target=2, return_conservation=True)
+        report.ratio                 # [B]: relevance / score, 1 where everything is conserved
     """
 
     relevance: Tensor
@@ -412,6 +419,11 @@ def lrp_rules(
     ``"layer1.0.add"``). Routing operations (reshapes, max pooling, ...) show ``None``: they
     keep their plain gradient; so do norms and softmax under their AttnLRP rules, and a
     BatchNorm merged into the layer before it (that layer's rule covers both).
+
+    Example::
+
+        for site, rule in ta.lrp_rules(model, x):
+            print(site.name, rule)   # "features.0 Flat()", "features.2 ZPlus()", ...
     """
     inner, prefix = unwrap(model)
     if not isinstance(inner, nn.Module):

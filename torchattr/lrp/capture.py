@@ -58,7 +58,19 @@ from torchattr.lrp.rules import Constant, Pass, _Rule
 
 
 class LRPError(RuntimeError):
-    """LRP cannot explain this model as it runs (the message names the operation and module)."""
+    """LRP cannot explain this model as it runs (the message names the operation and module).
+
+    Raised when the rule pass's output differs from the model's output (``f_rules(x) != f(x)``:
+    the relevance would explain another function), for operations LRP cannot follow
+    (TorchScript, recurrent kernels) and for nondeterministic forwards; never a silent wrong map.
+
+    Example::
+
+        try:
+            relevance = ta.lrp(model, x)
+        except ta.LRPError as error:
+            print(error)             # names the first operation that differs and its module
+    """
 
 
 class Nondeterministic(LRPError):

@@ -25,6 +25,10 @@ EpsilonGammaBox(low, high) Gamma(0.25)  Epsilon      first convolution -> ZBox(l
 
 The *first layer* is every dense or convolution layer with no other such layer between it and
 the inputs.
+
+Example::
+
+    relevance = ta.lrp(model, x, composite=ta.composites.EpsilonGammaBox(low=0.0, high=1.0))
 """
 
 from __future__ import annotations

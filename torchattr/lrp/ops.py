@@ -35,6 +35,19 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = [
+    "DIVISIONS",
+    "GATES",
+    "NONNEGATIVE",
+    "PRESERVES_GATE",
+    "PRESERVES_NONNEGATIVE",
+    "PRODUCTS",
+    "describe",
+    "implied_module_rule",
+    "kind_of",
+    "op_name",
+]
+
 _ROUTE = {
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
     "swapaxes", "swapdims", "movedim", "moveaxis", "t", "T", "mT", "contiguous", "unsqueeze",

@@ -37,6 +37,10 @@ with ``z+_ij = x+ w+ + x- w-`` and ``z-_ij = x+ w- + x- w+``. Operations without
 (sums, means, average pools, products, multiplication by constants) accept ``Epsilon``, ``Norm``
 (``R_k = x_k (J_k^T (R / stab(y))) / n`` for an op multilinear in its ``n`` relevant inputs: the
 AttnLRP uniform rule for products) and ``Pass``.
+
+Example::
+
+    relevance = ta.lrp(model, x, composite={torch.nn.Linear: ta.rules.Epsilon(0.25)})
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from torch import Tensor
 
 from torchattr._core.checks import check_finite
 
+__all__ = ["complexity", "sparseness"]
+
 
 def sparseness(attributions: Tensor | tuple[Tensor, ...] | Mapping[str, Tensor]) -> Tensor:
     """Sparseness (Chalasani et al. 2020): the Gini index of ``|Phi|``, per sample: ``[B]``.

@@ -19,10 +19,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 
+__all__ = ["ALIASES", "DIRECTIONS", "Direction", "direction"]
+
 
 @dataclass(frozen=True)
 class Direction:
-    """A metric's direction: ``higher_is_better``; a ``note`` / short ``caveat`` if it misleads."""
+    """A metric's direction: ``higher_is_better``; a ``note`` / short ``caveat`` if it misleads.
+
+    Example::
+
+        ta.metrics.direction("road").best([0.1, 0.3])   # 0.3: higher is better
+    """
 
     higher_is_better: bool
     note: str = ""
@@ -97,7 +104,12 @@ ALIASES = MappingProxyType({"road_score": "road"})
 def direction(name: str) -> Direction:
     """The :class:`Direction` of metric ``name`` (a key of :data:`DIRECTIONS` or an alias).
 
-    Raises a ValueError naming the known metrics for an unknown name.
+    Raises a ValueError naming the known metrics for an unknown name. Definition:
+    ``DIRECTIONS[ALIASES.get(name, name)]``.
+
+    Example::
+
+        ta.metrics.direction("deletion").higher_is_better   # False: lower is better
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a metric name (str), got {type(name).__name__}")

@@ -45,6 +45,15 @@ from torchattr.metrics.robustness import (
     faithfulness_correlation,
 )
 
+__all__ = [
+    "average_drop",
+    "completeness",
+    "increase_in_confidence",
+    "input_invariance",
+    "monotonicity",
+    "sensitivity_n",
+]
+
 
 @keywords()
 def completeness(
@@ -311,6 +320,10 @@ def increase_in_confidence(
 
     Returns:
         ``[B]``, bool.
+
+    Example::
+
+        share = ta.metrics.increase_in_confidence(model, images, maps).float().mean()
     """
     clean, masked, _ = _masked_scores(
         model, inputs, saliency, target, score, chunk_size, forward_kwargs

@@ -33,6 +33,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = [
+    "Boxes",
+    "boxes_to_mask",
+    "pointing_game",
+    "proportional_energy",
+    "relevance_rank_accuracy",
+    "saliency_focus",
+    "summed_maps",
+]
+
 Boxes = Tensor | Sequence[Any]  # a bool mask [B, H, W], or B per-image [N_i, 4] boxes
 
 

@@ -1,7 +1,7 @@
 """Perturbation metrics: noisy linear imputation, ROAD, deletion and insertion.
 
 Each metric perturbs the images along the order a saliency map gives and records the model's
-score of the explained class (see :mod:`torchattr._core.targets`; ``target=None``: the class
+score of the explained class (see *Conventions > Targets* in the docs; ``target=None``: the class
 predicted on the clean images) on every perturbed copy:
 
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
@@ -15,7 +15,7 @@ predicted on the clean images) on every perturbed copy:
 Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k B + b``) and go
 through the model ``chunk_size`` rows at a time; random draws are taken per copy, in copy
 order, so results do not depend on ``chunk_size``. Everything runs on the inputs' device, and
-the model is left as it was (:func:`~torchattr._core.state.untouched`).
+the model is left as it was (see *Conventions > Model state* in the docs).
 """
 
 from __future__ import annotations
@@ -54,6 +54,21 @@ from torchattr.metrics._shared import (
     check_score,
     predicted_classes,
 )
+
+__all__ = [
+    "FRACTIONS",
+    "ORDERS",
+    "CausalCurves",
+    "RoadSummary",
+    "deletion",
+    "gaussian_blur",
+    "insertion",
+    "noisy_linear_impute",
+    "paired_fractions",
+    "road",
+    "road_masks",
+    "road_summary",
+]
 
 # Symmetric (p and 1 - p both present), so that road_summary can pair MoRF(p) with LeRF(1 - p).
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -430,7 +445,16 @@ def _dense(stencil: Tensor) -> Tensor:
 
 
 class RoadSummary(NamedTuple):
-    """Summary of ROAD curves (see :func:`road_summary`)."""
+    """Summary of ROAD curves (see :func:`road_summary`).
+
+    ``gap [P] = (LeRF(1 - p) - MoRF(p)) / 2`` per MoRF fraction ``p``; ``per_image [B]``: the gap
+    averaged over the fractions; ``score = mean(per_image)``, higher is better.
+
+    Example::
+
+        summary = ta.metrics.road_summary(morf, lerf)
+        summary.score                # one number per method
+    """
 
     morf: Tensor  # [P] mean MoRF score per fraction (lower is better)
     lerf: Tensor  # [P] mean LeRF score per fraction (higher is better)
@@ -497,7 +521,7 @@ def road(
         saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign (only the
             order matters), finite.
         target: None, an int, a LongTensor ``[B]`` or a callable (see
-            :mod:`torchattr._core.targets`).
+            *Conventions > Targets* in the docs).
         fractions: P values in (0, 1).
         order: ``"morf"`` or ``"lerf"``.
         score: ``"softmax"`` (default), ``"sigmoid"`` or ``"logit"``.
@@ -722,7 +746,15 @@ def _holes(ranks: Tensor, counts: Tensor, order: str) -> Tensor:
 
 
 class CausalCurves(NamedTuple):
-    """Deletion or insertion curves and their areas (see :func:`deletion`)."""
+    """Deletion or insertion curves and their areas (see :func:`deletion`).
+
+    ``curves [B, n + 1]``: the score after ``0, 1, ..., n`` steps; ``auc [B]``: the trapezoid
+    area ``(sum_i c_i - c_0 / 2 - c_n / 2) / n``.
+
+    Example::
+
+        curves, auc = ta.metrics.deletion(model, images, maps, labels)   # auc: lower is better
+    """
 
     curves: Tensor  # [B, n + 1] score after 0, 1, ..., n steps
     auc: Tensor  # [B] (sum - first / 2 - last / 2) / n
@@ -845,6 +877,11 @@ def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
     The kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(size // 2)..size // 2``, normalised
     to sum 1, applied along rows and columns; borders are padded by replicating the edge
     pixels, so a constant image stays constant (RISE pads with zeros, which darkens borders).
+
+    Example::
+
+        blurred = ta.metrics.gaussian_blur(images, size=11, sigma=5.0)   # [B, C, H, W]
+        curves, auc = ta.metrics.insertion(model, images, maps, substrate=blurred)
     """
     images = _check_images(images, "images")
     size = check_positive_int(size, "size")

@@ -11,7 +11,7 @@
 As in :mod:`torchattr.metrics.perturbation`, the ``samples x B`` perturbed copies are laid out
 copy-major and go through the model (or the explanation) ``chunk_size`` rows at a time; the
 random draws are made per copy, in copy order, so the results do not depend on ``chunk_size``.
-Scores follow the target conventions of :mod:`torchattr._core.targets`, ``target=None`` being
+Scores follow the target conventions (*Conventions > Targets* in the docs), ``target=None`` being
 the class predicted on the clean inputs.
 """
 
@@ -34,6 +34,8 @@ from torchattr.metrics._shared import (
     _scoring,
     check_score,
 )
+
+__all__ = ["faithfulness_correlation", "infidelity", "max_sensitivity"]
 
 Explain = Callable[[Tensor, Any], Tensor]
 

@@ -40,6 +40,17 @@ from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target, resolve_target
 from torchattr._core.wrapped import strip_prefix, unwrap
 
+__all__ = [
+    "ORDERS",
+    "SIMILARITIES",
+    "RandomLogit",
+    "Randomisation",
+    "model_randomisation",
+    "random_logit",
+    "spearman",
+    "ssim",
+]
+
 SIMILARITIES = ("spearman", "spearman_signed", "ssim")
 ORDERS = ("cascading", "independent")
 
@@ -47,12 +58,17 @@ ModelExplain = Callable[[nn.Module, Tensor, Any], Tensor]
 
 
 class Randomisation(NamedTuple):
-    """Result of :func:`model_randomisation`.
+    """Result of :func:`model_randomisation`: per-layer similarities to the original maps.
 
     ``layers``: the randomised layers, in the order they were randomised (top to bottom);
     ``similarity``: one ``[L, B]`` tensor per similarity name, row ``l`` comparing the
     explanation after randomising ``layers[l]`` with the original one;
     ``original``: the original explanations ``[B, ...]``.
+
+    Example::
+
+        out = ta.metrics.model_randomisation(explain, model, images)
+        dict(zip(out.layers, out.similarity["ssim"].mean(1).tolist()))
     """
 
     layers: tuple[str, ...]
@@ -62,7 +78,13 @@ class Randomisation(NamedTuple):
 
 class RandomLogit(NamedTuple):
     """Result of :func:`random_logit`: the classes explained instead (``[B]``), one ``[B]``
-    similarity per name, and the original explanations."""
+    similarity per name, and the original explanations.
+
+    Example::
+
+        out = ta.metrics.random_logit(explain, model, images, labels)
+        out.similarity["spearman"]   # [B]: lower is better
+    """
 
     classes: Tensor
     similarity: dict[str, Tensor]
@@ -439,6 +461,11 @@ def random_logit(
             the model is explained).
         target: class indices ``[B]`` or an int; None: the predicted class.
         generator: draws the other classes (global RNG if None).
+
+    Example::
+
+        out = random_logit(lambda m, x, t: ta.saliency(m, x, t), model, images, labels)
+        out.classes, out.similarity["ssim"]   # [B] other classes, [B] similarities
     """
     x = _check_common(explain, inputs)
     names = _check_similarity(similarity)

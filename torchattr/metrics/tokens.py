@@ -32,6 +32,8 @@ from torchattr._core.targets import Target
 from torchattr.metrics._copies import score_copies
 from torchattr.metrics._shared import _check_chunk_size, _check_fractions, _scoring
 
+__all__ = ["TokenCurves", "comprehensiveness", "sufficiency"]
+
 TokenInputs = Tensor | Mapping[str, Tensor]
 
 
@@ -44,6 +46,11 @@ class TokenCurves:
         drops: ``[K, B]``, ``f(x) - f(x_p)`` for each fraction and sample.
         aopc: ``[B]``, ``drops.mean(0)`` (ERASER's area over the perturbation curve).
         tokens: ``[K, B]`` long, the number of tokens chosen, ``ceil(p n_b)``.
+
+    Example::
+
+        drops = ta.metrics.comprehensiveness(model, ids, scores)
+        drops.aopc                   # [B]: higher is better
     """
 
     fractions: tuple[float, ...]

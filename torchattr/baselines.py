@@ -23,14 +23,24 @@ __all__ = ["black", "blurred", "training_mean", "uniform_noise", "zeros"]
 
 
 def zeros(inputs: Tensor) -> Tensor:
-    """All zeros, shaped like ``inputs`` (the black image of normalised-to-[0, 1] inputs)."""
+    """All zeros, shaped like ``inputs`` (the black image of normalised-to-[0, 1] inputs).
+
+    Example::
+
+        attributions = ta.integrated_gradients(model, x, baseline=ta.baselines.zeros(x))
+    """
     return torch.zeros_like(_tensor(inputs, "inputs"))
 
 
 def black(inputs: Tensor, value: float = 0.0) -> Tensor:
     """The constant ``value`` everywhere (black: the smallest pixel value, 0 for [0, 1] images;
     for mean/std-normalised images pass ``value=-mean/std`` per channel as a tensor via
-    ``torch.full_like`` instead)."""
+    ``torch.full_like`` instead).
+
+    Example::
+
+        base = ta.baselines.black(x, value=-1.0)       # images scaled to [-1, 1]
+    """
     x = _tensor(inputs, "inputs")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"value must be a number, got {type(value).__name__}")
@@ -39,7 +49,12 @@ def black(inputs: Tensor, value: float = 0.0) -> Tensor:
 
 def blurred(inputs: Tensor, sigma: float = 10.0) -> Tensor:
     """``inputs`` blurred by a Gaussian of standard deviation ``sigma`` pixels over the last two
-    dimensions (``[B, C, H, W]``), reflecting edges; the start of Blur IG's path."""
+    dimensions (``[B, C, H, W]``), reflecting edges; the start of Blur IG's path.
+
+    Example::
+
+        base = ta.baselines.blurred(images, sigma=10)  # [B, C, H, W], like images
+    """
     x = _tensor(inputs, "inputs")
     sigma = check_scale(sigma, "sigma")
     if x.ndim < 3:
@@ -58,7 +73,12 @@ def uniform_noise(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Independent ``U(low, high)`` values shaped like ``inputs`` (drawn on the generator's
-    device and moved, so a seeded CPU generator gives the same numbers on every device)."""
+    device and moved, so a seeded CPU generator gives the same numbers on every device).
+
+    Example::
+
+        base = ta.baselines.uniform_noise(x, generator=torch.Generator().manual_seed(0))
+    """
     x = _tensor(inputs, "inputs")
     for name, v in (("low", low), ("high", high)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -76,6 +96,10 @@ def training_mean(inputs: Tensor, data: Tensor | Iterable[Any]) -> Tensor:
     ``DataLoader``) yielding tensors ``[n, ...]`` or tuples / lists / dicts whose first entry
     (``"inputs"``/``"image"`` key, else the first value) is that tensor. The mean is accumulated
     in float64 (one pass, any number of batches) and returned in ``inputs``' dtype and device.
+
+    Example::
+
+        base = ta.baselines.training_mean(x, train_loader)   # [B, ...], every row the mean
     """
     x = _tensor(inputs, "inputs")
     total: Tensor | None = None

@@ -13,11 +13,14 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # bad input: a missing or unreadable file, a target the model does not have
+EXIT_PARTIAL = 3  # done, but some images have no map or score (skipped: listed in the summary)
+EXIT_OS_ERROR = 4  # a file could not be read or written (read-only or full disk, ...)
 ON_ERROR = ("stop", "skip")
 
 
@@ -27,6 +30,53 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an ``OSError``: what failed, on which file, and a hint for the common ones.
+
+    ``[Errno 28] No space left on device: 'out/x.npy'`` ->
+    ``cannot write out/x.npy: no space left on device (free some space or choose another
+    --out)``.
+    """
+    import errno
+
+    hints = {
+        errno.ENOSPC: "free some space or choose another --out",
+        errno.EROFS: "the file system is read-only: choose another --out",
+        errno.EACCES: "no permission: check the file's permissions or choose another --out",
+        errno.EPERM: "no permission: check the file's permissions or choose another --out",
+        errno.ENOTDIR: "a path that should be a folder is a file (is --out a file?)",
+        errno.EEXIST: "a file is in the way (is --out a file?)",
+        errno.EISDIR: "a folder is where a file was expected",
+        errno.EDQUOT: "disk quota exceeded: free some space or choose another --out",
+    }
+    reason = (error.strerror or str(error) or type(error).__name__).strip().splitlines()[0]
+    where = error.filename if error.filename is not None else None
+    text = f"{where}: {reason[0].lower() + reason[1:]}" if where else reason
+    hint = hints.get(error.errno) if error.errno is not None else None
+    return f"{text} ({hint})" if hint else text
+
+
+def refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an ``--out`` folder that is, is inside, or contains one of ``inputs``
+    (``{"DATA": path, "MAPS": path}``; symbolic links resolved): writing there could replace or
+    mix with the inputs."""
+    where = out.resolve()
+    for label, path in inputs.items():
+        source = path.resolve()
+        if where == source:
+            relation = "is"
+        elif source in where.parents:
+            relation = "is inside"
+        elif where in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise CommandError(
+            f"--out {out} {relation} {label} {path}: outputs would be written among the inputs; "
+            "choose an --out outside it"
+        )
 
 
 class Reporter:

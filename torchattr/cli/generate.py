@@ -37,6 +37,7 @@ from torchattr.cam import METHODS as CAM_METHODS
 from torchattr.cam import resolve_cam_layers
 from torchattr.cli import _dist
 from torchattr.cli._common import (
+    EXIT_PARTIAL,
     CommandError,
     Reporter,
     add_common_options,
@@ -44,6 +45,7 @@ from torchattr.cli._common import (
     float_in,
     int_at_least,
     plural,
+    refuse_overlap,
     shorten,
     target_arg,
 )
@@ -60,6 +62,16 @@ from torchattr.cli._data import (
     resize_map,
 )
 from torchattr.cli._progress import progress
+from torchattr.cli._records import (
+    INCOMPLETE,
+    RECORDS,
+    begin_map,
+    dependencies,
+    finish_record,
+    input_digest,
+    record_path,
+    verdict,
+)
 from torchattr.cli._runs import now, read_runs, settings_conflicts, write_runs
 from torchattr.data.seeding import derive_seed
 from torchattr.gradient import SMOOTHGRAD_KINDS
@@ -350,6 +362,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     start = time.perf_counter()
     report = Reporter("generate", dist.rank, dist.world)
     methods = resolve_methods(args)
+    refuse_overlap(args.out, {"DATA": Path(args.data)})
     images = open_images(args.data, args.names)
     preprocess = Preprocess.from_args(args)
     names = images.names
@@ -362,9 +375,9 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         )
     check_uniform_size(images, names, preprocess.resize)
     check_uniform_channels(images, names, preprocess.grayscale_to_rgb)
+    out: Path = args.out
     loaded = load_model(args.model, dist.device)
     _check_cam_layers(methods, loaded)
-    out: Path = args.out
     records = {m.name: _settings(m, loaded, images, preprocess, args.target) for m in methods}
     previous = read_runs(out)["methods"]
     if not args.overwrite:
@@ -380,18 +393,20 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     dist.barrier()  # every rank has read run.json before rank 0 may rewrite it
 
     shard = dist.shard(names)
+    digests = {n: input_digest(images, n) for n in shard}
+    wanted = {
+        m.name: {n: _dependencies(records[m.name], digests[n]) for n in shard} for m in methods
+    }
     todo: dict[str, list[str]] = {}
     kept: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
     for method in methods:
         folder = out / method.name
         _remove_stale_temporaries(folder, set(shard), report)
-        missing = [
-            n
-            for n in shard
-            if args.overwrite or not _complete_map(folder / f"{n}.npy", images.sizes.get(n))
-        ]
-        todo[method.name] = missing
-        kept[method.name] = len(shard) - len(missing)
+        todo[method.name], reasons[method.name] = _stale(
+            folder, shard, wanted[method.name], images, args.overwrite
+        )
+        kept[method.name] = len(shard) - len(todo[method.name])
     needed = sorted({n for missing in todo.values() for n in missing})
     if dist.world > 1:
         report.note(f"{dist.world} processes, {len(names)} images, about {len(shard)} per process")
@@ -403,6 +418,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
 
     written = {m.name: 0 for m in methods}
     failed: dict[str, str] = {}
+    nonfinite: dict[str, dict[str, str]] = {m.name: {} for m in methods}
     if needed:
         _probe(loaded, images, needed[0], preprocess, args.target, dist.device)
     if dist.rank == 0:  # the settings, before any map: a resumed run must match them
@@ -411,26 +427,114 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     with progress(len(needed), "generate", enabled=dist.rank == 0) as bar:
         for batch in batches:
             good = _usable(batch, failed, args.on_error, report)
+            for item in batch:
+                if item.name in failed:  # no map of an image that failed: not even a stale one
+                    for method in methods:
+                        _discard(out / method.name / f"{item.name}.npy")
             if good:
                 inputs = _stack(good, loaded).to(dist.device)
                 for method in methods:
-                    wanted = set(todo[method.name])
-                    rows = [i for i, item in enumerate(good) if item.name in wanted]
+                    todo_here = set(todo[method.name])
+                    rows = [i for i, item in enumerate(good) if item.name in todo_here]
                     if not rows:
                         continue
                     chosen = [good[i] for i in rows]
                     subset = inputs if len(rows) == len(good) else inputs[rows]
                     raw = _attribute(method, loaded, subset, chosen, args, preprocess)
                     for item, one in zip(chosen, raw):
-                        save_map(out / method.name / f"{item.name}.npy", finish_map(one, item.size))
+                        path = out / method.name / f"{item.name}.npy"
+                        finished = _finished(method, item, one, args.on_error)
+                        if finished is None:
+                            _discard(path)
+                            nonfinite[method.name][item.name] = (
+                                f"{method.name} gave NaN or inf values (the model's output or "
+                                "gradients are not finite for this image)"
+                            )
+                            report.warn(
+                                f"skipped {item.name}: {nonfinite[method.name][item.name]}",
+                                local=True,
+                            )
+                            continue
+                        begin_map(path)
+                        save_map(path, finished)
+                        finish_record(path, wanted[method.name][item.name])
                         written[method.name] += 1
             bar.update(len(batch))
 
-    mine = {"written": written, "kept": kept, "failed": failed}
+    mine = {
+        "written": written,
+        "kept": kept,
+        "failed": failed,
+        "nonfinite": nonfinite,
+        "reasons": reasons,
+    }
     everyone = dist.gather(mine)
     if dist.rank == 0:
-        _finish(out, methods, records, everyone, names, dist, report, time.perf_counter() - start)
+        partial = _finish(
+            out, methods, records, everyone, names, dist, report, time.perf_counter() - start
+        )
+        return EXIT_PARTIAL if partial else 0
     return 0
+
+
+def _dependencies(settings: dict[str, Any], digest: str | None) -> dict[str, Any]:
+    """What one map of a method with run settings ``settings`` depends on."""
+    return dependencies(
+        digest,
+        settings["model"]["sha256"],
+        settings["method"],
+        settings["options"],
+        settings["target"],
+        settings["preprocessing"],
+    )
+
+
+def _stale(
+    folder: Path,
+    shard: list[str],
+    wanted: dict[str, dict[str, Any]],
+    images: ImageSet,
+    overwrite: bool,
+) -> tuple[list[str], dict[str, int]]:
+    """The images whose map must be (re)computed, and why existing maps are recomputed:
+    ``{reason: count}`` (a map that was never written has no reason)."""
+    todo: list[str] = []
+    reasons: dict[str, int] = {}
+    for name in shard:
+        path = folder / f"{name}.npy"
+        if not path.exists() and not record_path(path).exists():
+            todo.append(name)
+            continue
+        if overwrite:
+            reason: str | None = "--overwrite"
+        elif not _complete_map(path, images.sizes.get(name)):
+            reason = INCOMPLETE
+        else:
+            reason = verdict(path, wanted[name])
+        if reason is not None:
+            todo.append(name)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return todo, reasons
+
+
+def _finished(method: Method, item: Item, raw: Tensor, on_error: str) -> Tensor | None:
+    """The map as stored, or None when it is not finite (with ``--on-error skip``)."""
+    try:
+        return finish_map(raw, item.size)
+    except ValueError as error:
+        if on_error == "skip":
+            return None
+        raise CommandError(
+            f"{method.name} gave a map with NaN or inf values for image {item.name} ({error}); "
+            "stopped: the model's output or gradients are not finite for this image (no map "
+            "written for it; pass --on-error skip to go on without it)"
+        ) from None
+
+
+def _discard(path: Path) -> None:
+    """Remove a map that must not be used any more, record first."""
+    begin_map(path)
+    path.unlink(missing_ok=True)
 
 
 def _settings(
@@ -502,20 +606,24 @@ def _complete_map(path: Path, size: tuple[int, int] | None) -> bool:
 
 
 def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -> None:
-    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files of dead processes for this shard's images."""
-    if not folder.is_dir():
-        return
+    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files (and ``.records/.<name>.json...tmp``) of
+    dead processes for this shard's images."""
     removed = 0
-    for entry in folder.iterdir():
-        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+    for where, suffix in ((folder, ".npy"), (folder / RECORDS, ".json")):
+        if not where.is_dir():
             continue
-        parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or not parts[0].endswith(".npy") or parts[0][:-4] not in names:
-            continue
-        if parts[1].isdigit() and _alive(int(parts[1])):
-            continue
-        entry.unlink(missing_ok=True)
-        removed += 1
+        for entry in where.iterdir():
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
+            if len(parts) != 3 or not parts[0].endswith(suffix):
+                continue
+            if parts[0][: -len(suffix)] not in names:
+                continue
+            if parts[1].isdigit() and _alive(int(parts[1])):
+                continue
+            entry.unlink(missing_ok=True)
+            removed += 1
     if removed:
         report.note(f"removed {plural(removed, 'leftover temporary file')} in {folder}")
 
@@ -643,16 +751,27 @@ def _finish(
     dist: _dist.Distributed,
     report: Reporter,
     seconds: float,
-) -> None:
+) -> bool:
+    """Write run.json and the summary; True when the run is partial (images skipped)."""
     failed: dict[str, str] = {}
     for part in everyone:
         failed.update(part["failed"])
     final = {}
     lines = []
+    partial = bool(failed)
     for method in methods:
         written = sum(part["written"][method.name] for part in everyone)
         kept = sum(part["kept"][method.name] for part in everyone)
+        nonfinite: dict[str, str] = {}
+        reasons: dict[str, int] = {}
+        for part in everyone:
+            nonfinite.update(part["nonfinite"][method.name])
+            for reason, count in part["reasons"][method.name].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        recomputed = sum(reasons.values())
         count = written + kept  # maps of DATA's images now in the folder, over all processes
+        errors = {**failed, **nonfinite}
+        partial = partial or bool(nonfinite)
         final[method.name] = {
             **records[method.name],
             "status": "complete" if count == len(names) else "incomplete",
@@ -660,7 +779,8 @@ def _finish(
             "maps": count,
             "written": written,
             "kept": kept,
-            "failed": [{"image": n, "error": failed[n]} for n in sorted(failed)],
+            "recomputed": {"count": recomputed, "reasons": dict(sorted(reasons.items()))},
+            "failed": [{"image": n, "error": errors[n]} for n in sorted(errors)],
             "processes": dist.world,
             "updated": now(),
         }
@@ -668,6 +788,16 @@ def _finish(
             f"{method.name}: {count}/{len(names)} maps in {out / method.name} "
             f"({written} written, {kept} already there)"
         )
+        if recomputed:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+            lines.append(
+                f"{method.name}: {plural(recomputed, 'map')} recomputed, not kept ({why})"
+            )
+        if nonfinite:
+            lines.append(
+                f"{method.name}: {plural(len(nonfinite), 'image')} without a map (NaN or inf "
+                f"values): {shorten(sorted(nonfinite))}"
+            )
     path = write_runs(out, final)
     for line in lines:
         report.result(line)
@@ -676,4 +806,7 @@ def _finish(
             f"{plural(len(failed), 'image')} skipped (unreadable): {shorten(sorted(failed))}; "
             f"listed in {path}"
         )
+    if partial:
+        report.warn(f"partial run: some images have no map (listed in {path}); exit code 3")
     report.result(f"wrote {path} in {seconds:.1f} s")
+    return partial

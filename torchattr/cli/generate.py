@@ -59,8 +59,8 @@ from torchattr.cli._data import (
     load_model,
     open_images,
     read_batches,
-    resize_map,
 )
+from torchattr.cli._geometry import map_to_image
 from torchattr.cli._progress import progress
 from torchattr.cli._records import (
     INCOMPLETE,
@@ -81,8 +81,8 @@ from torchattr.io import map_names, normalize_map, save_map
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "cam", "lrp")
 RANDOM_CAMS = ("randomcam",)
 MAP_CONVENTION = (
-    "|A| max over channels (CAM: the CAM map), resized to the image's H x W, min-max per image "
-    "to [0, 1], float32 .npy"
+    "|A| max over channels (CAM: the CAM map), carried back to the image's H x W (resized; "
+    "--pad square: resized to the square and cropped), min-max per image to [0, 1], float32 .npy"
 )
 
 
@@ -335,9 +335,11 @@ def lrp_function() -> Any:
     return lrp
 
 
-def finish_map(raw: Tensor, size: tuple[int, int]) -> Tensor:
-    """A map as stored: resized to the image's ``(H, W)``, min-max normalised to [0, 1]."""
-    return normalize_map(resize_map(raw, size))
+def finish_map(raw: Tensor, size: tuple[int, int], pad: str | None = None) -> Tensor:
+    """A map as stored: carried back to the image's ``(H, W)`` (resized; with ``pad="square"``
+    resized to the padded square and cropped, :func:`~torchattr.cli._geometry.map_to_image`),
+    min-max normalised to [0, 1]. Raises ValueError when it holds NaN or inf."""
+    return normalize_map(map_to_image(raw, size, pad))
 
 
 def _generator(seed: int, stream: str, name: str) -> torch.Generator:
@@ -443,7 +445,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     raw = _attribute(method, loaded, subset, chosen, args, preprocess)
                     for item, one in zip(chosen, raw):
                         path = out / method.name / f"{item.name}.npy"
-                        finished = _finished(method, item, one, args.on_error)
+                        finished = _finished(method, item, one, preprocess, args.on_error)
                         if finished is None:
                             _discard(path)
                             nonfinite[method.name][item.name] = (
@@ -517,10 +519,12 @@ def _stale(
     return todo, reasons
 
 
-def _finished(method: Method, item: Item, raw: Tensor, on_error: str) -> Tensor | None:
+def _finished(
+    method: Method, item: Item, raw: Tensor, preprocess: Preprocess, on_error: str
+) -> Tensor | None:
     """The map as stored, or None when it is not finite (with ``--on-error skip``)."""
     try:
-        return finish_map(raw, item.size)
+        return finish_map(raw, item.size, preprocess.pad)
     except ValueError as error:
         if on_error == "skip":
             return None
@@ -705,18 +709,46 @@ def _probe(
 def _model_failure(loaded: LoadedModel, shape: Any, error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0] if text else type(error).__name__
-    hint = ""
-    if "channel" in first.lower():
+    given = int(shape[0]) if len(shape) else None
+    expected = first_conv_channels(loaded.module)
+    if expected is not None and given is not None and expected != given:
+        fix = (
+            "--grayscale-to-rgb gives grey images 3 channels"
+            if (given, expected) == (1, 3)
+            else "convert the images to the model's channels"
+        )
         hint = (
-            " (the images' channels do not fit the model: --grayscale-to-rgb gives grey images "
-            "3 channels)"
+            f" (the model's first convolution takes {expected} channel(s) but the preprocessed "
+            f"images have {given}: {fix})"
+        )
+    elif "channel" in first.lower():
+        hint = (
+            f" (the images' channels ({given}) do not fit the model: --grayscale-to-rgb gives "
+            "grey images 3 channels)"
         )
     elif "size" in first.lower() or "shape" in first.lower() or "Guard" in first:
         hint = " (the model expects another image size? pass --resize H W)"
+    else:
+        hint = f" (the preprocessed images have {given} channel(s); does the model take that?)"
     return (
         f"MODEL {loaded.spec} failed on a preprocessed image of shape {list(shape)}: "
         f"{type(error).__name__}: {first}{hint}"
     )
+
+
+def first_conv_channels(module: torch.nn.Module) -> int | None:
+    """Input channels of the model's first convolution (its first parameter with 3 to 5
+    dimensions, ``[out, in / groups, *kernel]``), where the parameters are visible (TorchScript
+    and ``torch.export`` modules included); None when there is none."""
+    try:
+        for _, parameter in module.named_parameters():
+            if 3 <= parameter.ndim <= 5:
+                return int(parameter.shape[1])
+            if parameter.ndim == 2:
+                return None  # a linear layer comes first: no convolution to read
+    except Exception:
+        return None
+    return None
 
 
 def _attribute(
@@ -790,9 +822,7 @@ def _finish(
         )
         if recomputed:
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
-            lines.append(
-                f"{method.name}: {plural(recomputed, 'map')} recomputed, not kept ({why})"
-            )
+            lines.append(f"{method.name}: {plural(recomputed, 'map')} recomputed, not kept ({why})")
         if nonfinite:
             lines.append(
                 f"{method.name}: {plural(len(nonfinite), 'image')} without a map (NaN or inf "

@@ -6,7 +6,11 @@ maximum are left as they are, the others get ``(1 - alpha) * image + alpha * cma
 ``--boxes`` of the image are drawn on top. One folder of maps gives ``OUT/<image name>.png``;
 several give ``OUT/<method>/<image name>.png`` each and, with matplotlib, a side-by-side figure
 per image ``OUT/side_by_side/<image name>.png``. Images are shown as read (no resizing or
-normalisation): maps must have the image's own size, as ``generate`` saves them.
+normalisation): maps have the image's own size, as ``generate`` saves them, or the model input's
+size recorded in the maps' ``run.json`` (``--resize``, e.g. 512x512 maps of other tools), which
+is carried back to the image (resized; with ``--pad square`` resized to the square and cropped).
+Refused with one line: an ``--out`` that is, is inside or contains DATA or a MAPS folder, and a
+map that is not readable, not finite or outside [0, 1].
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from torchattr.cli._common import (
     float_in,
     int_at_least,
     plural,
+    read_map,
+    refuse_overlap,
     shorten,
 )
 from torchattr.cli._data import (
@@ -32,7 +38,8 @@ from torchattr.cli._data import (
     read_batches,
 )
 from torchattr.cli._progress import progress
-from torchattr.io import load_map, map_names
+from torchattr.cli._runs import method_record
+from torchattr.io import map_names
 
 
 def add_parser(subparsers: Any) -> None:
@@ -87,8 +94,16 @@ def run(args: argparse.Namespace) -> int:
 
     report = Reporter("view")
     _check_cmap(args.cmap, viz)
+    refuse_overlap(
+        args.out,
+        {"DATA": Path(args.data), **{f"MAPS {i + 1}": Path(m) for i, m in enumerate(args.maps)}},
+    )
     images = open_images(args.data, args.names)
     folders = _map_folders(args.maps)
+    preprocessing = {
+        label: (method_record(folder) or {}).get("preprocessing")
+        for label, folder in folders.items()
+    }
     known = set(images.names)
     per_folder: dict[str, list[str]] = {}
     for label, folder in folders.items():
@@ -131,13 +146,9 @@ def run(args: argparse.Namespace) -> int:
                 for label, folder in folders.items():
                     if item.name not in per_folder[label]:
                         continue
-                    saliency = load_map(folder / f"{item.name}.npy")
-                    if tuple(saliency.shape) != item.size:
-                        raise CommandError(
-                            f"{folder / item.name}.npy has shape {list(saliency.shape)} but the "
-                            f"image is {item.size[0]}x{item.size[1]}: maps must have their "
-                            "image's size (as generate saves them)"
-                        )
+                    saliency = read_map(
+                        folder / f"{item.name}.npy", item.size, preprocessing[label]
+                    ).numpy()
                     maps[label] = saliency
                     picture = viz.overlay(
                         image,

@@ -65,8 +65,8 @@ from torchattr.cli._data import (
     read_batches,
 )
 from torchattr.cli._geometry import map_to_input
-from torchattr.cli._records import read_record
 from torchattr.cli._progress import progress
+from torchattr.cli._records import read_record
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
 from torchattr.io import map_names, save_json, write_atomic

@@ -6,7 +6,7 @@ Each map ``OUT/<method>/<name>.npy`` written by ``generate`` has a record
     {"input": "<sha256 of the image file's bytes, or of the tensor row>",
      "model": "<the model's sha256>", "method": "integrated_gradients",
      "options": {...}, "target": "argmax", "preprocessing": {...},
-     "torchattr": "0.1.0", "map_bytes": 1152}
+     "torchattr": "0.1.0", "map": "<sha256 of the map file's bytes>"}
 
 Writing order (:func:`begin_map`, then the map, then :func:`finish_record`): the old record is
 removed *before* the map is replaced, and the new one written (atomically) *after* it. An
@@ -42,6 +42,7 @@ DEPENDENCIES = (
 )
 MISSING = "missing record"
 INCOMPLETE = "missing or incomplete map"
+MODIFIED = "map changed after it was written"
 
 
 def record_path(map_path: Path) -> Path:
@@ -83,7 +84,8 @@ def verdict(map_path: Path, wanted: dict[str, Any]) -> str | None:
     """None when the map at ``map_path`` can be kept, else why it must be recomputed.
 
     Kept only when its record exists, names every dependency in ``wanted`` with the same value,
-    and was written for a map of the file's current size (``map_bytes``).
+    and was written for the very bytes now in the map file (``map``: their sha256; reading the
+    maps back costs far less than computing them).
     """
     record = read_record(map_path)
     if record is None:
@@ -94,10 +96,10 @@ def verdict(map_path: Path, wanted: dict[str, Any]) -> str | None:
         if record.get(key) != wanted.get(key):
             return reason
     try:
-        size = map_path.stat().st_size
+        digest = file_digest(map_path)
     except OSError:
         return INCOMPLETE
-    return None if record.get("map_bytes") == size else MISSING
+    return None if record.get("map") == digest else MODIFIED
 
 
 def begin_map(map_path: Path) -> None:
@@ -108,7 +110,7 @@ def begin_map(map_path: Path) -> None:
 
 def finish_record(map_path: Path, wanted: dict[str, Any]) -> Path:
     """Write the record of a map just written (atomically, after the map)."""
-    return save_json(record_path(map_path), {**wanted, "map_bytes": map_path.stat().st_size})
+    return save_json(record_path(map_path), {**wanted, "map": file_digest(map_path)})
 
 
 def input_digest(images: Any, name: str) -> str | None:

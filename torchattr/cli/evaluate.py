@@ -234,7 +234,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                 path = maps_dir / f"{item.name}.npy"
                 if loaded is not None:
                     _check_map_model(path, loaded, args.allow_model_mismatch)
-                saliency = read_map(path, item.size, record.get("preprocessing"))
+                saliency = read_map(path, item.size, preprocess.as_dict())
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
                     row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))

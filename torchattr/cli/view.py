@@ -37,6 +37,7 @@ from torchattr.cli._data import (
     open_images,
     read_batches,
 )
+from torchattr.cli._geometry import PADS
 from torchattr.cli._progress import progress
 from torchattr.cli._runs import method_record
 from torchattr.io import map_names
@@ -85,6 +86,22 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int_at_least(0), default=0, help="image reading processes (default: 0)"
     )
+    parser.add_argument(
+        "--resize",
+        nargs=2,
+        type=int_at_least(1),
+        metavar=("H", "W"),
+        default=None,
+        help="the model input's size: maps of this size are carried back to their image "
+        "(default: as recorded in the maps' run.json)",
+    )
+    parser.add_argument(
+        "--pad",
+        choices=PADS,
+        default=None,
+        help="the images were padded to a square before --resize (default: as recorded in the "
+        "maps' run.json)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -100,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
     )
     images = open_images(args.data, args.names)
     folders = _map_folders(args.maps)
-    preprocessing = {
-        label: (method_record(folder) or {}).get("preprocessing")
-        for label, folder in folders.items()
-    }
+    preprocessing = {label: _geometry(args, folder) for label, folder in folders.items()}
     known = set(images.names)
     per_folder: dict[str, list[str]] = {}
     for label, folder in folders.items():
@@ -176,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         report.warn(f"{plural(len(skipped), 'image')} skipped (unreadable): {shorten(skipped)}")
     return 0
+
+
+def _geometry(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """``resize`` and ``pad`` of the maps in ``folder``: the options, else its run.json."""
+    saved = (method_record(folder) or {}).get("preprocessing") or {}
+    resize = args.resize if args.resize is not None else saved.get("resize")
+    return {"resize": resize, "pad": args.pad if args.pad is not None else saved.get("pad")}
 
 
 def _map_folders(paths: list[Path]) -> dict[str, Path]:

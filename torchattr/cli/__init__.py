@@ -14,12 +14,12 @@ Commands:
 
 Exit codes: 0 success; 1 bad input (a missing or unreadable file, a target the model does not
 have, an ``--out`` that is or holds an input, NaN in a map, ...), reported on stderr as one line
-``torchattr <command>: error: ...``; 2 bad options (argparse); 3 partial (``--on-error skip``
-left some images without a map or score: they are counted and listed in ``run.json`` /
-``summary.json`` and on stderr); 4 a file could not be read or written (any ``OSError``: a
+``torchattr <command>: error: ...``; 2 bad options (argparse); 3 partial (``generate --on-error
+skip`` left some images without a map, unreadable or with NaN / inf values: they are counted and
+listed in ``run.json`` and on stderr); 4 a file could not be read or written (any ``OSError``: a
 read-only or full disk, ``--out`` is a file, no permission; a missing file gives 1), one line
-naming the file; 130
-interrupted (Ctrl-C; files already written are complete, ``generate`` resumes).
+naming the file; 130 interrupted (Ctrl-C; files already written are complete, ``generate``
+resumes).
 """
 
 from __future__ import annotations

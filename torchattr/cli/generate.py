@@ -6,9 +6,20 @@ min-max normalised to [0, 1], is saved as float32 ``OUT/<method>/<image name>.np
 (:func:`torchattr.io.save_map`, atomic). ``OUT/run.json`` records the model (with its sha256),
 the data, the preprocessing, the target and the options of each method, and the counts.
 
-Resumable: maps already in ``OUT/<method>/`` (complete ``.npy`` files of the right size) are
-kept unless ``--overwrite``; leftover temporary files of an interrupted run are ignored and
-removed. A resumed run must use the settings recorded in ``run.json`` for that method.
+Resumable: a map already in ``OUT/<method>/`` is kept (unless ``--overwrite``) only when its
+record ``OUT/<method>/.records/<name>.json`` (:mod:`torchattr.cli._records`) matches everything
+the map depends on: the sha256 of its input file (or tensor row), the model's sha256, method,
+options, target, preprocessing, torchattr version, and the map file's own sha256. Other maps
+are recomputed, and the summary says how many and why. The record is removed before a map is
+replaced and written after it, so an interrupted run (``--overwrite`` included) leaves no map
+that a resumed run would wrongly keep. Leftover temporary files of an interrupted run are
+ignored and removed. A resumed run must use the settings recorded in ``run.json`` for that
+method. ``--out`` may not be, be inside or contain DATA.
+
+A map with NaN or inf values (a model whose output or gradients are not finite for an image)
+is never saved: ``--on-error stop`` stops naming the image; ``skip`` leaves the image without a
+map (an older map of it is removed), lists it in ``run.json`` ("failed") and the summary, and
+the command exits with 3 (partial), as it does for unreadable images skipped.
 
 Under ``torchrun`` each process takes the shard ``names[rank::world]`` of the sorted image
 names and its own GPU (see :mod:`torchattr.cli._dist`); rank 0 writes ``run.json``. Random
@@ -100,7 +111,8 @@ def add_parser(subparsers: Any) -> None:
         "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF; "
         "name = file stem) or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
         "<stem>_<index:05d>, or --names). Exit codes: 0 done, 1 bad input or a failed model "
-        "call, 2 bad options, 130 interrupted (rerun the same command to resume).",
+        "call, 2 bad options, 3 partial (--on-error skip left images without a map), 4 a file "
+        "could not be written, 130 interrupted (rerun the same command to resume).",
     )
     parser.add_argument("model", metavar="MODEL", help="model file or package.module:factory")
     parser.add_argument("data", metavar="DATA", help="folder of images or tensor file")

@@ -228,6 +228,18 @@ def test_os_errors_are_one_line_with_exit_code_4(setup, tmp_path, monkeypatch, c
     (maps / "img_00.npy").write_text("not a map")
     code, _, err = run_cli(["view", images, maps, "--out", tmp_path / "v"], capsys)
     assert code == 1 and "not a readable .npy map" in err and err.count("error:") == 1
+    # boxes that are a binary file or a folder: one line each
+    (tmp_path / "boxes.json").write_bytes(b"\xff\xfe\x00binary")
+    (tmp_path / "folder.json").mkdir()
+    for boxes, code_wanted, message in (
+        (tmp_path / "boxes.json", 1, "not UTF-8 text"),
+        (tmp_path / "folder.json", 1, "no such file"),
+    ):
+        save_map(maps / "img_00.npy", np.ones((16, 16), np.float32))
+        view = ["view", images, maps, "--out", tmp_path / "v", "--boxes", boxes]
+        code, _, err = run_cli(view, capsys)
+        assert code == code_wanted and message in err and err.count("error:") == 1, err
+        assert "Traceback" not in err
 
 
 def test_evaluate_refuses_another_model(setup: dict, tmp_path, capsys) -> None:

@@ -71,6 +71,14 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
     except CommandError as error:
         print(f"torchattr {args.command}: error: {error}", file=sys.stderr, flush=True)
         return error.code
+    except UnicodeDecodeError as error:  # a binary file where text (boxes, names) was expected
+        print(
+            f"torchattr {args.command}: error: a file is not UTF-8 text ({error.reason} at byte "
+            f"{error.start}); expected a text file (JSON, CSV, a list of names)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_ERROR
     except OSError as error:  # read-only or full disk, --out is a file, ...: one line
         message = os_error_message(error)
         print(f"torchattr {args.command}: error: {message}", file=sys.stderr, flush=True)

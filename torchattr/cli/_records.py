@@ -45,9 +45,14 @@ INCOMPLETE = "missing or incomplete map"
 MODIFIED = "map changed after it was written"
 
 
+MAP_SUFFIXES = (".npy", ".nii.gz", ".nii")
+
+
 def record_path(map_path: Path) -> Path:
-    """``<folder>/<name>.npy`` -> ``<folder>/.records/<name>.json``."""
-    return map_path.parent / RECORDS / (map_path.name[: -len(".npy")] + ".json")
+    """``<folder>/<name>.npy`` (or ``.nii.gz`` / ``.nii``) -> ``<folder>/.records/<name>.json``."""
+    name = map_path.name
+    suffix = next((s for s in MAP_SUFFIXES if name.endswith(s)), map_path.suffix)
+    return map_path.parent / RECORDS / (name[: len(name) - len(suffix)] + ".json")
 
 
 def dependencies(

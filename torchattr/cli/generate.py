@@ -520,7 +520,7 @@ def _stale(
             todo.append(name)
             continue
         if overwrite:
-            reason: str | None = "--overwrite"
+            reason: str | None = "--overwrite given"
         elif not _complete_map(path, images.sizes.get(name)):
             reason = INCOMPLETE
         else:

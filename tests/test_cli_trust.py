@@ -268,6 +268,11 @@ def test_evaluate_refuses_another_model(setup: dict, tmp_path, capsys) -> None:
     evaluate[1] = setup["script"]
     code, _, err = run_cli(evaluate, capsys)
     assert code == 1 and "img_01.npy (its record)" in err and "0" * 64 in err
+    # maps of folder A scored against folder B (the same names): refused, even without ROAD
+    evaluate = ["evaluate", setup["script"], setup["root"] / "b", out / "saliency", "--no-road"]
+    evaluate += ["--boxes", tmp_path / "boxes.json", "--out", tmp_path / "eval_b"]
+    code, _, err = run_cli(evaluate, capsys)
+    assert code == 1 and "img_00.npy was made from another image" in err
 
 
 def test_pad_square_and_maps_at_the_model_input_size(setup: dict, tmp_path, capsys) -> None:

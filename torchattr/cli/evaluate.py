@@ -18,7 +18,8 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
 The preprocessing and target default to those ``generate`` recorded for MAPS in its ``run.json``.
 MODEL must be the model that made the maps: its sha256 is compared with the one in ``run.json``
 and in each map's record, and a different one is refused naming both hashes (unless
-``--allow-model-mismatch``, then a warning). Maps at the model input's size (``--resize``, e.g.
+``--allow-model-mismatch``, then a warning). A map whose record names another input (sha256 of
+the image file or tensor row) than DATA's image of that name is refused. Maps at the model input's size (``--resize``, e.g.
 512x512) are carried back to the image (resized; ``--pad square`` undone by cropping).
 Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
 mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
@@ -66,7 +67,7 @@ from torchattr.cli._data import (
 )
 from torchattr.cli._geometry import map_to_input
 from torchattr.cli._progress import progress
-from torchattr.cli._records import read_record
+from torchattr.cli._records import input_digest, read_record
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
 from torchattr.io import map_names, save_json, write_atomic
@@ -232,8 +233,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     failed[item.name] = item.error
                     continue
                 path = maps_dir / f"{item.name}.npy"
-                if loaded is not None:
-                    _check_map_model(path, loaded, args.allow_model_mismatch)
+                _check_map_record(path, loaded, images, item.name, args.allow_model_mismatch)
                 saliency = read_map(path, item.size, preprocess.as_dict())
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
@@ -308,12 +308,27 @@ def _check_model(
     report.warn(message.split(": ROAD")[0] + "; scoring anyway (--allow-model-mismatch)")
 
 
-def _check_map_model(path: Path, loaded: LoadedModel, allow: bool) -> None:
-    """A map's own record (written by generate) must name the model too (a folder mixing
-    maps of several models is refused even when run.json names the right one)."""
+def _check_map_record(
+    path: Path, loaded: LoadedModel | None, images: Any, name: str, allow: bool
+) -> None:
+    """A map's own record (written by generate), where there is one, must name this image's
+    content (sha256 of its file or tensor row: maps of other images under the same names are
+    refused) and the model (a folder mixing maps of several models is refused even when
+    run.json names the right one; ``allow``: not checked)."""
     record = read_record(path)
-    saved = record.get("model") if record else None
-    if allow or saved is None or saved == loaded.fingerprint:
+    if not record:
+        return
+    saved_input = record.get("input")
+    if saved_input is not None:
+        digest = input_digest(images, name)
+        if digest is not None and digest != saved_input:
+            raise CommandError(
+                f"{path} was made from another image than DATA's {name} (content sha256 "
+                f"{saved_input[:12]}... in its record, {digest[:12]}... now): the maps belong to "
+                "other data; regenerate them (generate recomputes maps whose input changed)"
+            )
+    saved = record.get("model")
+    if loaded is None or allow or saved is None or saved == loaded.fingerprint:
         return
     raise CommandError(_mismatch(loaded, saved, f"{path} (its record)"))
 

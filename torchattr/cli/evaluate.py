@@ -19,8 +19,9 @@ The preprocessing and target default to those ``generate`` recorded for MAPS in 
 MODEL must be the model that made the maps: its sha256 is compared with the one in ``run.json``
 and in each map's record, and a different one is refused naming both hashes (unless
 ``--allow-model-mismatch``, then a warning). A map whose record names another input (sha256 of
-the image file or tensor row) than DATA's image of that name is refused. Maps at the model input's size (``--resize``, e.g.
-512x512) are carried back to the image (resized; ``--pad square`` undone by cropping).
+the image file or tensor row) than DATA's image of that name is refused. Maps at the model
+input's size (``--resize``, e.g. 512x512) are carried back to the image (resized; ``--pad
+square`` undone by cropping).
 Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
 mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
 ``histograms.png`` (with matplotlib). Under ``torchrun`` each process scores the shard

@@ -389,9 +389,9 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         )
     check_uniform_size(images, names, preprocess.resize)
     check_uniform_channels(images, names, preprocess.grayscale_to_rgb)
-    out: Path = args.out
     loaded = load_model(args.model, dist.device)
     _check_cam_layers(methods, loaded)
+    out: Path = args.out
     records = {m.name: _settings(m, loaded, images, preprocess, args.target) for m in methods}
     previous = read_runs(out)["methods"]
     if not args.overwrite:

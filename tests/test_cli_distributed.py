@@ -54,11 +54,16 @@ def test_generate_and_evaluate_two_processes_equal_one(data: dict) -> None:
     assert "[rank 0/2]" in run.stderr and "2 processes, 5 images" in run.stderr
     _single(["generate", *common, "--out", root / "one"])
     for method in METHODS.split(","):
-        two = sorted((root / "two" / method).iterdir())
-        one = sorted((root / "one" / method).iterdir())
+        two = sorted((root / "two" / method).glob("*.npy"))
+        one = sorted((root / "one" / method).glob("*.npy"))
         assert [p.name for p in two] == [p.name for p in one] == [f"{n}.npy" for n in data["names"]]
         for a, b in zip(two, one):
             assert a.read_bytes() == b.read_bytes(), (method, a.name)
+        # each map's dependency record, written by the process that made it, is the same
+        records = [sorted((root / d / method / ".records").iterdir()) for d in ("two", "one")]
+        assert [p.name for p in records[0]] == [f"{n}.json" for n in data["names"]]
+        for a, b in zip(*records):
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), (method, a.name)
     record = json.loads((root / "two" / "run.json").read_text())["methods"]["smoothgrad"]
     assert (record["processes"], record["written"], record["maps"]) == (2, 5, 5)
 

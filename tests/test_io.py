@@ -114,3 +114,20 @@ def test_save_json_converts_values(tmp_path: Path) -> None:
         "path": "a/b",
         "nested": [[1, 2], {"x": 3}],
     }
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_normalize_map_refuses_non_finite_values(bad: float) -> None:
+    """A single NaN / inf used to turn the whole map into zeros (a silent 'no attribution')."""
+    maps = torch.rand(4, 5, 6)
+    maps[2, 1, 3] = bad
+    with pytest.raises(
+        ValueError, match=r"1 NaN or inf value\(s\) in 1 of 4 maps \(flat index 2\)"
+    ):
+        normalize_map(maps)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        normalize_map(maps[2])
+    # the finite maps alone are normalised as before: min 0, max 1 per map
+    fine = normalize_map(maps[[0, 1, 3]])
+    assert torch.equal(fine.amin(dim=(-2, -1)), torch.zeros(3))
+    assert torch.equal(fine.amax(dim=(-2, -1)), torch.ones(3))

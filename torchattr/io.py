@@ -39,7 +39,9 @@ PathLike = str | os.PathLike[str]
 def normalize_map(maps: Tensor) -> Tensor:
     """Min-max normalise each map over its last two dimensions (H, W) to [0, 1].
 
-    ``(S - min S) / (max S - min S)`` per map; a constant map becomes zeros. Works on ``[H, W]``,
+    ``(S - min S) / (max S - min S)`` per map; a constant map becomes zeros. A map holding NaN
+    or inf raises ValueError (naming how many values and which maps): it has no range to scale,
+    and zeros would hide the failure as a map "with no attribution". Works on ``[H, W]``,
     ``[B, H, W]``, ``[B, C, H, W]`` (each channel separately) and any other leading shape. The
     result has the input's shape and floating dtype (float32 for integer input), on its device.
 
@@ -58,10 +60,30 @@ def normalize_map(maps: Tensor) -> Tensor:
         values = values.float()
     if values.numel() == 0:
         return values.clone()
+    check_finite(values, "maps")
     low = values.amin(dim=(-2, -1), keepdim=True)
     span = values.amax(dim=(-2, -1), keepdim=True) - low
     scaled = (values - low) / torch.where(span > 0, span, torch.ones_like(span))
     return torch.where(span > 0, scaled, torch.zeros_like(scaled)).clamp(0, 1)
+
+
+def check_finite(maps: Tensor, name: str = "maps") -> None:
+    """Raise ValueError when ``maps [..., H, W]`` holds NaN or inf, naming the count and the
+    first maps (leading indices) that do."""
+    bad = ~torch.isfinite(maps)
+    if not bool(bad.any()):
+        return
+    count = int(bad.sum())
+    where = ""
+    if maps.ndim > 2:
+        flat = bad.flatten(-2).any(-1).flatten()
+        rows = flat.nonzero().flatten().tolist()
+        shown = ", ".join(str(r) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        where = f" in {len(rows)} of {flat.numel()} maps (flat index {shown})"
+    raise ValueError(
+        f"{name} holds {count} NaN or inf value(s){where}: a map with non-finite values cannot "
+        "be normalised (the model's output or gradients are not finite there)"
+    )
 
 
 def save_map(path: PathLike, array: Tensor | np.ndarray) -> Path:

@@ -13,8 +13,13 @@ Commands:
 * ``compare`` (:mod:`torchattr.cli.compare`): one table and plot across evaluate results.
 
 Exit codes: 0 success; 1 bad input (a missing or unreadable file, a target the model does not
-have, ...), reported on stderr as ``torchattr <command>: error: ...``; 2 bad options (argparse);
-130 interrupted (Ctrl-C; files already written are complete, ``generate`` resumes).
+have, an ``--out`` that is or holds an input, NaN in a map, ...), reported on stderr as one line
+``torchattr <command>: error: ...``; 2 bad options (argparse); 3 partial (``generate --on-error
+skip`` left some images without a map, unreadable or with NaN / inf values: they are counted and
+listed in ``run.json`` and on stderr); 4 a file could not be read or written (any ``OSError``: a
+read-only or full disk, ``--out`` is a file, no permission; a missing file gives 1), one line
+naming the file; 130 interrupted (Ctrl-C; files already written are complete, ``generate``
+resumes).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Sequence
 
 import torchattr
 from torchattr.cli import compare, demo, evaluate, generate, view
-from torchattr.cli._common import CommandError
+from torchattr.cli._common import EXIT_ERROR, EXIT_OS_ERROR, CommandError, os_error_message
 
 __all__ = ["main"]
 
@@ -55,7 +60,8 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
     Path-like arguments are accepted (``main(["demo", "--out", tmp_path])``). Without a command,
     prints the help and returns 2. Invalid options exit through ``argparse`` (``SystemExit(2)``).
     A :class:`~torchattr.cli._common.CommandError` (bad input) is printed on stderr and gives
-    its exit code (1); Ctrl-C gives 130.
+    its exit code (1); an ``OSError`` (a file that cannot be read or written) one line and 4;
+    Ctrl-C gives 130.
 
     Example::
 
@@ -71,6 +77,18 @@ def main(argv: Sequence[str | os.PathLike[str]] | None = None) -> int:
     except CommandError as error:
         print(f"torchattr {args.command}: error: {error}", file=sys.stderr, flush=True)
         return error.code
+    except UnicodeDecodeError as error:  # a binary file where text (boxes, names) was expected
+        print(
+            f"torchattr {args.command}: error: a file is not UTF-8 text ({error.reason} at byte "
+            f"{error.start}); expected a text file (JSON, CSV, a list of names)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_ERROR
+    except OSError as error:  # read-only or full disk, --out is a file, ...: one line
+        message = os_error_message(error)
+        print(f"torchattr {args.command}: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_ERROR if isinstance(error, FileNotFoundError) else EXIT_OS_ERROR
     except KeyboardInterrupt:
         print(
             f"torchattr {args.command}: interrupted; files already written are complete",

@@ -13,11 +13,17 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
-EXIT_ERROR = 1
+from torchattr.cli._geometry import PADS, map_to_image
+from torchattr.io import load_map
+
+EXIT_ERROR = 1  # bad input: a missing or unreadable file, a target the model does not have
+EXIT_PARTIAL = 3  # done, but some images have no map or score (skipped: listed in the summary)
+EXIT_OS_ERROR = 4  # a file could not be read or written (read-only or full disk, ...)
 ON_ERROR = ("stop", "skip")
 
 
@@ -27,6 +33,90 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an ``OSError``: what failed, on which file, and a hint for the common ones.
+
+    ``[Errno 28] No space left on device: 'out/x.npy'`` ->
+    ``cannot write out/x.npy: no space left on device (free some space or choose another
+    --out)``.
+    """
+    import errno
+
+    hints = {
+        errno.ENOSPC: "free some space or choose another --out",
+        errno.EROFS: "the file system is read-only: choose another --out",
+        errno.EACCES: "no permission: check the file's permissions or choose another --out",
+        errno.EPERM: "no permission: check the file's permissions or choose another --out",
+        errno.ENOTDIR: "a path that should be a folder is a file (is --out a file?)",
+        errno.EEXIST: "a file is in the way (is --out a file?)",
+        errno.EISDIR: "a folder is where a file was expected",
+        errno.EDQUOT: "disk quota exceeded: free some space or choose another --out",
+    }
+    reason = (error.strerror or str(error) or type(error).__name__).strip().splitlines()[0]
+    where = error.filename if error.filename is not None else None
+    text = f"{where}: {reason[0].lower() + reason[1:]}" if where else reason
+    hint = hints.get(error.errno) if error.errno is not None else None
+    return f"{text} ({hint})" if hint else text
+
+
+def refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an ``--out`` folder that is, is inside, or contains one of ``inputs``
+    (``{"DATA": path, "MAPS": path}``; symbolic links resolved): writing there could replace or
+    mix with the inputs."""
+    where = out.resolve()
+    for label, path in inputs.items():
+        source = path.resolve()
+        if where == source:
+            relation = "is"
+        elif source in where.parents:
+            relation = "is inside"
+        elif where in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise CommandError(
+            f"--out {out} {relation} {label} {path}: outputs would be written among the inputs; "
+            "choose an --out outside it"
+        )
+
+
+def read_map(
+    path: Path, size: tuple[int, int], preprocessing: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """A saved map ``[H, W]`` for an image of ``size``, checked: a readable ``.npy`` map,
+    finite, in [0, 1], of the image's size or of the model input's size recorded in the maps'
+    ``run.json`` (``preprocessing["resize"]``), which is carried back to the image
+    (:func:`~torchattr.cli._geometry.map_to_image`, undoing ``--pad square``). Anything else
+    is a :class:`CommandError` naming the file."""
+    try:
+        saliency = torch.from_numpy(load_map(path))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if not bool(torch.isfinite(saliency).all()):
+        bad = int((~torch.isfinite(saliency)).sum())
+        raise CommandError(
+            f"{path} holds {bad} NaN or inf value(s): not a usable map (regenerate it; generate "
+            "refuses to save such maps)"
+        )
+    if bool((saliency < 0).any()) or bool((saliency > 1).any()):
+        raise CommandError(
+            f"{path} has values outside [0, 1] (min {float(saliency.min()):g}, max "
+            f"{float(saliency.max()):g}): expected maps normalised as generate saves them"
+        )
+    shape = tuple(saliency.shape)
+    if shape == tuple(size):
+        return saliency
+    resize = (preprocessing or {}).get("resize")
+    if resize is not None and shape == tuple(resize):
+        return map_to_image(saliency, size, (preprocessing or {}).get("pad"))
+    model_size = f" or the model input's {resize[0]}x{resize[1]}" if resize else ""
+    raise CommandError(
+        f"{path} has shape {list(shape)} but the image is {size[0]}x{size[1]}: maps must have "
+        f"their image's size{model_size} (the model input's size is read from --resize in the "
+        "maps' run.json)"
+    )
 
 
 class Reporter:
@@ -155,7 +245,7 @@ def add_preprocessing_options(parser: argparse.ArgumentParser, *, saved: bool = 
     group = parser.add_argument_group(
         "preprocessing",
         "Images are read as floats in [0, 1] (8-bit / 255, 16-bit / 65535), then converted to "
-        "RGB, resized and normalised in that order." + default,
+        "RGB, padded, resized and normalised in that order." + default,
     )
     group.add_argument(
         "--resize",
@@ -165,6 +255,14 @@ def add_preprocessing_options(parser: argparse.ArgumentParser, *, saved: bool = 
         default=None,
         help="resize every image to H x W (bilinear, antialiased) before the model; maps are "
         "resized back to each image's own size",
+    )
+    group.add_argument(
+        "--pad",
+        choices=PADS,
+        default=None,
+        help="square: pad each image with black to a centred square before --resize, so that "
+        "non-square images are scaled, not distorted; maps are carried back by resizing to the "
+        "square and cropping the padding",
     )
     group.add_argument(
         "--mean",

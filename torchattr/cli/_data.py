@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from torchattr.cli._common import CommandError, shorten
+from torchattr.cli._geometry import pad_square
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TENSOR_SUFFIXES = (".pt", ".pth", ".npy")
@@ -326,6 +327,7 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     grayscale_to_rgb: bool = False
+    pad: str | None = None  # "square": zero-pad to a centred square before resizing
 
     @classmethod
     def from_args(cls, args: Any, saved: dict[str, Any] | None = None) -> Preprocess:
@@ -347,6 +349,7 @@ class Preprocess:
             mean=tuple(float(v) for v in mean) if mean is not None else None,
             std=tuple(float(v) for v in std) if std is not None else None,
             grayscale_to_rgb=bool(pick("grayscale_to_rgb")),
+            pad=pick("pad"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -355,12 +358,15 @@ class Preprocess:
             "mean": list(self.mean) if self.mean else None,
             "std": list(self.std) if self.std else None,
             "grayscale_to_rgb": self.grayscale_to_rgb,
+            **({"pad": self.pad} if self.pad else {}),  # absent when off: older records match
         }
 
     def __call__(self, image: Tensor) -> Tensor:
         """``[C, H, W]`` pixels -> ``[C', H', W']`` model input (float32)."""
         if self.grayscale_to_rgb and image.shape[0] == 1:
             image = image.expand(3, -1, -1)
+        if self.pad is not None:
+            image = pad_square(image)
         if self.resize is not None and tuple(image.shape[-2:]) != self.resize:
             image = F.interpolate(
                 image[None], size=self.resize, mode="bilinear", align_corners=False, antialias=True

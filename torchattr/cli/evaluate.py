@@ -16,6 +16,12 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
   ``derive_seed(--seed, "road/<name>")``, the same for MoRF and LeRF.
 
 The preprocessing and target default to those ``generate`` recorded for MAPS in its ``run.json``.
+MODEL must be the model that made the maps: its sha256 is compared with the one in ``run.json``
+and in each map's record, and a different one is refused naming both hashes (unless
+``--allow-model-mismatch``, then a warning). A map whose record names another input (sha256 of
+the image file or tensor row) than DATA's image of that name is refused. Maps at the model
+input's size (``--resize``, e.g. 512x512) are carried back to the image (resized; ``--pad
+square`` undone by cropping).
 Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
 mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
 ``histograms.png`` (with matplotlib). Under ``torchrun`` each process scores the shard
@@ -45,6 +51,7 @@ from torchattr.cli._common import (
     add_preprocessing_options,
     float_in,
     int_at_least,
+    read_map,
     shorten,
     target_arg,
 )
@@ -58,12 +65,13 @@ from torchattr.cli._data import (
     load_model,
     open_images,
     read_batches,
-    resize_map,
 )
+from torchattr.cli._geometry import map_to_input
 from torchattr.cli._progress import progress
+from torchattr.cli._records import input_digest, read_record
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
-from torchattr.io import load_map, map_names, save_json, write_atomic
+from torchattr.io import map_names, save_json, write_atomic
 from torchattr.metrics.directions import Direction, direction
 
 __all__ = ["add_parser", "run"]
@@ -145,6 +153,12 @@ def add_parser(subparsers: Any) -> None:
         "(default: 15)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of ROAD's draws (default: 0)")
+    parser.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="score maps with a MODEL other than the one generate recorded for them (its "
+        "sha256 in run.json and the maps' records); refused by default, naming both hashes",
+    )
     add_common_options(parser, distributed=True)
     add_preprocessing_options(parser, saved=True)
     parser.set_defaults(handler=run)
@@ -205,6 +219,8 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         except ValueError as error:
             raise CommandError(f"--fractions {args.fractions}: {error}") from None
     loaded = None if args.no_road else load_model(args.model, dist.device)
+    if loaded is not None:
+        _check_model(loaded, record, maps_dir, args.allow_model_mismatch, report)
 
     shard = dist.shard(names)
     results: list[dict[str, Any]] = []
@@ -219,18 +235,9 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     report.warn(f"skipped {item.error}", local=True)
                     failed[item.name] = item.error
                     continue
-                saliency = torch.from_numpy(load_map(maps_dir / f"{item.name}.npy"))
-                if tuple(saliency.shape) != item.size:
-                    raise CommandError(
-                        f"{maps_dir / item.name}.npy has shape {list(saliency.shape)} but the "
-                        f"image is {item.size[0]}x{item.size[1]}: maps must have their image's "
-                        "size (as generate saves them)"
-                    )
-                if not bool(torch.isfinite(saliency).all()) or bool((saliency < 0).any()):
-                    raise CommandError(
-                        f"{maps_dir / item.name}.npy holds negative, NaN or inf values: expected "
-                        "maps in [0, 1] as generate saves them"
-                    )
+                path = maps_dir / f"{item.name}.npy"
+                _check_map_record(path, loaded, images, item.name, args.allow_model_mismatch)
+                saliency = read_map(path, item.size, preprocess.as_dict())
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
                     row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))
@@ -245,6 +252,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                             fractions,
                             args,
                             dist.device,
+                            pad=preprocess.pad,
                         )
                     )
                 results.append(row)
@@ -276,6 +284,56 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         }
         _write(args.out, config, rows, failures, fractions, report, time.perf_counter() - start)
     return 0
+
+
+def _mismatch(loaded: LoadedModel, saved: str, where: str) -> str:
+    return (
+        f"MODEL {loaded.spec} (sha256 {loaded.fingerprint}) is not the model that made {where} "
+        f"(sha256 {saved}): ROAD would score another model's explanations. Pass the model that "
+        "made the maps, or --allow-model-mismatch to score them anyway"
+    )
+
+
+def _check_model(
+    loaded: LoadedModel,
+    record: dict[str, Any],
+    maps_dir: Path,
+    allow: bool,
+    report: Reporter,
+) -> None:
+    """The model must be the one ``run.json`` records for MAPS (unless ``allow``: a warning)."""
+    saved = (record.get("model") or {}).get("sha256")
+    if saved is None or saved == loaded.fingerprint:
+        return
+    message = _mismatch(loaded, saved, f"the maps in {maps_dir} (run.json)")
+    if not allow:
+        raise CommandError(message)
+    report.warn(message.split(": ROAD")[0] + "; scoring anyway (--allow-model-mismatch)")
+
+
+def _check_map_record(
+    path: Path, loaded: LoadedModel | None, images: Any, name: str, allow: bool
+) -> None:
+    """A map's own record (written by generate), where there is one, must name this image's
+    content (sha256 of its file or tensor row: maps of other images under the same names are
+    refused) and the model (a folder mixing maps of several models is refused even when
+    run.json names the right one; ``allow``: not checked)."""
+    record = read_record(path)
+    if not record:
+        return
+    saved_input = record.get("input")
+    if saved_input is not None:
+        digest = input_digest(images, name)
+        if digest is not None and digest != saved_input:
+            raise CommandError(
+                f"{path} was made from another image than DATA's {name} (content sha256 "
+                f"{saved_input[:12]}... in its record, {digest[:12]}... now): the maps belong to "
+                "other data; regenerate them (generate recomputes maps whose input changed)"
+            )
+    saved = record.get("model")
+    if loaded is None or allow or saved is None or saved == loaded.fingerprint:
+        return
+    raise CommandError(_mismatch(loaded, saved, f"{path} (its record)"))
 
 
 def _target(args: argparse.Namespace, record: dict[str, Any]) -> int | None:
@@ -336,11 +394,15 @@ def road_scores(
     fractions: tuple[float, ...],
     args: argparse.Namespace,
     device: torch.device,
+    pad: str | None = None,
 ) -> dict[str, Any]:
-    """ROAD of one image: the explained class, its clean score, MoRF / LeRF curves and score."""
+    """ROAD of one image: the explained class, its clean score, MoRF / LeRF curves and score.
+
+    The map ``[H, W]`` is carried to the model input (padded to a square with ``pad="square"``,
+    then resized: :func:`~torchattr.cli._geometry.map_to_input`)."""
     loaded.check_input(tuple(model_input.shape))
     x = model_input[None].to(device)
-    heat = resize_map(saliency, tuple(model_input.shape[-2:]))[None].to(device)
+    heat = map_to_input(saliency, tuple(model_input.shape[-2:]), pad)[None].to(device)
     try:
         with torch.no_grad():
             output = loaded.module(x)

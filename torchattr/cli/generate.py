@@ -6,9 +6,20 @@ min-max normalised to [0, 1], is saved as float32 ``OUT/<method>/<image name>.np
 (:func:`torchattr.io.save_map`, atomic). ``OUT/run.json`` records the model (with its sha256),
 the data, the preprocessing, the target and the options of each method, and the counts.
 
-Resumable: maps already in ``OUT/<method>/`` (complete ``.npy`` files of the right size) are
-kept unless ``--overwrite``; leftover temporary files of an interrupted run are ignored and
-removed. A resumed run must use the settings recorded in ``run.json`` for that method.
+Resumable: a map already in ``OUT/<method>/`` is kept (unless ``--overwrite``) only when its
+record ``OUT/<method>/.records/<name>.json`` (:mod:`torchattr.cli._records`) matches everything
+the map depends on: the sha256 of its input file (or tensor row), the model's sha256, method,
+options, target, preprocessing, torchattr version, and the map file's own sha256. Other maps
+are recomputed, and the summary says how many and why. The record is removed before a map is
+replaced and written after it, so an interrupted run (``--overwrite`` included) leaves no map
+that a resumed run would wrongly keep. Leftover temporary files of an interrupted run are
+ignored and removed. A resumed run must use the settings recorded in ``run.json`` for that
+method. ``--out`` may not be, be inside or contain DATA.
+
+A map with NaN or inf values (a model whose output or gradients are not finite for an image)
+is never saved: ``--on-error stop`` stops naming the image; ``skip`` leaves the image without a
+map (an older map of it is removed), lists it in ``run.json`` ("failed") and the summary, and
+the command exits with 3 (partial), as it does for unreadable images skipped.
 
 Under ``torchrun`` each process takes the shard ``names[rank::world]`` of the sorted image
 names and its own GPU (see :mod:`torchattr.cli._dist`); rank 0 writes ``run.json``. Random
@@ -37,6 +48,7 @@ from torchattr.cam import METHODS as CAM_METHODS
 from torchattr.cam import resolve_cam_layers
 from torchattr.cli import _dist
 from torchattr.cli._common import (
+    EXIT_PARTIAL,
     CommandError,
     Reporter,
     add_common_options,
@@ -44,6 +56,7 @@ from torchattr.cli._common import (
     float_in,
     int_at_least,
     plural,
+    refuse_overlap,
     shorten,
     target_arg,
 )
@@ -57,9 +70,19 @@ from torchattr.cli._data import (
     load_model,
     open_images,
     read_batches,
-    resize_map,
 )
+from torchattr.cli._geometry import map_to_image
 from torchattr.cli._progress import progress
+from torchattr.cli._records import (
+    INCOMPLETE,
+    RECORDS,
+    begin_map,
+    dependencies,
+    finish_record,
+    input_digest,
+    record_path,
+    verdict,
+)
 from torchattr.cli._runs import now, read_runs, settings_conflicts, write_runs
 from torchattr.data.seeding import derive_seed
 from torchattr.gradient import SMOOTHGRAD_KINDS
@@ -71,8 +94,8 @@ __all__ = ["add_parser", "run"]
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "cam", "lrp")
 RANDOM_CAMS = ("randomcam",)
 MAP_CONVENTION = (
-    "|A| max over channels (CAM: the CAM map), resized to the image's H x W, min-max per image "
-    "to [0, 1], float32 .npy"
+    "|A| max over channels (CAM: the CAM map), carried back to the image's H x W (resized; "
+    "--pad square: resized to the square and cropped), min-max per image to [0, 1], float32 .npy"
 )
 
 
@@ -90,7 +113,8 @@ def add_parser(subparsers: Any) -> None:
         "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF; "
         "name = file stem) or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
         "<stem>_<index:05d>, or --names). Exit codes: 0 done, 1 bad input or a failed model "
-        "call, 2 bad options, 130 interrupted (rerun the same command to resume).",
+        "call, 2 bad options, 3 partial (--on-error skip left images without a map), 4 a file "
+        "could not be written, 130 interrupted (rerun the same command to resume).",
     )
     parser.add_argument("model", metavar="MODEL", help="model file or package.module:factory")
     parser.add_argument("data", metavar="DATA", help="folder of images or tensor file")
@@ -325,9 +349,11 @@ def lrp_function() -> Any:
     return lrp
 
 
-def finish_map(raw: Tensor, size: tuple[int, int]) -> Tensor:
-    """A map as stored: resized to the image's ``(H, W)``, min-max normalised to [0, 1]."""
-    return normalize_map(resize_map(raw, size))
+def finish_map(raw: Tensor, size: tuple[int, int], pad: str | None = None) -> Tensor:
+    """A map as stored: carried back to the image's ``(H, W)`` (resized; with ``pad="square"``
+    resized to the padded square and cropped, :func:`~torchattr.cli._geometry.map_to_image`),
+    min-max normalised to [0, 1]. Raises ValueError when it holds NaN or inf."""
+    return normalize_map(map_to_image(raw, size, pad))
 
 
 def _generator(seed: int, stream: str, name: str) -> torch.Generator:
@@ -352,6 +378,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     start = time.perf_counter()
     report = Reporter("generate", dist.rank, dist.world)
     methods = resolve_methods(args)
+    refuse_overlap(args.out, {"DATA": Path(args.data)})
     images = open_images(args.data, args.names)
     preprocess = Preprocess.from_args(args)
     names = images.names
@@ -382,18 +409,20 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     dist.barrier()  # every rank has read run.json before rank 0 may rewrite it
 
     shard = dist.shard(names)
+    digests = {n: input_digest(images, n) for n in shard}
+    wanted = {
+        m.name: {n: _dependencies(records[m.name], digests[n]) for n in shard} for m in methods
+    }
     todo: dict[str, list[str]] = {}
     kept: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
     for method in methods:
         folder = out / method.name
         _remove_stale_temporaries(folder, set(shard), report)
-        missing = [
-            n
-            for n in shard
-            if args.overwrite or not _complete_map(folder / f"{n}.npy", images.sizes.get(n))
-        ]
-        todo[method.name] = missing
-        kept[method.name] = len(shard) - len(missing)
+        todo[method.name], reasons[method.name] = _stale(
+            folder, shard, wanted[method.name], images, args.overwrite
+        )
+        kept[method.name] = len(shard) - len(todo[method.name])
     needed = sorted({n for missing in todo.values() for n in missing})
     if dist.world > 1:
         report.note(f"{dist.world} processes, {len(names)} images, about {len(shard)} per process")
@@ -405,6 +434,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
 
     written = {m.name: 0 for m in methods}
     failed: dict[str, str] = {}
+    nonfinite: dict[str, dict[str, str]] = {m.name: {} for m in methods}
     if needed:
         _probe(loaded, images, needed[0], preprocess, args.target, dist.device)
     if dist.rank == 0:  # the settings, before any map: a resumed run must match them
@@ -413,26 +443,116 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     with progress(len(needed), "generate", enabled=dist.rank == 0) as bar:
         for batch in batches:
             good = _usable(batch, failed, args.on_error, report)
+            for item in batch:
+                if item.name in failed:  # no map of an image that failed: not even a stale one
+                    for method in methods:
+                        _discard(out / method.name / f"{item.name}.npy")
             if good:
                 inputs = _stack(good, loaded).to(dist.device)
                 for method in methods:
-                    wanted = set(todo[method.name])
-                    rows = [i for i, item in enumerate(good) if item.name in wanted]
+                    todo_here = set(todo[method.name])
+                    rows = [i for i, item in enumerate(good) if item.name in todo_here]
                     if not rows:
                         continue
                     chosen = [good[i] for i in rows]
                     subset = inputs if len(rows) == len(good) else inputs[rows]
                     raw = _attribute(method, loaded, subset, chosen, args, preprocess)
                     for item, one in zip(chosen, raw):
-                        save_map(out / method.name / f"{item.name}.npy", finish_map(one, item.size))
+                        path = out / method.name / f"{item.name}.npy"
+                        finished = _finished(method, item, one, preprocess, args.on_error)
+                        if finished is None:
+                            _discard(path)
+                            nonfinite[method.name][item.name] = (
+                                f"{method.name} gave NaN or inf values (the model's output or "
+                                "gradients are not finite for this image)"
+                            )
+                            report.warn(
+                                f"skipped {item.name}: {nonfinite[method.name][item.name]}",
+                                local=True,
+                            )
+                            continue
+                        begin_map(path)
+                        save_map(path, finished)
+                        finish_record(path, wanted[method.name][item.name])
                         written[method.name] += 1
             bar.update(len(batch))
 
-    mine = {"written": written, "kept": kept, "failed": failed}
+    mine = {
+        "written": written,
+        "kept": kept,
+        "failed": failed,
+        "nonfinite": nonfinite,
+        "reasons": reasons,
+    }
     everyone = dist.gather(mine)
     if dist.rank == 0:
-        _finish(out, methods, records, everyone, names, dist, report, time.perf_counter() - start)
+        partial = _finish(
+            out, methods, records, everyone, names, dist, report, time.perf_counter() - start
+        )
+        return EXIT_PARTIAL if partial else 0
     return 0
+
+
+def _dependencies(settings: dict[str, Any], digest: str | None) -> dict[str, Any]:
+    """What one map of a method with run settings ``settings`` depends on."""
+    return dependencies(
+        digest,
+        settings["model"]["sha256"],
+        settings["method"],
+        settings["options"],
+        settings["target"],
+        settings["preprocessing"],
+    )
+
+
+def _stale(
+    folder: Path,
+    shard: list[str],
+    wanted: dict[str, dict[str, Any]],
+    images: ImageSet,
+    overwrite: bool,
+) -> tuple[list[str], dict[str, int]]:
+    """The images whose map must be (re)computed, and why existing maps are recomputed:
+    ``{reason: count}`` (a map that was never written has no reason)."""
+    todo: list[str] = []
+    reasons: dict[str, int] = {}
+    for name in shard:
+        path = folder / f"{name}.npy"
+        if not path.exists() and not record_path(path).exists():
+            todo.append(name)
+            continue
+        if overwrite:
+            reason: str | None = "--overwrite given"
+        elif not _complete_map(path, images.sizes.get(name)):
+            reason = INCOMPLETE
+        else:
+            reason = verdict(path, wanted[name])
+        if reason is not None:
+            todo.append(name)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return todo, reasons
+
+
+def _finished(
+    method: Method, item: Item, raw: Tensor, preprocess: Preprocess, on_error: str
+) -> Tensor | None:
+    """The map as stored, or None when it is not finite (with ``--on-error skip``)."""
+    try:
+        return finish_map(raw, item.size, preprocess.pad)
+    except ValueError as error:
+        if on_error == "skip":
+            return None
+        raise CommandError(
+            f"{method.name} gave a map with NaN or inf values for image {item.name} ({error}); "
+            "stopped: the model's output or gradients are not finite for this image (no map "
+            "written for it; pass --on-error skip to go on without it)"
+        ) from None
+
+
+def _discard(path: Path) -> None:
+    """Remove a map that must not be used any more, record first."""
+    begin_map(path)
+    path.unlink(missing_ok=True)
 
 
 def _settings(
@@ -504,20 +624,24 @@ def _complete_map(path: Path, size: tuple[int, int] | None) -> bool:
 
 
 def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -> None:
-    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files of dead processes for this shard's images."""
-    if not folder.is_dir():
-        return
+    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files (and ``.records/.<name>.json...tmp``) of
+    dead processes for this shard's images."""
     removed = 0
-    for entry in folder.iterdir():
-        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+    for where, suffix in ((folder, ".npy"), (folder / RECORDS, ".json")):
+        if not where.is_dir():
             continue
-        parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or not parts[0].endswith(".npy") or parts[0][:-4] not in names:
-            continue
-        if parts[1].isdigit() and _alive(int(parts[1])):
-            continue
-        entry.unlink(missing_ok=True)
-        removed += 1
+        for entry in where.iterdir():
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
+            if len(parts) != 3 or not parts[0].endswith(suffix):
+                continue
+            if parts[0][: -len(suffix)] not in names:
+                continue
+            if parts[1].isdigit() and _alive(int(parts[1])):
+                continue
+            entry.unlink(missing_ok=True)
+            removed += 1
     if removed:
         report.note(f"removed {plural(removed, 'leftover temporary file')} in {folder}")
 
@@ -599,18 +723,46 @@ def _probe(
 def _model_failure(loaded: LoadedModel, shape: Any, error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0] if text else type(error).__name__
-    hint = ""
-    if "channel" in first.lower():
+    given = int(shape[0]) if len(shape) else None
+    expected = first_conv_channels(loaded.module)
+    if expected is not None and given is not None and expected != given:
+        fix = (
+            "--grayscale-to-rgb gives grey images 3 channels"
+            if (given, expected) == (1, 3)
+            else "convert the images to the model's channels"
+        )
         hint = (
-            " (the images' channels do not fit the model: --grayscale-to-rgb gives grey images "
-            "3 channels)"
+            f" (the model's first convolution takes {expected} channel(s) but the preprocessed "
+            f"images have {given}: {fix})"
+        )
+    elif "channel" in first.lower():
+        hint = (
+            f" (the images' channels ({given}) do not fit the model: --grayscale-to-rgb gives "
+            "grey images 3 channels)"
         )
     elif "size" in first.lower() or "shape" in first.lower() or "Guard" in first:
         hint = " (the model expects another image size? pass --resize H W)"
+    else:
+        hint = f" (the preprocessed images have {given} channel(s); does the model take that?)"
     return (
         f"MODEL {loaded.spec} failed on a preprocessed image of shape {list(shape)}: "
         f"{type(error).__name__}: {first}{hint}"
     )
+
+
+def first_conv_channels(module: torch.nn.Module) -> int | None:
+    """Input channels of the model's first convolution (its first parameter with 3 to 5
+    dimensions, ``[out, in / groups, *kernel]``), where the parameters are visible (TorchScript
+    and ``torch.export`` modules included); None when there is none."""
+    try:
+        for _, parameter in module.named_parameters():
+            if 3 <= parameter.ndim <= 5:
+                return int(parameter.shape[1])
+            if parameter.ndim == 2:
+                return None  # a linear layer comes first: no convolution to read
+    except Exception:
+        return None
+    return None
 
 
 def _attribute(
@@ -645,16 +797,27 @@ def _finish(
     dist: _dist.Distributed,
     report: Reporter,
     seconds: float,
-) -> None:
+) -> bool:
+    """Write run.json and the summary; True when the run is partial (images skipped)."""
     failed: dict[str, str] = {}
     for part in everyone:
         failed.update(part["failed"])
     final = {}
     lines = []
+    partial = bool(failed)
     for method in methods:
         written = sum(part["written"][method.name] for part in everyone)
         kept = sum(part["kept"][method.name] for part in everyone)
+        nonfinite: dict[str, str] = {}
+        reasons: dict[str, int] = {}
+        for part in everyone:
+            nonfinite.update(part["nonfinite"][method.name])
+            for reason, count in part["reasons"][method.name].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        recomputed = sum(reasons.values())
         count = written + kept  # maps of DATA's images now in the folder, over all processes
+        errors = {**failed, **nonfinite}
+        partial = partial or bool(nonfinite)
         final[method.name] = {
             **records[method.name],
             "status": "complete" if count == len(names) else "incomplete",
@@ -662,7 +825,8 @@ def _finish(
             "maps": count,
             "written": written,
             "kept": kept,
-            "failed": [{"image": n, "error": failed[n]} for n in sorted(failed)],
+            "recomputed": {"count": recomputed, "reasons": dict(sorted(reasons.items()))},
+            "failed": [{"image": n, "error": errors[n]} for n in sorted(errors)],
             "processes": dist.world,
             "updated": now(),
         }
@@ -670,6 +834,14 @@ def _finish(
             f"{method.name}: {count}/{len(names)} maps in {out / method.name} "
             f"({written} written, {kept} already there)"
         )
+        if recomputed:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+            lines.append(f"{method.name}: {plural(recomputed, 'map')} recomputed, not kept ({why})")
+        if nonfinite:
+            lines.append(
+                f"{method.name}: {plural(len(nonfinite), 'image')} without a map (NaN or inf "
+                f"values): {shorten(sorted(nonfinite))}"
+            )
     path = write_runs(out, final)
     for line in lines:
         report.result(line)
@@ -678,4 +850,7 @@ def _finish(
             f"{plural(len(failed), 'image')} skipped (unreadable): {shorten(sorted(failed))}; "
             f"listed in {path}"
         )
+    if partial:
+        report.warn(f"partial run: some images have no map (listed in {path}); exit code 3")
     report.result(f"wrote {path} in {seconds:.1f} s")
+    return partial

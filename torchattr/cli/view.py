@@ -6,7 +6,11 @@ maximum are left as they are, the others get ``(1 - alpha) * image + alpha * cma
 ``--boxes`` of the image are drawn on top. One folder of maps gives ``OUT/<image name>.png``;
 several give ``OUT/<method>/<image name>.png`` each and, with matplotlib, a side-by-side figure
 per image ``OUT/side_by_side/<image name>.png``. Images are shown as read (no resizing or
-normalisation): maps must have the image's own size, as ``generate`` saves them.
+normalisation): maps have the image's own size, as ``generate`` saves them, or the model input's
+size recorded in the maps' ``run.json`` (``--resize``, e.g. 512x512 maps of other tools), which
+is carried back to the image (resized; with ``--pad square`` resized to the square and cropped).
+Refused with one line: an ``--out`` that is, is inside or contains DATA or a MAPS folder, and a
+map that is not readable, not finite or outside [0, 1].
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from torchattr.cli._common import (
     float_in,
     int_at_least,
     plural,
+    read_map,
+    refuse_overlap,
     shorten,
 )
 from torchattr.cli._data import (
@@ -31,8 +37,10 @@ from torchattr.cli._data import (
     open_images,
     read_batches,
 )
+from torchattr.cli._geometry import PADS
 from torchattr.cli._progress import progress
-from torchattr.io import load_map, map_names
+from torchattr.cli._runs import method_record
+from torchattr.io import map_names
 
 __all__ = ["add_parser", "run"]
 
@@ -80,6 +88,22 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int_at_least(0), default=0, help="image reading processes (default: 0)"
     )
+    parser.add_argument(
+        "--resize",
+        nargs=2,
+        type=int_at_least(1),
+        metavar=("H", "W"),
+        default=None,
+        help="the model input's size: maps of this size are carried back to their image "
+        "(default: as recorded in the maps' run.json)",
+    )
+    parser.add_argument(
+        "--pad",
+        choices=PADS,
+        default=None,
+        help="the images were padded to a square before --resize (default: as recorded in the "
+        "maps' run.json)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -89,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     report = Reporter("view")
     _check_cmap(args.cmap, viz)
+    refuse_overlap(
+        args.out,
+        {"DATA": Path(args.data), **{f"MAPS {i + 1}": Path(m) for i, m in enumerate(args.maps)}},
+    )
     images = open_images(args.data, args.names)
     folders = _map_folders(args.maps)
+    preprocessing = {label: _geometry(args, folder) for label, folder in folders.items()}
     known = set(images.names)
     per_folder: dict[str, list[str]] = {}
     for label, folder in folders.items():
@@ -133,13 +162,9 @@ def run(args: argparse.Namespace) -> int:
                 for label, folder in folders.items():
                     if item.name not in per_folder[label]:
                         continue
-                    saliency = load_map(folder / f"{item.name}.npy")
-                    if tuple(saliency.shape) != item.size:
-                        raise CommandError(
-                            f"{folder / item.name}.npy has shape {list(saliency.shape)} but the "
-                            f"image is {item.size[0]}x{item.size[1]}: maps must have their "
-                            "image's size (as generate saves them)"
-                        )
+                    saliency = read_map(
+                        folder / f"{item.name}.npy", item.size, preprocessing[label]
+                    ).numpy()
                     maps[label] = saliency
                     picture = viz.overlay(
                         image,
@@ -167,6 +192,13 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         report.warn(f"{plural(len(skipped), 'image')} skipped (unreadable): {shorten(skipped)}")
     return 0
+
+
+def _geometry(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """``resize`` and ``pad`` of the maps in ``folder``: the options, else its run.json."""
+    saved = (method_record(folder) or {}).get("preprocessing") or {}
+    resize = args.resize if args.resize is not None else saved.get("resize")
+    return {"resize": resize, "pad": args.pad if args.pad is not None else saved.get("pad")}
 
 
 def _map_folders(paths: list[Path]) -> dict[str, Path]:

@@ -35,7 +35,7 @@ from torch import Tensor
 import torchattr as ta
 from torchattr.cam import METHODS as CAM_METHODS
 from torchattr.cam import resolve_cam_layers
-from torchattr.cli import _dist
+from torchattr.cli import _dist, _volumes
 from torchattr.cli._common import (
     CommandError,
     Reporter,
@@ -52,6 +52,7 @@ from torchattr.cli._data import (
     Item,
     LoadedModel,
     Preprocess,
+    add_window_option,
     check_uniform_channels,
     check_uniform_size,
     load_model,
@@ -64,7 +65,7 @@ from torchattr.cli._runs import now, read_runs, settings_conflicts, write_runs
 from torchattr.data.seeding import derive_seed
 from torchattr.gradient import SMOOTHGRAD_KINDS
 from torchattr.integrated import METHODS as IG_RULES
-from torchattr.io import map_names, normalize_map, save_map
+from torchattr.io import map_names, normalize_map
 
 METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "cam", "lrp")
 RANDOM_CAMS = ("randomcam",)
@@ -85,8 +86,10 @@ def add_parser(subparsers: Any) -> None:
         "unchanged under torchrun, each process taking a disjoint shard of the images.",
         epilog="MODEL: a TorchScript file (torch.jit.save), a torch.export program (.pt2), or "
         "'package.module:factory' (a function called with no arguments returning an nn.Module; "
-        "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF; "
-        "name = file stem) or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
+        "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF, "
+        "DICOM, NIfTI; name = file stem; a multi-frame DICOM or 3-D NIfTI is a volume, its map "
+        "[D, H, W], and a NIfTI input's map is also written as <name>.nii.gz in its space) "
+        "or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
         "<stem>_<index:05d>, or --names). Exit codes: 0 done, 1 bad input or a failed model "
         "call, 2 bad options, 130 interrupted (rerun the same command to resume).",
     )
@@ -118,6 +121,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(parser, distributed=True)
     add_preprocessing_options(parser)
+    add_window_option(parser)
     group = parser.add_argument_group("method options")
     group.add_argument(
         "--steps", type=int_at_least(1), default=50, help="IG: path steps (default: 50)"
@@ -250,7 +254,8 @@ def compute(
     elif method.kind == "input_x_gradient":
         maps = ta.reduce_channels(ta.input_x_gradient(model, inputs, target))
     elif method.kind == "integrated_gradients":
-        baseline = preprocess.baseline(options["baseline"], inputs.shape[1]).to(inputs.device)
+        baseline = preprocess.baseline(options["baseline"], inputs.shape[1], inputs.ndim - 2)
+        baseline = baseline.to(inputs.device)
         attributions = ta.integrated_gradients(
             model,
             inputs,
@@ -302,11 +307,12 @@ def compute(
             maps = ta.cam(model, inputs, target, **kwargs)
     else:  # lrp
         relevance = lrp_function()(model, inputs, target)
-        maps = ta.reduce_channels(relevance) if relevance.ndim == 4 else relevance.abs()
-    if maps.ndim != 3 or maps.shape[0] != inputs.shape[0]:
+        maps = ta.reduce_channels(relevance) if relevance.ndim == inputs.ndim else relevance.abs()
+    if maps.ndim != inputs.ndim - 1 or maps.shape[0] != inputs.shape[0]:
+        expected = "[B, D, H, W]" if inputs.ndim == 5 else "[B, H, W]"
         raise CommandError(
             f"{method.name} gave maps of shape {list(maps.shape)} for inputs "
-            f"{list(inputs.shape)}: expected [B, H, W] (a multi-class target?)"
+            f"{list(inputs.shape)}: expected {expected} (a multi-class target?)"
         )
     return maps.detach().to("cpu", torch.float32)
 
@@ -323,8 +329,11 @@ def lrp_function() -> Any:
     return lrp
 
 
-def finish_map(raw: Tensor, size: tuple[int, int]) -> Tensor:
-    """A map as stored: resized to the image's ``(H, W)``, min-max normalised to [0, 1]."""
+def finish_map(raw: Tensor, size: tuple[int, ...]) -> Tensor:
+    """A map as stored: resized to the image's ``(H, W)``, min-max normalised to [0, 1]
+    (volumes ``(D, H, W)``: over the whole volume, see :func:`_volumes.finish_map`)."""
+    if _volumes.is_volume(size):
+        return _volumes.finish_map(raw, size)
     return normalize_map(resize_map(raw, size))
 
 
@@ -350,8 +359,8 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     start = time.perf_counter()
     report = Reporter("generate", dist.rank, dist.world)
     methods = resolve_methods(args)
-    images = open_images(args.data, args.names)
     preprocess = Preprocess.from_args(args)
+    images = open_images(args.data, args.names, preprocess.window)
     names = images.names
     if args.on_error == "stop" and images.header_errors:
         bad = sorted(images.header_errors)
@@ -422,7 +431,8 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     subset = inputs if len(rows) == len(good) else inputs[rows]
                     raw = _attribute(method, loaded, subset, chosen, args, preprocess)
                     for item, one in zip(chosen, raw):
-                        save_map(out / method.name / f"{item.name}.npy", finish_map(one, item.size))
+                        final = finish_map(one, item.size)
+                        _volumes.save_outputs(images, out / method.name, item.name, final)
                         written[method.name] += 1
             bar.update(len(batch))
 

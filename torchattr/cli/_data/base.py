@@ -33,8 +33,9 @@ class ImageSet:
 
     ``sizes[name]`` is ``(H, W)`` for an image, ``(D, H, W)`` for a volume, ``None`` when the
     file is unreadable. ``load(name)`` returns ``[C, H, W]`` (or ``[C, D, H, W]``) float32 pixel
-    values (image files: in [0, 1]) or raises :class:`ImageError`. ``affine(name)`` is the
-    ``4 x 4`` voxel-to-world matrix of a NIfTI input (``None`` for other inputs).
+    values (image files: in [0, 1]) or raises :class:`ImageError`. ``nifti_space(name)`` is the
+    ``4 x 4`` voxel-to-world affine and stored array shape of a NIfTI input (``None`` for other
+    inputs), so that its map can be written in the same space.
     """
 
     kind = "images"
@@ -49,8 +50,8 @@ class ImageSet:
     def load(self, name: str) -> Tensor:
         raise NotImplementedError
 
-    def affine(self, name: str) -> np.ndarray | None:
-        """The NIfTI affine of ``name`` (maps are written in the same space), else None."""
+    def nifti_space(self, name: str) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """``(affine, stored shape)`` of a NIfTI input ``name``, else None."""
         return None
 
     def describe(self) -> dict[str, Any]:

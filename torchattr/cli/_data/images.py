@@ -144,8 +144,10 @@ class FolderImages(ImageSet):
         tensor = torch.from_numpy(pixels)
         return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
-    def affine(self, name: str) -> np.ndarray | None:
-        return self.affines.get(name)
+    def nifti_space(self, name: str) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        if name not in self.affines:
+            return None
+        return self.affines[name], self.stored_shapes[name]
 
     def describe(self) -> dict[str, Any]:
         record = super().describe()

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torchattr import metrics
 from torchattr.cli._common import CommandError
 from torchattr.cli._data.base import ImageSet
+from torchattr.cli._data.masks import check_mask_size, read_mask
 from torchattr.cli._data.medical import nifti_map_bytes
 from torchattr.io import normalize_map, save_map, write_atomic
 
@@ -197,3 +198,21 @@ def side_by_side(panels: list[np.ndarray], gap: int = 2) -> np.ndarray:
         out[: panel.shape[0], x : x + panel.shape[1]] = panel
         x += panel.shape[1] + gap
     return out
+
+
+def mask_row(
+    masks: dict[str, Path], name: str, saliency: Tensor, tolerance: float
+) -> dict[str, Any]:
+    """The localisation metrics of image ``name``'s map against its ``--masks`` file (an image
+    without a mask file, or with an empty mask, gets ``None``s)."""
+    if name not in masks:
+        return mask_localisation(saliency, torch.zeros(saliency.shape, dtype=torch.bool), 0)
+    mask = check_mask_size(read_mask(masks[name]), saliency.shape, masks[name])
+    return mask_localisation(saliency, mask, tolerance)
+
+
+def view_mask(masks: dict[str, Path], name: str, size: Sequence[int] | None) -> Tensor | None:
+    """Image ``name``'s ``--masks`` foreground for ``view`` (None without a mask file)."""
+    if name not in masks or size is None:
+        return None
+    return check_mask_size(read_mask(masks[name]), size, masks[name])

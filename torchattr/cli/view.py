@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torchattr.cli import _volumes
 from torchattr.cli._common import (
     ON_ERROR,
     CommandError,
@@ -25,9 +26,12 @@ from torchattr.cli._common import (
     shorten,
 )
 from torchattr.cli._data import (
+    add_window_option,
     check_box_extents,
     check_box_names,
+    check_mask_names,
     load_boxes,
+    load_masks,
     open_images,
     read_batches,
 )
@@ -54,6 +58,12 @@ def add_parser(subparsers: Any) -> None:
         "--boxes", default=None, help="ground-truth boxes, JSON or CSV (image, x1, y1, x2, y2)"
     )
     parser.add_argument(
+        "--masks",
+        default=None,
+        metavar="FOLDER",
+        help="ground-truth label masks (<image name>.png / .nii.gz / .npy), drawn as outlines",
+    )
+    parser.add_argument(
         "--threshold",
         type=float_in(0, 1),
         default=0.2,
@@ -78,6 +88,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", type=int_at_least(0), default=0, help="image reading processes (default: 0)"
     )
+    add_window_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -87,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = Reporter("view")
     _check_cmap(args.cmap, viz)
-    images = open_images(args.data, args.names)
+    images = open_images(args.data, args.names, args.window)
     folders = _map_folders(args.maps)
     known = set(images.names)
     per_folder: dict[str, list[str]] = {}
@@ -109,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
             load_boxes(args.boxes), images.names, args.boxes, args.on_error, report
         )
         check_box_extents(boxes, images.sizes, report)
+        for name in boxes:
+            _volumes.refuse_boxes(images.sizes.get(name), name)
+    masks = {}
+    if args.masks is not None:
+        masks = check_mask_names(load_masks(args.masks), images.names, args.on_error, report)
     several = len(folders) > 1
     side_by_side = several and _has_matplotlib()
     if several and not side_by_side:
@@ -139,18 +155,32 @@ def run(args: argparse.Namespace) -> int:
                             "image's size (as generate saves them)"
                         )
                     maps[label] = saliency
-                    picture = viz.overlay(
-                        image,
-                        saliency,
-                        cmap=args.cmap,
-                        alpha=args.alpha,
-                        threshold=args.threshold,
-                        boxes=xyxy or None,
-                    )
+                    mask = _volumes.view_mask(masks, item.name, item.size)
+                    if _volumes.is_volume(item.size):
+                        picture = _volumes.volume_view(
+                            viz,
+                            item.pixels,
+                            saliency,
+                            mask,
+                            cmap=args.cmap,
+                            alpha=args.alpha,
+                            threshold=args.threshold,
+                        )
+                    else:
+                        picture = viz.overlay(
+                            image,
+                            saliency,
+                            cmap=args.cmap,
+                            alpha=args.alpha,
+                            threshold=args.threshold,
+                            boxes=xyxy or None,
+                        )
+                        if mask is not None:
+                            picture = _volumes.draw_outline(picture, mask)
                     target = args.out / label if several else args.out
                     viz.save_png(target / f"{item.name}.png", picture)
                     written += 1
-                if side_by_side and len(maps) > 1:
+                if side_by_side and len(maps) > 1 and not _volumes.is_volume(item.size):
                     figure = viz.plot_attributions(
                         image,
                         maps,

@@ -59,23 +59,26 @@ class Masks:
 
     def load(self, name: str) -> Tensor:
         """The foreground ``labels > 0`` of ``name``'s mask, bool ``[H, W]`` or ``[D, H, W]``."""
-        path = self.files[name]
-        try:
-            labels = _labels(path)
-        except CommandError:
-            raise
-        except Exception as error:
-            raise CommandError(
-                f"--masks {path}: cannot read the mask ({describe_error(error)})"
-            ) from None
-        if labels.ndim not in (2, 3) or labels.size == 0:
-            raise CommandError(
-                f"--masks {path}: shape {list(labels.shape)}; expected a label map [H, W] or "
-                "[D, H, W]"
-            )
-        if not np.isfinite(labels).all():
-            raise CommandError(f"--masks {path}: holds NaN or inf values")
-        return torch.from_numpy(np.ascontiguousarray(labels > 0))
+        return read_mask(self.files[name])
+
+
+def read_mask(path: Path) -> Tensor:
+    """The foreground ``labels > 0`` of the mask file ``path``, bool ``[H, W]`` or ``[D, H, W]``."""
+    try:
+        labels = _labels(path)
+    except CommandError:
+        raise
+    except Exception as error:
+        raise CommandError(
+            f"--masks {path}: cannot read the mask ({describe_error(error)})"
+        ) from None
+    if labels.ndim not in (2, 3) or labels.size == 0:
+        raise CommandError(
+            f"--masks {path}: shape {list(labels.shape)}; expected a label map [H, W] or [D, H, W]"
+        )
+    if not np.isfinite(labels).all():
+        raise CommandError(f"--masks {path}: holds NaN or inf values")
+    return torch.from_numpy(np.ascontiguousarray(labels > 0))
 
 
 def _labels(path: Path) -> np.ndarray:

@@ -156,25 +156,30 @@ def read_dicom(path: Path, window: Window | None) -> Tensor:
     pydicom = pydicom_module()
     try:
         dataset = pydicom.dcmread(path)
+    except Exception as error:
+        raise ImageError(
+            f"{path.name}: cannot read the DICOM file ({describe_error(error)})"
+        ) from None
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB"):
+        raise ImageError(
+            f"{path.name}: PhotometricInterpretation {photometric} is not supported (expected "
+            "MONOCHROME1, MONOCHROME2 or RGB)"
+        )
+    try:
         stored = dataset.pixel_array
     except Exception as error:
         raise ImageError(
             f"{path.name}: cannot read the DICOM pixels ({describe_error(error)})"
         ) from None
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         values = _modality(dataset, stored)
         values = _dicom_window(values, dataset, window, inverted=photometric == "MONOCHROME1")
         pixels = values[None]  # [1, H, W] or [1, F, H, W]
-    elif photometric == "RGB":
+    else:  # RGB
         bits = int(dataset.get("BitsStored", 8) or 8)
         pixels = np.moveaxis(stored.astype(np.float64) / (2.0**bits - 1), -1, 0)
-    else:
-        raise ImageError(
-            f"{path.name}: PhotometricInterpretation {photometric} is not supported (expected "
-            "MONOCHROME1, MONOCHROME2 or RGB)"
-        )
     expected = 3 if frames == 1 else 4
     if pixels.ndim != expected:
         raise ImageError(

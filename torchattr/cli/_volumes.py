@@ -26,7 +26,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from torchattr import metrics
-from torchattr.cli._common import CommandError
 from torchattr.cli._data.base import ImageSet
 from torchattr.cli._data.masks import check_mask_size, read_mask
 from torchattr.cli._data.medical import nifti_map_bytes
@@ -61,15 +60,6 @@ def save_outputs(images: ImageSet, folder: Path, name: str, saliency: Tensor) ->
         data = nifti_map_bytes(saliency.detach().cpu().numpy(), affine, stored_shape)
         write_atomic(folder / f"{name}.nii.gz", data)
     return save_map(folder / f"{name}.npy", saliency)
-
-
-def refuse_boxes(size: Sequence[int] | None, name: str, option: str = "--boxes") -> None:
-    """Boxes are 2-D: a volume needs a voxel mask (``--masks``)."""
-    if is_volume(size):
-        raise CommandError(
-            f"{option} gives 2-D boxes, and {name} is a volume {list(size or ())}: give its "
-            "ground truth as a voxel label mask with --masks FOLDER"
-        )
 
 
 def mask_localisation(saliency: Tensor, mask: Tensor, tolerance: float) -> dict[str, Any]:

@@ -247,7 +247,6 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     )
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
-                    _volumes.refuse_boxes(item.size, item.name)
                     row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))
                 elif args.masks is not None:
                     row.update(_volumes.mask_row(masks, item.name, saliency, args.tolerance))

@@ -120,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
             load_boxes(args.boxes), images.names, args.boxes, args.on_error, report
         )
         check_box_extents(boxes, images.sizes, report)
-        for name in boxes:
-            _volumes.refuse_boxes(images.sizes.get(name), name)
     masks = {}
     if args.masks is not None:
         masks = check_mask_names(load_masks(args.masks), images.names, args.on_error, report)

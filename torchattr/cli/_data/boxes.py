@@ -171,14 +171,20 @@ def check_box_names(
 
 
 def check_box_extents(
-    boxes: dict[str, list[Box]], sizes: dict[str, tuple[int, int] | None], report: Any
+    boxes: dict[str, list[Box]], sizes: dict[str, tuple[int, ...] | None], report: Any
 ) -> None:
-    """Warn about boxes entirely outside their image (coordinates of another image size?)."""
+    """Warn about boxes entirely outside their image (coordinates of another image size?);
+    boxes of a volume stop (they are 2-D: volumes take ``--masks``)."""
     outside = []
     for name, entries in boxes.items():
         size = sizes.get(name)
         if size is None:
             continue
+        if len(size) == 3:
+            raise CommandError(
+                f"--boxes gives 2-D boxes, and {name} is a volume {list(size)}: give its ground "
+                "truth as a voxel label mask with --masks FOLDER"
+            )
         height, width = size
         for x1, y1, x2, y2, _ in entries:
             if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0 or x1 == x2 or y1 == y2:

@@ -142,6 +142,17 @@ def test_evaluate_volumes_with_voxel_masks(run: dict, capsys) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["masks"] == str(run["masks"].resolve())
     assert summary["metrics"]["proportional_energy"]["n"] == 3
+    # and compare: the evaluations of two methods side by side
+    other = run["root"] / "eval_ig"
+    code, _, err = run_cli(
+        ["evaluate", FACTORY, run["root"] / "vols", run["out"] / "integrated_gradients",
+         "--masks", run["masks"], "--no-road", "--out", other],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    code, printed, err = run_cli(["compare", out, other, "--out", run["root"] / "cmp"], capsys)
+    assert code == 0, err
+    assert "integrated_gradients" in printed and "proportional_energy" in printed
 
 
 def test_evaluate_volumes_refuses_boxes_and_road_is_checked(run: dict, capsys) -> None:

@@ -6,7 +6,9 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
   box; the others get ``null`` and stay out of these statistics):
   :func:`~torchattr.metrics.proportional_energy`, :func:`~torchattr.metrics.saliency_focus`,
   :func:`~torchattr.metrics.pointing_game` (``--tolerance`` pixels),
-  :func:`~torchattr.metrics.relevance_rank_accuracy`;
+  :func:`~torchattr.metrics.relevance_rank_accuracy`; or against label masks (``--masks``,
+  foreground = label > 0; volumes ``[D, H, W]`` take masks only, see
+  :func:`torchattr.cli._volumes.mask_localisation`);
 * ROAD (:func:`~torchattr.metrics.road`, noisy linear imputation) of the class explained by
   ``generate``: MoRF and LeRF scores at ``--fractions`` percent (default 20 40 60 80) of the
   model input (the map resized to it when the preprocessing resizes), and

@@ -7,6 +7,9 @@ maximum are left as they are, the others get ``(1 - alpha) * image + alpha * cma
 several give ``OUT/<method>/<image name>.png`` each and, with matplotlib, a side-by-side figure
 per image ``OUT/side_by_side/<image name>.png``. Images are shown as read (no resizing or
 normalisation): maps must have the image's own size, as ``generate`` saves them.
+``--masks`` outlines each image's label mask in green. A volume (``[D, H, W]`` map) is shown as
+its axial, coronal and sagittal mid-slices and maximum-intensity projection side by side
+(:func:`torchattr.cli._volumes.volume_view`).
 """
 
 from __future__ import annotations

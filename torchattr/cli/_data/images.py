@@ -23,7 +23,6 @@ from torchattr.cli._common import CommandError
 from torchattr.cli._data import medical
 from torchattr.cli._data.base import (
     DATA_SUFFIXES,
-    MEDICAL_SUFFIXES,
     NIFTI_SUFFIXES,
     TENSOR_SUFFIXES,
     ImageError,
@@ -148,12 +147,6 @@ class FolderImages(ImageSet):
         if name not in self.affines:
             return None
         return self.affines[name], self.stored_shapes[name]
-
-    def describe(self) -> dict[str, Any]:
-        record = super().describe()
-        if any(file_suffix(p) in MEDICAL_SUFFIXES for p in self.files.values()):
-            record["window"] = medical.window_record(self.window)
-        return record
 
 
 def check_uniform_size(images: ImageSet, names: Sequence[str], resize: Any) -> None:

@@ -64,13 +64,6 @@ def parse_window(text: str) -> Window:
     return (center, width)
 
 
-def window_record(window: Window | None) -> Any:
-    """The window as recorded in run.json: ``"auto"``, ``"none"`` or ``[center, width]``."""
-    if window is None or isinstance(window, str):
-        return window or "auto"
-    return [float(window[0]), float(window[1])]
-
-
 def add_window_option(parser: Any) -> None:
     """Register ``--window`` (DICOM / NIfTI inputs)."""
     parser.add_argument(
@@ -124,15 +117,14 @@ def voi_window(values: np.ndarray, center: float, width: float, function: str) -
 
 
 def _first(value: Any) -> float | None:
+    """The first value of a (possibly multi-valued) DICOM number, or None."""
     if value is None:
         return None
+    if hasattr(value, "__len__") and not isinstance(value, str):
+        value = value[0] if len(value) else None
     try:
-        return (
-            float(value[0])
-            if hasattr(value, "__len__") and not isinstance(value, str)
-            else (float(value))
-        )
-    except (TypeError, ValueError, IndexError):
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
         return None
 
 

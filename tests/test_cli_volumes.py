@@ -224,3 +224,20 @@ def test_view_refuses_out_of_volume_masks(run: dict, tmp_path: Path, capsys) -> 
         capsys,
     )  # fmt: skip
     assert code == 1 and "shape [6, 8, 9]" in err
+
+
+def test_tensor_volumes_match_direct_calls(tmp_path: Path, capsys) -> None:
+    volumes = torch.rand(2, 1, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    np.save(tmp_path / "vols.npy", volumes.numpy())
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["generate", FACTORY, tmp_path / "vols.npy", "-m", "input_x_gradient", "--out", out],
+        capsys,
+    )
+    assert code == 0, err
+    model = medical.volume_factory()
+    wanted = _volume_normalised(ta.reduce_channels(ta.input_x_gradient(model, volumes)))
+    for k in range(2):
+        saved = np.load(out / "input_x_gradient" / f"vols_{k:05d}.npy")
+        np.testing.assert_allclose(saved, wanted[k].numpy(), atol=1e-5)
+    assert not list((out / "input_x_gradient").glob("*.nii.gz"))  # NIfTI inputs only

@@ -1,4 +1,4 @@
-"""Images stacked in one tensor file (``.pt`` / ``.pth`` / ``.npy``)."""
+"""Images or volumes stacked in one tensor file (``.pt`` / ``.pth`` / ``.npy``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from torchattr.cli._data.base import ImageError, ImageSet, describe_error
 
 
 class TensorImages(ImageSet):
-    """Images stacked in one tensor file: ``[N, C, H, W]`` or ``[N, H, W]`` (one channel).
+    """Images stacked in one tensor file: ``[N, C, H, W]`` or ``[N, H, W]`` (one channel), or
+    volumes ``[N, C, D, H, W]``.
 
     Integer tensors are scaled to [0, 1] (uint8 / 255, uint16 / 65535); floating-point ones are
     used as they are. ``.npy`` files are memory-mapped, so only the images used are read.
@@ -54,9 +55,10 @@ class TensorImages(ImageSet):
                 f"DATA {path}: shape {list(shape)} looks channels-last [N, H, W, C]; expected "
                 "[N, C, H, W] (np.moveaxis(images, -1, 1))"
             )
-        if len(shape) not in (3, 4) or min(shape) == 0:
+        if len(shape) not in (3, 4, 5) or min(shape) == 0:
             raise CommandError(
-                f"DATA {path}: shape {list(shape)}; expected images [N, C, H, W] or [N, H, W]"
+                f"DATA {path}: shape {list(shape)}; expected images [N, C, H, W] or [N, H, W], "
+                "or volumes [N, C, D, H, W]"
             )
         dtype = str(data.dtype).replace("torch.", "")
         if dtype == "bool" or "complex" in dtype:
@@ -68,7 +70,8 @@ class TensorImages(ImageSet):
         names = _tensor_names(path, count, names_file, stored_names)
         self.index = {name: i for i, name in enumerate(names)}
         self.names = sorted(names)
-        self.sizes = {name: (int(shape[-2]), int(shape[-1])) for name in names}
+        spatial = tuple(int(s) for s in shape[2:]) if len(shape) == 5 else shape[-2:]
+        self.sizes = {name: tuple(int(s) for s in spatial) for name in names}
         self.channels = {name: 1 if len(shape) == 3 else int(shape[1]) for name in names}
 
     def load(self, name: str) -> Tensor:

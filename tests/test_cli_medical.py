@@ -96,6 +96,31 @@ def test_multiframe_dicom_is_a_volume(tmp_path: Path) -> None:
     np.testing.assert_allclose(volume[0].numpy(), stored.astype(np.float64) - 1024, rtol=1e-6)
 
 
+def test_dicom_series_folder_is_a_volume_in_position_order(tmp_path: Path) -> None:
+    """Slice files named against their order; positions along the normal of a tilted plane."""
+    row, column = np.array([1.0, 0, 0]), np.array([0, np.cos(0.2), np.sin(0.2)])
+    normal = np.cross(row, column)
+    stored = [_stored(10 + z, (6, 7)) for z in range(4)]
+    intercepts = [-1000.0, -1010.0, -1020.0, -1030.0]
+    for z, name in enumerate(["d", "b", "c", "a"]):  # file order: a, b, c, d = z 3, 1, 2, 0
+        medical.write_dicom(
+            tmp_path / "data" / "ct" / f"{name}.dcm", stored[z], intercept=intercepts[z],
+            window=(40, 400) if z == 0 else (0, 50),
+            ImageOrientationPatient=[*row, *column],
+            ImagePositionPatient=list(np.array([3.0, -2.0, 1.0]) + 2.5 * z * normal),
+        )  # fmt: skip
+    medical.write_dicom(tmp_path / "data" / "single.dcm", _stored(20, (6, 7)))
+    images = open_images(tmp_path / "data")
+    assert images.names == ["ct", "single"] and images.sizes["ct"] == (4, 6, 7)
+    volume = images.load("ct")[0].numpy()
+    for z in range(4):  # each slice's own rescale, the first slice's window for all
+        modality = stored[z].astype(np.float64) + intercepts[z]
+        np.testing.assert_allclose(volume[z], medical.linear_window(modality, 40, 400), atol=1e-6)
+    (tmp_path / "data" / "ct" / "b.dcm").unlink()
+    medical.write_dicom(tmp_path / "data" / "ct" / "b.dcm", _stored(30, (5, 7)))
+    assert "different sizes" in open_images(tmp_path / "data").header_errors["ct"]
+
+
 def test_nifti_layout_and_affine(tmp_path: Path) -> None:
     data = medical.write_nifti_volumes(tmp_path / "nii", count=1, gz=False)["vol_0"]
     images = open_images(tmp_path / "nii")

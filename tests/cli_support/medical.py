@@ -71,6 +71,7 @@ def write_dicom(
     intercept: float = 0.0,
     photometric: str = "MONOCHROME2",
     window: tuple[float, float] | None = None,
+    **attributes: object,
 ) -> Path:
     """A DICOM file of uint16 ``stored`` values ``[H, W]`` (or ``[F, H, W]``: multi-frame)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -95,6 +96,8 @@ def write_dicom(
     dataset.RescaleSlope, dataset.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    for keyword, value in attributes.items():  # e.g. ImagePositionPatient=[0, 0, 2.5]
+        setattr(dataset, keyword, value)
     dataset.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)

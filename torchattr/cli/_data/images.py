@@ -72,8 +72,9 @@ class FolderImages(ImageSet):
     """The image files directly inside a folder (not its subfolders); name = file stem.
 
     Suffixes: ``.png .jpg .jpeg .bmp .tif .tiff`` (Pillow, pixels in [0, 1]), ``.dcm .dicom``
-    (DICOM) and ``.nii .nii.gz`` (NIfTI); other files are ignored. Headers are read once here
-    (sizes, channels, NIfTI affines); pixels on :meth:`load`.
+    (DICOM), ``.nii .nii.gz`` (NIfTI), and subfolders of ``.dcm`` slices (a DICOM series, one
+    volume named after the subfolder); other files and folders are ignored. Headers are read
+    once here (sizes, channels, NIfTI affines); pixels on :meth:`load`.
     """
 
     kind = "folder"
@@ -83,11 +84,14 @@ class FolderImages(ImageSet):
         self.window = window
         files: dict[str, Path] = {}
         for entry in sorted(path.iterdir()):
-            if entry.name.startswith(".") or not entry.is_file():
+            if entry.name.startswith("."):
                 continue
-            if file_suffix(entry) not in DATA_SUFFIXES:
+            if entry.is_dir():
+                if not medical.is_dicom_series(entry):
+                    continue
+            elif not entry.is_file() or file_suffix(entry) not in DATA_SUFFIXES:
                 continue
-            stem = file_stem(entry)
+            stem = entry.name if entry.is_dir() else file_stem(entry)
             if stem in files:
                 raise CommandError(
                     f"DATA {path}: two images are named {stem!r} ({files[stem].name} "
@@ -115,6 +119,8 @@ class FolderImages(ImageSet):
     def _header(self, name: str) -> tuple[Size, int]:
         path = self.files[name]
         suffix = file_suffix(path)
+        if path.is_dir():
+            return medical.dicom_series_header(path)
         if suffix in NIFTI_SUFFIXES:
             size, channels, affine, shape = medical.nifti_header(path)
             self.affines[name], self.stored_shapes[name] = affine, shape
@@ -128,6 +134,8 @@ class FolderImages(ImageSet):
     def load(self, name: str) -> Tensor:
         path = self.files[name]
         suffix = file_suffix(path)
+        if path.is_dir():
+            return medical.read_dicom_series(path, self.window)
         if suffix in NIFTI_SUFFIXES:
             return medical.read_nifti(path, self.window)
         if medical.is_dicom(path):

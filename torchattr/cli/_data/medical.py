@@ -4,9 +4,10 @@ Needs the optional extra ``torchattr[medical]`` (pydicom, nibabel); without it, 
 file stops with a one-line error naming the extra.
 
 **DICOM** (``.dcm`` / ``.dicom``, one file per image; a multi-frame file is a volume
-``[1, F, H, W]``). Stored values ``x`` become modality values ``m = slope * x + intercept``
-(RescaleSlope / RescaleIntercept, or the file's modality LUT: Hounsfield units for CT), then the
-window (``--window``):
+``[1, F, H, W]``, and so is a subfolder of single-slice files, a series, ordered by position:
+:func:`read_dicom_series`). Stored values ``x`` become modality values
+``m = slope * x + intercept`` (RescaleSlope / RescaleIntercept, or the file's modality LUT:
+Hounsfield units for CT), then the window (``--window``):
 
 * ``auto`` (default): the file's first WindowCenter / WindowWidth ``(c, w)`` if it has one,
   else the modality values as they are;
@@ -207,6 +208,74 @@ def _dicom_window(
         return -values if inverted else values
     windowed = voi_window(values, center, width, function)
     return 1.0 - windowed if inverted else windowed
+
+
+def is_dicom_series(path: Path) -> bool:
+    """Whether ``path`` is a folder holding DICOM files (a series, one slice per file)."""
+    return path.is_dir() and any(_series_candidates(path))
+
+
+def _series_candidates(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom(p)
+    )
+
+
+def series_order(folder: Path) -> tuple[list[Path], Any]:
+    """The slice files of a DICOM series folder in spatial order, and the first slice's header.
+
+    Slices are ordered by their position along the slice normal, ``ImagePositionPatient .
+    (row x column)`` of ImageOrientationPatient, or else by InstanceNumber; every slice must be
+    a single-frame monochrome image of one size, at distinct positions.
+    """
+    pydicom = pydicom_module()
+    files = _series_candidates(folder)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    sizes = {(int(h.get("Rows", 0)), int(h.get("Columns", 0))) for h in headers}
+    if len(sizes) != 1 or min(next(iter(sizes))) == 0:
+        raise ValueError(f"slices of different sizes {sorted(sizes)}: not one series")
+    if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
+        raise ValueError("a multi-frame file among the slices: one series is one slice per file")
+    if any("MONOCHROME" not in str(h.get("PhotometricInterpretation", "")) for h in headers):
+        raise ValueError("a series of colour images: series must be monochrome")
+    if all("ImagePositionPatient" in h and "ImageOrientationPatient" in h for h in headers):
+        orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=np.float64)
+        normal = np.cross(orientation[:3], orientation[3:])
+        keys = [float(np.dot(np.asarray(h.ImagePositionPatient, float), normal)) for h in headers]
+    elif all("InstanceNumber" in h for h in headers):
+        keys = [float(h.InstanceNumber) for h in headers]
+    else:
+        raise ValueError("cannot order the slices: no ImagePositionPatient or InstanceNumber")
+    if len(set(keys)) != len(keys):
+        raise ValueError("two slices at the same position: not one series")
+    order = sorted(range(len(files)), key=keys.__getitem__)
+    return [files[i] for i in order], headers[order[0]]
+
+
+def dicom_series_header(folder: Path) -> tuple[Size, int]:
+    """``(size, channels)`` of a DICOM series folder: ``(slices, H, W)``, 1."""
+    files, first = series_order(folder)
+    return (len(files), int(first.Rows), int(first.Columns)), 1
+
+
+def read_dicom_series(folder: Path, window: Window | None) -> Tensor:
+    """A DICOM series folder as a volume ``[1, S, H, W]`` float32, slices in spatial order.
+
+    Each slice goes through its own modality LUT; the window (``auto``: the first slice's
+    WindowCenter / WindowWidth, LINEAR, for every slice) is the same for the whole volume.
+    """
+    try:
+        files, first = series_order(folder)
+    except CommandError:
+        raise
+    except Exception as error:
+        raise ImageError(
+            f"{folder.name}: not a readable DICOM series ({describe_error(error)})"
+        ) from None
+    if window is None or window == "auto":
+        center, width = _first(first.get("WindowCenter")), _first(first.get("WindowWidth"))
+        window = (center, width) if center is not None and width and width > 0 else "none"
+    return torch.stack([read_dicom(path, window)[0] for path in files])[None]
 
 
 # --------------------------------------------------------------------------------------------

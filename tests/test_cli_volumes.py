@@ -241,3 +241,19 @@ def test_tensor_volumes_match_direct_calls(tmp_path: Path, capsys) -> None:
         saved = np.load(out / "input_x_gradient" / f"vols_{k:05d}.npy")
         np.testing.assert_allclose(saved, wanted[k].numpy(), atol=1e-5)
     assert not list((out / "input_x_gradient").glob("*.nii.gz"))  # NIfTI inputs only
+
+
+def test_resume_keeps_volume_maps_and_clears_stale_nifti_temporaries(run: dict, capsys) -> None:
+    folder = run["out"] / "saliency"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    stale = [folder / ".vol_0.nii.gz.99999999.ab12.tmp", folder / ".vol_1.npy.99999999.cd34.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    code, printed, err = run_cli(
+        ["generate", FACTORY, run["root"] / "vols", "-m", "saliency", "--out", run["out"]], capsys
+    )
+    assert code == 0, err
+    assert "0 written, 3 already there" in printed
+    assert "removed 2 leftover temporary files" in err
+    assert not any(path.exists() for path in stale)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

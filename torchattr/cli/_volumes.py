@@ -52,6 +52,14 @@ def finish_map(raw: Tensor, size: Sequence[int]) -> Tensor:
     return normalize_map(raw.reshape(1, -1)).reshape(size)
 
 
+def map_stem(file_name: str) -> str | None:
+    """The image name of a map file ``<name>.npy`` or ``<name>.nii.gz`` (else None)."""
+    for suffix in (".npy", ".nii.gz"):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return None
+
+
 def save_outputs(images: ImageSet, folder: Path, name: str, saliency: Tensor) -> Path:
     """Write ``folder/<name>.npy`` and, for a NIfTI input, ``folder/<name>.nii.gz`` first."""
     space = images.nifti_space(name)

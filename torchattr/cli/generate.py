@@ -512,7 +512,8 @@ def _complete_map(path: Path, size: tuple[int, int] | None) -> bool:
 
 
 def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -> None:
-    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files of dead processes for this shard's images."""
+    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` (and ``.nii.gz``) files of dead processes for this
+    shard's images."""
     if not folder.is_dir():
         return
     removed = 0
@@ -520,7 +521,8 @@ def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -
         if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
             continue
         parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or not parts[0].endswith(".npy") or parts[0][:-4] not in names:
+        stem = _volumes.map_stem(parts[0]) if len(parts) == 3 else None
+        if stem is None or stem not in names:
             continue
         if parts[1].isdigit() and _alive(int(parts[1])):
             continue

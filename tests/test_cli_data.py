@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from cli_support import tiny
+from cli_support.tiny import run_cli
 from PIL import Image
 
 from torchattr.cli import build_parser, main
@@ -205,3 +206,70 @@ def test_help_of_every_command(capsys) -> None:
         assert exit_info.value.code == 0
         assert f"usage: torchattr {command}" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_data_package_reads_by_kind(tmp_path: Path) -> None:
+    """Names of every format reduce to the stem (``.nii.gz`` as one suffix); volumes of
+    different sizes cannot be batched, and the message says so."""
+    from torchattr.cli._data.base import file_stem, image_name
+    from torchattr.cli._data.images import check_uniform_size
+
+    assert file_stem(Path("ct_01.nii.gz")) == "ct_01" and image_name("x.dcm") == "x"
+    assert image_name("a.b") == "a.b"  # not a known format: kept as written
+    boxes = tmp_path / "b.json"
+    boxes.write_text(json.dumps({"ct_01.nii.gz": [[0, 0, 2, 2]]}))
+    assert list(load_boxes(boxes)) == ["ct_01"]
+
+    from types import SimpleNamespace
+
+    volumes = SimpleNamespace(path=tmp_path, sizes={"a": (4, 8, 8), "b": (5, 8, 8)})
+    with pytest.raises(CommandError, match="volumes are given to the model at their own size"):
+        check_uniform_size(volumes, ["a", "b"], resize=(8, 8))
+
+
+def test_evaluate_with_png_masks_matches_the_metrics(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from torchattr import metrics
+
+    names = tiny.write_png_folder(tmp_path / "images", count=3)
+    maps = tmp_path / "maps"
+    code, _, err = run_cli(
+        ["generate", "cli_support.tiny:factory", tmp_path / "images", "-m", "saliency",
+         "--out", maps],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    wanted = {}
+    for name, (x1, y1, x2, y2) in zip(names[:2], tiny.lesion_boxes(3)):
+        label = np.zeros((tiny.SIZE, tiny.SIZE), dtype=np.uint8)
+        label[y1:y2, x1:x2] = 3
+        label[0, 0] = 1  # several labels: all of them are foreground
+        Image.fromarray(label).save(masks / f"{name}.png")
+        saliency = torch.from_numpy(np.load(maps / "saliency" / f"{name}.npy"))[None]
+        region = torch.from_numpy(label > 0)[None]
+        wanted[name] = {
+            "proportional_energy": float(metrics.proportional_energy(saliency, region)[0]),
+            "pointing_game": float(metrics.pointing_game(saliency, region, tolerance=1)[0]),
+            "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(saliency, region)[0]),
+        }
+    out = tmp_path / "eval"
+    code, _, err = run_cli(
+        ["evaluate", "cli_support.tiny:factory", tmp_path / "images", maps / "saliency",
+         "--masks", masks, "--no-road", "--tolerance", "1", "--out", out],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = {r["image"]: r for r in json.loads((out / "per_image.json").read_text())["images"]}
+    for name, values in wanted.items():
+        for key, value in values.items():
+            assert rows[name][key] == pytest.approx(value, abs=1e-6)
+    assert rows[names[2]]["boxes"] == 0 and rows[names[2]]["pointing_game"] is None
+    code, _, err = run_cli(
+        ["evaluate", "cli_support.tiny:factory", tmp_path / "images", maps / "saliency",
+         "--masks", masks, "--boxes", masks / "x.json", "--out", out],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "give one ground truth" in err

@@ -54,8 +54,10 @@ def test_load_maps_ignores_temporaries_and_selects_names(tmp_path: Path) -> None
 def test_load_map_refuses_what_is_not_a_map(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no map file"):
         load_map(tmp_path / "missing.npy")
-    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match=r"shape \[2, 3, 4\]: expected a map \[H, W\]"):
+    np.save(tmp_path / "volume.npy", np.zeros((2, 3, 4)))  # a volume's map [D, H, W]
+    assert load_map(tmp_path / "volume.npy").shape == (2, 3, 4)
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match=r"shape \[2, 3, 4, 5\]: expected a map \[H, W\]"):
         load_map(tmp_path / "cube.npy")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"not a readable \.npy map"):

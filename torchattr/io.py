@@ -172,10 +172,11 @@ def save_json(path: PathLike, obj: Any) -> Path:
 
 
 def load_map(path: PathLike) -> np.ndarray:
-    """Read one saved map: a float32 ``[H, W]`` array.
+    """Read one saved map: a float32 ``[H, W]`` array (a volume's map: ``[D, H, W]``).
 
     Raises FileNotFoundError for a missing file and ValueError for a file that is not a
-    ``.npy`` array of shape ``[H, W]`` with real values (pickled objects are refused).
+    ``.npy`` array of shape ``[H, W]`` or ``[D, H, W]`` with real values (pickled objects are
+    refused).
 
     Example::
 
@@ -192,8 +193,10 @@ def load_map(path: PathLike) -> np.ndarray:
         raise ValueError(f"{source} holds {type(array).__name__}: expected one [H, W] array")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{source} has dtype {array.dtype}: expected real numbers")
-    if array.ndim != 2:
-        raise ValueError(f"{source} has shape {list(array.shape)}: expected a map [H, W]")
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"{source} has shape {list(array.shape)}: expected a map [H, W] or [D, H, W]"
+        )
     return array.astype(np.float32, copy=False)
 
 

@@ -83,11 +83,11 @@ def refuse_overlap(out: Path, inputs: dict[str, Path]) -> None:
 
 
 def read_map(
-    path: Path, size: tuple[int, int], preprocessing: dict[str, Any] | None = None
+    path: Path, size: tuple[int, ...], preprocessing: dict[str, Any] | None = None
 ) -> torch.Tensor:
-    """A saved map ``[H, W]`` for an image of ``size``, checked: a readable ``.npy`` map,
-    finite, in [0, 1], of the image's size or of the model input's size recorded in the maps'
-    ``run.json`` (``preprocessing["resize"]``), which is carried back to the image
+    """A saved map ``[H, W]`` (a volume's ``[D, H, W]``) for an image of ``size``, checked: a
+    readable ``.npy`` map, finite, in [0, 1], of the image's size or of the model input's size
+    recorded in the maps' ``run.json`` (``preprocessing["resize"]``), which is carried back to the image
     (:func:`~torchattr.cli._geometry.map_to_image`, undoing ``--pad square``). Anything else
     is a :class:`CommandError` naming the file."""
     try:
@@ -113,7 +113,8 @@ def read_map(
         return map_to_image(saliency, size, (preprocessing or {}).get("pad"))
     model_size = f" or the model input's {resize[0]}x{resize[1]}" if resize else ""
     raise CommandError(
-        f"{path} has shape {list(shape)} but the image is {size[0]}x{size[1]}: maps must have "
+        f"{path} has shape {list(shape)} but the image is {'x'.join(map(str, size))}: maps must "
+        "have "
         f"their image's size{model_size} (the model input's size is read from --resize in the "
         "maps' run.json)"
     )

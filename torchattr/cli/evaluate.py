@@ -6,7 +6,9 @@ Per image (the map as saved: the image's own size, values in [0, 1]):
   box; the others get ``null`` and stay out of these statistics):
   :func:`~torchattr.metrics.proportional_energy`, :func:`~torchattr.metrics.saliency_focus`,
   :func:`~torchattr.metrics.pointing_game` (``--tolerance`` pixels),
-  :func:`~torchattr.metrics.relevance_rank_accuracy`;
+  :func:`~torchattr.metrics.relevance_rank_accuracy`; or against label masks (``--masks``,
+  foreground = label > 0; volumes ``[D, H, W]`` take masks only, see
+  :func:`torchattr.cli._volumes.mask_localisation`);
 * ROAD (:func:`~torchattr.metrics.road`, noisy linear imputation) of the class explained by
   ``generate``: MoRF and LeRF scores at ``--fractions`` percent (default 20 40 60 80) of the
   model input (the map resized to it when the preprocessing resizes), and
@@ -43,7 +45,7 @@ import torch
 from torch import Tensor
 
 from torchattr import metrics
-from torchattr.cli import _dist
+from torchattr.cli import _dist, _volumes
 from torchattr.cli._common import (
     CommandError,
     Reporter,
@@ -59,9 +61,12 @@ from torchattr.cli._data import (
     Box,
     LoadedModel,
     Preprocess,
+    add_window_option,
     check_box_extents,
     check_box_names,
+    check_mask_names,
     load_boxes,
+    load_masks,
     load_model,
     open_images,
     read_batches,
@@ -105,6 +110,13 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="ground-truth boxes, JSON or CSV (image, x1, y1, x2, y2[, label]); without it only "
         "ROAD is computed",
+    )
+    parser.add_argument(
+        "--masks",
+        default=None,
+        metavar="FOLDER",
+        help="ground-truth label masks instead of --boxes: <image name>.png / .nii.gz / .npy "
+        "with the image's (or volume's) size, foreground = label > 0",
     )
     parser.add_argument(
         "--target",
@@ -161,6 +173,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(parser, distributed=True)
     add_preprocessing_options(parser, saved=True)
+    add_window_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -177,8 +190,10 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     start = time.perf_counter()
     report = Reporter("evaluate", dist.rank, dist.world)
     maps_dir: Path = args.maps
-    if args.no_road and args.boxes is None:
-        raise CommandError("nothing to evaluate: --no-road without --boxes (give either)")
+    if args.no_road and args.boxes is None and args.masks is None:
+        raise CommandError("nothing to evaluate: --no-road without --boxes or --masks")
+    if args.boxes is not None and args.masks is not None:
+        raise CommandError("--boxes and --masks: give one ground truth")
     if not maps_dir.is_dir():
         raise CommandError(f"MAPS {maps_dir}: no such folder")
     record = method_record(maps_dir) or {}
@@ -200,7 +215,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     saved_names = (record.get("data") or {}).get("names")
     if names_file is None and isinstance(saved_names, str) and Path(args.data).is_file():
         names_file = saved_names if Path(saved_names).is_file() else None  # as generate read it
-    images = open_images(args.data, names_file)
+    images = open_images(args.data, names_file, preprocess.window)
     names = _evaluated_names(images.names, map_names(maps_dir), maps_dir, args.on_error, report)
     boxes: dict[str, list[Box]] = {}
     if args.boxes is not None:
@@ -208,7 +223,10 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
             load_boxes(args.boxes), images.names, args.boxes, args.on_error, report
         )
         check_box_extents(boxes, images.sizes, report)
-    else:
+    masks = {}
+    if args.masks is not None:
+        masks = check_mask_names(load_masks(args.masks), images.names, args.on_error, report)
+    elif args.boxes is None:
         report.note("no --boxes: localisation metrics are not computed")
     fractions = tuple(p / 100 for p in args.fractions)
     if len(set(fractions)) != len(fractions):
@@ -241,6 +259,8 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
                     row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))
+                elif args.masks is not None:
+                    row.update(_volumes.mask_row(masks, item.name, saliency, args.tolerance))
                 if loaded is not None:
                     row.update(
                         road_scores(
@@ -268,6 +288,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
             "method": maps_dir.resolve().name,
             "data": images.describe(),
             "boxes": str(Path(args.boxes).resolve()) if args.boxes else None,
+            "masks": str(Path(args.masks).resolve()) if args.masks else None,
             "model": loaded.describe() if loaded is not None else None,
             "preprocessing": preprocess.as_dict(),
             "target": "argmax" if target is None else target,
@@ -516,7 +537,7 @@ def _write(
         "skipped": len(failures),
     }
     notes = []
-    if config["boxes"] is not None and with_boxes < len(rows):
+    if (config["boxes"] or config["masks"]) is not None and with_boxes < len(rows):
         notes.append(
             f"{len(rows) - with_boxes} image(s) have no box: localisation metrics are null for "
             "them and left out of their statistics"

@@ -46,7 +46,7 @@ from torch import Tensor
 import torchattr as ta
 from torchattr.cam import METHODS as CAM_METHODS
 from torchattr.cam import resolve_cam_layers
-from torchattr.cli import _dist
+from torchattr.cli import _dist, _volumes
 from torchattr.cli._common import (
     EXIT_PARTIAL,
     CommandError,
@@ -65,6 +65,7 @@ from torchattr.cli._data import (
     Item,
     LoadedModel,
     Preprocess,
+    add_window_option,
     check_uniform_channels,
     check_uniform_size,
     load_model,
@@ -87,7 +88,7 @@ from torchattr.cli._runs import now, read_runs, settings_conflicts, write_runs
 from torchattr.data.seeding import derive_seed
 from torchattr.gradient import SMOOTHGRAD_KINDS
 from torchattr.integrated import METHODS as IG_RULES
-from torchattr.io import map_names, normalize_map, save_map
+from torchattr.io import map_names, normalize_map
 
 __all__ = ["add_parser", "run"]
 
@@ -110,8 +111,10 @@ def add_parser(subparsers: Any) -> None:
         "unchanged under torchrun, each process taking a disjoint shard of the images.",
         epilog="MODEL: a TorchScript file (torch.jit.save), a torch.export program (.pt2), or "
         "'package.module:factory' (a function called with no arguments returning an nn.Module; "
-        "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF; "
-        "name = file stem) or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
+        "the current folder is importable). DATA: a folder of images (PNG, JPEG, BMP, TIFF, "
+        "DICOM, NIfTI; name = file stem; a multi-frame DICOM or 3-D NIfTI is a volume, its map "
+        "[D, H, W], and a NIfTI input's map is also written as <name>.nii.gz in its space) "
+        "or a .pt / .npy tensor [N, C, H, W] or [N, H, W] (names "
         "<stem>_<index:05d>, or --names). Exit codes: 0 done, 1 bad input or a failed model "
         "call, 2 bad options, 3 partial (--on-error skip left images without a map), 4 a file "
         "could not be written, 130 interrupted (rerun the same command to resume).",
@@ -144,6 +147,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(parser, distributed=True)
     add_preprocessing_options(parser)
+    add_window_option(parser)
     group = parser.add_argument_group("method options")
     group.add_argument(
         "--steps", type=int_at_least(1), default=50, help="IG: path steps (default: 50)"
@@ -276,7 +280,8 @@ def compute(
     elif method.kind == "input_x_gradient":
         maps = ta.reduce_channels(ta.input_x_gradient(model, inputs, target))
     elif method.kind == "integrated_gradients":
-        baseline = preprocess.baseline(options["baseline"], inputs.shape[1]).to(inputs.device)
+        baseline = preprocess.baseline(options["baseline"], inputs.shape[1], inputs.ndim - 2)
+        baseline = baseline.to(inputs.device)
         attributions = ta.integrated_gradients(
             model,
             inputs,
@@ -328,11 +333,12 @@ def compute(
             maps = ta.cam(model, inputs, target, **kwargs)
     else:  # lrp
         relevance = lrp_function()(model, inputs, target)
-        maps = ta.reduce_channels(relevance) if relevance.ndim == 4 else relevance.abs()
-    if maps.ndim != 3 or maps.shape[0] != inputs.shape[0]:
+        maps = ta.reduce_channels(relevance) if relevance.ndim == inputs.ndim else relevance.abs()
+    if maps.ndim != inputs.ndim - 1 or maps.shape[0] != inputs.shape[0]:
+        expected = "[B, D, H, W]" if inputs.ndim == 5 else "[B, H, W]"
         raise CommandError(
             f"{method.name} gave maps of shape {list(maps.shape)} for inputs "
-            f"{list(inputs.shape)}: expected [B, H, W] (a multi-class target?)"
+            f"{list(inputs.shape)}: expected {expected} (a multi-class target?)"
         )
     return maps.detach().to("cpu", torch.float32)
 
@@ -349,10 +355,13 @@ def lrp_function() -> Any:
     return lrp
 
 
-def finish_map(raw: Tensor, size: tuple[int, int], pad: str | None = None) -> Tensor:
+def finish_map(raw: Tensor, size: tuple[int, ...], pad: str | None = None) -> Tensor:
     """A map as stored: carried back to the image's ``(H, W)`` (resized; with ``pad="square"``
     resized to the padded square and cropped, :func:`~torchattr.cli._geometry.map_to_image`),
-    min-max normalised to [0, 1]. Raises ValueError when it holds NaN or inf."""
+    min-max normalised to [0, 1]; volumes ``(D, H, W)``: over the whole volume (see
+    :func:`_volumes.finish_map`). Raises ValueError when it holds NaN or inf."""
+    if _volumes.is_volume(size):
+        return _volumes.finish_map(raw, size)
     return normalize_map(map_to_image(raw, size, pad))
 
 
@@ -379,8 +388,8 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
     report = Reporter("generate", dist.rank, dist.world)
     methods = resolve_methods(args)
     refuse_overlap(args.out, {"DATA": Path(args.data)})
-    images = open_images(args.data, args.names)
     preprocess = Preprocess.from_args(args)
+    images = open_images(args.data, args.names, preprocess.window)
     names = images.names
     if args.on_error == "stop" and images.header_errors:
         bad = sorted(images.header_errors)
@@ -472,7 +481,7 @@ def _generate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                             )
                             continue
                         begin_map(path)
-                        save_map(path, finished)
+                        _volumes.save_outputs(images, out / method.name, item.name, finished)
                         finish_record(path, wanted[method.name][item.name])
                         written[method.name] += 1
             bar.update(len(batch))
@@ -550,9 +559,10 @@ def _finished(
 
 
 def _discard(path: Path) -> None:
-    """Remove a map that must not be used any more, record first."""
+    """Remove a map that must not be used any more (and its NIfTI twin), record first."""
     begin_map(path)
     path.unlink(missing_ok=True)
+    path.with_name(path.name[: -len(".npy")] + ".nii.gz").unlink(missing_ok=True)
 
 
 def _settings(
@@ -624,8 +634,8 @@ def _complete_map(path: Path, size: tuple[int, int] | None) -> bool:
 
 
 def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -> None:
-    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files (and ``.records/.<name>.json...tmp``) of
-    dead processes for this shard's images."""
+    """Delete ``.<name>.npy.<pid>.<hex>.tmp`` files (and ``.nii.gz``, and
+    ``.records/.<name>.json...tmp``) of dead processes for this shard's images."""
     removed = 0
     for where, suffix in ((folder, ".npy"), (folder / RECORDS, ".json")):
         if not where.is_dir():
@@ -634,9 +644,13 @@ def _remove_stale_temporaries(folder: Path, names: set[str], report: Reporter) -
             if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 continue
             parts = entry.name[1 : -len(".tmp")].rsplit(".", 2)
-            if len(parts) != 3 or not parts[0].endswith(suffix):
+            if len(parts) != 3:
                 continue
-            if parts[0][: -len(suffix)] not in names:
+            if suffix == ".json":
+                stem = parts[0][: -len(suffix)] if parts[0].endswith(suffix) else None
+            else:
+                stem = _volumes.map_stem(parts[0])
+            if stem is None or stem not in names:
                 continue
             if parts[1].isdigit() and _alive(int(parts[1])):
                 continue

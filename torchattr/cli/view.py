@@ -11,6 +11,9 @@ size recorded in the maps' ``run.json`` (``--resize``, e.g. 512x512 maps of othe
 is carried back to the image (resized; with ``--pad square`` resized to the square and cropped).
 Refused with one line: an ``--out`` that is, is inside or contains DATA or a MAPS folder, and a
 map that is not readable, not finite or outside [0, 1].
+``--masks`` outlines each image's label mask in green. A volume (``[D, H, W]`` map) is shown as
+its axial, coronal and sagittal mid-slices and maximum-intensity projection side by side
+(:func:`torchattr.cli._volumes.volume_view`); its map must have the volume's own size.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from torchattr.cli import _volumes
 from torchattr.cli._common import (
     ON_ERROR,
     CommandError,
@@ -31,9 +35,12 @@ from torchattr.cli._common import (
     shorten,
 )
 from torchattr.cli._data import (
+    add_window_option,
     check_box_extents,
     check_box_names,
+    check_mask_names,
     load_boxes,
+    load_masks,
     open_images,
     read_batches,
 )
@@ -62,6 +69,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--boxes", default=None, help="ground-truth boxes, JSON or CSV (image, x1, y1, x2, y2)"
+    )
+    parser.add_argument(
+        "--masks",
+        default=None,
+        metavar="FOLDER",
+        help="ground-truth label masks (<image name>.png / .nii.gz / .npy), drawn as outlines",
     )
     parser.add_argument(
         "--threshold",
@@ -104,6 +117,7 @@ def add_parser(subparsers: Any) -> None:
         help="the images were padded to a square before --resize (default: as recorded in the "
         "maps' run.json)",
     )
+    add_window_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -117,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         {"DATA": Path(args.data), **{f"MAPS {i + 1}": Path(m) for i, m in enumerate(args.maps)}},
     )
-    images = open_images(args.data, args.names)
+    images = open_images(args.data, args.names, args.window)
     folders = _map_folders(args.maps)
     preprocessing = {label: _geometry(args, folder) for label, folder in folders.items()}
     known = set(images.names)
@@ -140,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
             load_boxes(args.boxes), images.names, args.boxes, args.on_error, report
         )
         check_box_extents(boxes, images.sizes, report)
+    masks = {}
+    if args.masks is not None:
+        masks = check_mask_names(load_masks(args.masks), images.names, args.on_error, report)
     several = len(folders) > 1
     side_by_side = several and _has_matplotlib()
     if several and not side_by_side:
@@ -166,18 +183,32 @@ def run(args: argparse.Namespace) -> int:
                         folder / f"{item.name}.npy", item.size, preprocessing[label]
                     ).numpy()
                     maps[label] = saliency
-                    picture = viz.overlay(
-                        image,
-                        saliency,
-                        cmap=args.cmap,
-                        alpha=args.alpha,
-                        threshold=args.threshold,
-                        boxes=xyxy or None,
-                    )
+                    mask = _volumes.view_mask(masks, item.name, item.size)
+                    if _volumes.is_volume(item.size):
+                        picture = _volumes.volume_view(
+                            viz,
+                            item.pixels,
+                            saliency,
+                            mask,
+                            cmap=args.cmap,
+                            alpha=args.alpha,
+                            threshold=args.threshold,
+                        )
+                    else:
+                        picture = viz.overlay(
+                            image,
+                            saliency,
+                            cmap=args.cmap,
+                            alpha=args.alpha,
+                            threshold=args.threshold,
+                            boxes=xyxy or None,
+                        )
+                        if mask is not None:
+                            picture = _volumes.draw_outline(picture, mask)
                     target = args.out / label if several else args.out
                     viz.save_png(target / f"{item.name}.png", picture)
                     written += 1
-                if side_by_side and len(maps) > 1:
+                if side_by_side and len(maps) > 1 and not _volumes.is_volume(item.size):
                     figure = viz.plot_attributions(
                         image,
                         maps,

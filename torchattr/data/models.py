@@ -58,6 +58,44 @@ class PhantomNet(nn.Module):
         return self.logit_map(x).flatten(1).amax(dim=1, keepdim=True)
 
 
+class VolumeNet(nn.Module):
+    """A small 3-D CNN for volumes (CT, MR): ``[B, C, D, H, W] -> [B, classes]`` logits.
+
+    Blocks ``conv 3x3x3 -> ReLU`` with ``channels[i]`` outputs (``features``, an
+    ``nn.Sequential``; ``features[-1]`` is the last block's ReLU, a layer for 3-D CAMs), a
+    ``2 x 2 x 2`` max pooling between blocks, then global average pooling over ``D, H, W`` and a
+    linear ``head``. Any volume size that survives the poolings works (at least ``2^(n - 1)``
+    voxels along each axis for ``n`` blocks).
+
+    Example::
+
+        model = VolumeNet(in_channels=1, classes=2).eval()
+        logits = model(volumes)                         # volumes [B, 1, D, H, W] -> [B, 2]
+        maps = ta.saliency(model, volumes)              # [B, D, H, W]
+    """
+
+    def __init__(
+        self, in_channels: int = 1, classes: int = 2, channels: Sequence[int] = (4, 8)
+    ) -> None:
+        super().__init__()
+        if not channels:
+            raise ValueError("channels must name at least one block")
+        if classes < 1:
+            raise ValueError(f"classes must be >= 1, got {classes}")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, width in enumerate(channels):
+            if i > 0:
+                layers.append(nn.MaxPool3d(2))
+            layers += [nn.Conv3d(previous, width, kernel_size=3, padding=1), nn.ReLU()]
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(previous, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3, 4)))
+
+
 class EHRNet(nn.Module):
     """An outcome model over EHR code bags and lab values, for :func:`~torchattr.data.make_ehr`.
 

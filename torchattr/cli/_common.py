@@ -87,9 +87,9 @@ def read_map(
 ) -> torch.Tensor:
     """A saved map ``[H, W]`` (a volume's ``[D, H, W]``) for an image of ``size``, checked: a
     readable ``.npy`` map, finite, in [0, 1], of the image's size or of the model input's size
-    recorded in the maps' ``run.json`` (``preprocessing["resize"]``), which is carried back to the image
-    (:func:`~torchattr.cli._geometry.map_to_image`, undoing ``--pad square``). Anything else
-    is a :class:`CommandError` naming the file."""
+    recorded in the maps' ``run.json`` (``preprocessing["resize"]``), which is carried back to
+    the image (:func:`~torchattr.cli._geometry.map_to_image`, undoing ``--pad square``).
+    Anything else is a :class:`CommandError` naming the file."""
     try:
         saliency = torch.from_numpy(load_map(path))
     except ValueError as error:

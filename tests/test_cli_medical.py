@@ -213,5 +213,5 @@ def test_preprocess_of_volumes() -> None:
     baseline = colour.baseline(0.0, 3, spatial=3)
     assert baseline.shape == (1, 3, 1, 1, 1)  # broadcasts against [B, C, D, H, W]
     torch.testing.assert_close(baseline.flatten(), torch.tensor([-2.0, -1.6, -1.2]))
-    with pytest.raises(CommandError, match="--resize H W applies to 2-D images"):
+    with pytest.raises(CommandError, match="--resize and --pad apply to 2-D images"):
         Preprocess(resize=(8, 8))(volume)

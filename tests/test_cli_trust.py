@@ -22,7 +22,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 import torchattr as ta
-import torchattr.cli.generate as generate_module
+import torchattr.cli._volumes as writer_module  # generate writes maps through it
 from torchattr.cli._geometry import map_to_image
 from torchattr.cli._records import record_path
 from torchattr.io import load_maps, normalize_map, save_map
@@ -101,7 +101,7 @@ def test_interrupted_overwrite_never_leaves_a_mix(setup: dict, tmp_path, monkeyp
     argv += ["--out", out, "--batch-size", "1"]
     assert run_cli([*argv, "--steps", "2"], capsys)[0] == 0
     calls = {"n": 0}
-    real_save = generate_module.save_map
+    real_save = writer_module.save_map
 
     def interrupted_after_two(path, array):  # Ctrl-C while writing the third map
         calls["n"] += 1
@@ -109,7 +109,7 @@ def test_interrupted_overwrite_never_leaves_a_mix(setup: dict, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_save(path, array)
 
-    monkeypatch.setattr(generate_module, "save_map", interrupted_after_two)
+    monkeypatch.setattr(writer_module, "save_map", interrupted_after_two)
     code, _, err = run_cli([*argv, "--steps", "5", "--overwrite"], capsys)
     assert code == 130 and "interrupted" in err
     monkeypatch.undo()
@@ -206,7 +206,7 @@ def test_os_errors_are_one_line_with_exit_code_4(setup, tmp_path, monkeypatch, c
     def full(path, array):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(generate_module, "save_map", full)
+    monkeypatch.setattr(writer_module, "save_map", full)
     code, _, err = run_cli([*argv, "--out", tmp_path / "out"], capsys)
     assert code == 4 and "no space left on device (free some space" in err
     assert "img_00.npy" in err and "Traceback" not in err and err.count("error:") == 1

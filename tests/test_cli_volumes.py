@@ -245,7 +245,7 @@ def test_tensor_volumes_match_direct_calls(tmp_path: Path, capsys) -> None:
 
 def test_resume_keeps_volume_maps_and_clears_stale_nifti_temporaries(run: dict, capsys) -> None:
     folder = run["out"] / "saliency"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     stale = [folder / ".vol_0.nii.gz.99999999.ab12.tmp", folder / ".vol_1.npy.99999999.cd34.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
@@ -256,4 +256,4 @@ def test_resume_keeps_volume_maps_and_clears_stale_nifti_temporaries(run: dict, 
     assert "0 written, 3 already there" in printed
     assert "removed 2 leftover temporary files" in err
     assert not any(path.exists() for path in stale)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

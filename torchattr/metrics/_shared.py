@@ -182,15 +182,16 @@ def _rand(
 
 
 def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
-    """Floating-point, finite images ``[B, C, H, W]``."""
+    """Floating-point, finite images ``[B, C, H, W]`` or volumes ``[B, C, D, H, W]``."""
     if not isinstance(inputs, Tensor):
         raise TypeError(
-            f"{name} must be a tensor of images [B, C, H, W], got {type(inputs).__name__}"
+            f"{name} must be a tensor of images [B, C, H, W] or volumes [B, C, D, H, W], got "
+            f"{type(inputs).__name__}"
         )
-    if inputs.ndim != 4:
+    if inputs.ndim not in (4, 5):
         raise ValueError(
-            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] (add a channel "
-            "dimension with .unsqueeze(1) for grey images)"
+            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] or volumes "
+            "[B, C, D, H, W] (add a channel dimension with .unsqueeze(1) for grey images)"
         )
     if not inputs.is_floating_point():
         raise TypeError(f"{name} has dtype {inputs.dtype}: expected floating-point images")
@@ -201,15 +202,21 @@ def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
 
 
 def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
-    """Finite maps ``[B, H, W]`` (channels summed) matching ``images [B, C, H, W]``."""
-    maps = summed_maps(saliency)
+    """Finite maps ``[B, *S]`` (channels summed) matching ``images [B, C, *S]``.
+
+    ``S`` is ``(H, W)`` or ``(D, H, W)``. Without images, ``[B, H, W]``, ``[B, C, H, W]`` and
+    ``[B, C, D, H, W]`` maps are read as :func:`summed_maps` reads them.
+    """
+    dims = None if images is None else images.ndim - 2
+    maps = summed_maps(saliency, dims)
     if images is not None:
         expected = (images.shape[0], *images.shape[2:])
         if tuple(maps.shape) != expected:
+            layout = "[B, H, W]" if dims == 2 else "[B, D, H, W]"
             raise ValueError(
                 f"saliency has shape {list(saliency.shape)} but inputs has "
-                f"{list(images.shape)}: expected maps [B, H, W] = {list(expected)} (or "
-                "[B, C, H, W]) of the same images"
+                f"{list(images.shape)}: expected maps {layout} = {list(expected)} (or with a "
+                "channel dimension after B) of the same images"
             )
         maps = maps.to(images.device)
     check_finite([maps], ["saliency"])
@@ -217,17 +224,19 @@ def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
 
 
 def _check_mask(mask: Any, images: Tensor) -> Tensor:
-    """A bool mask ``[B, H, W]`` (or ``[B, 1, H, W]``) of the images; every image keeps a pixel."""
+    """A bool mask ``[B, *S]`` (or ``[B, 1, *S]``) of ``images [B, C, *S]``; every image keeps
+    a pixel."""
+    layout = "[B, H, W]" if images.ndim == 4 else "[B, D, H, W]"
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         kind = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a bool tensor [B, H, W] (True = impute), got {kind}")
-    if mask.ndim == 4 and mask.shape[1] == 1:
+        raise TypeError(f"mask must be a bool tensor {layout} (True = impute), got {kind}")
+    if mask.ndim == images.ndim and mask.shape[1] == 1:
         mask = mask[:, 0]
     expected = (images.shape[0], *images.shape[2:])
     if tuple(mask.shape) != expected:
         raise ValueError(
             f"mask has shape {list(mask.shape)} but inputs has {list(images.shape)}: expected "
-            f"[B, H, W] = {list(expected)}"
+            f"{layout} = {list(expected)}"
         )
     mask = mask.to(images.device)
     full = mask.flatten(1).all(dim=1)

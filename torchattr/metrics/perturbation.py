@@ -114,7 +114,7 @@ def noisy_linear_impute(
     outside the image are dropped and the remaining weights renormalised: ``sum_j w_ij`` is 1
     inside, 2/3 on an edge, 5/12 in a corner). Volumes ``[B, C, D, H, W]``: the 26 neighbours,
     ``w_ij = 1 / (6 |j - i|^2)``: ``1/6`` for the 6 face, ``1/12`` for the 12 edge and ``1/18``
-    for the 8 corner neighbours (``sum_j w_ij = 1 + 1/2 + 4/9 = 35/18`` inside), dropped and
+    for the 8 corner neighbours (``sum_j w_ij = 1 + 1 + 4/9 = 22/9`` inside), dropped and
     renormalised the same way at the border. A volume of depth 1 has no neighbour in depth
     and reduces exactly to the 2-D stencil. The stencil is symmetric, so constants and linear
     ramps are reproduced exactly where the holes keep away from the border.

@@ -15,7 +15,9 @@ ignores the model (an edge detector, the input itself). Similarities:
 * ``"spearman"``: Spearman's rank correlation of ``|Phi|`` (all features of one sample);
 * ``"spearman_signed"``: the same on the signed attributions;
 * ``"ssim"``: the structural similarity (Wang et al. 2004) of the 2-D maps ``|Phi|`` summed
-  over channels, each scaled to ``[0, 1]`` by its maximum (data range 1).
+  over channels, each scaled to ``[0, 1]`` by its maximum (data range 1);
+* ``"hog"``: Pearson's correlation of the histograms of oriented gradients (:func:`hog`, Dalal
+  and Triggs 2005) of the same scaled maps, as Adebayo et al. compare explanations.
 
 The user's model is never called, written or explained: the checks work on a deep copy
 (``copy.deepcopy`` of the module inside any DataParallel / DDP / compile wrapper), which is
@@ -40,7 +42,7 @@ from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target, resolve_target
 from torchattr._core.wrapped import strip_prefix, unwrap
 
-SIMILARITIES = ("spearman", "spearman_signed", "ssim")
+SIMILARITIES = ("spearman", "spearman_signed", "ssim", "hog")
 ORDERS = ("cascading", "independent")
 
 ModelExplain = Callable[[nn.Module, Tensor, Any], Tensor]
@@ -151,6 +153,70 @@ def ssim(
     return (num / den).flatten(1).mean(dim=1)
 
 
+def hog(
+    maps: Tensor,
+    *,
+    orientations: int = 9,
+    cell: int = 8,
+    block: int = 3,
+) -> Tensor:
+    """Histograms of oriented gradients (Dalal and Triggs 2005) of maps ``[B, H, W]``:
+    ``[B, R, C, block, block, orientations]`` (flatten for the feature vector), as
+    ``skimage.feature.hog(map, orientations, (cell, cell), (block, block), "L2-Hys")``.
+
+    1. Gradients by central differences, zero on the border rows / columns:
+       ``g_y[i, j] = S[i + 1, j] - S[i - 1, j]``, ``g_x[i, j] = S[i, j + 1] - S[i, j - 1]``.
+    2. Magnitude ``m = sqrt(g_x^2 + g_y^2)``, unsigned orientation
+       ``theta = degrees(atan2(g_y, g_x)) mod 180``, bin ``k`` for
+       ``k 180 / n <= theta < (k + 1) 180 / n`` (``n = orientations``; hard binning).
+    3. Cells of ``cell x cell`` pixels (``floor(H / cell) x floor(W / cell)`` of them; the
+       remaining rows and columns are dropped): ``h[cell, k] = mean over the cell of m * [bin =
+       k]``.
+    4. Blocks of ``block x block`` cells, every cell position (stride one cell): ``R = H_c -
+       block + 1`` rows and ``C = W_c - block + 1`` columns of blocks; each block vector ``v``
+       normalised by L2-Hys: ``v / sqrt(|v|^2 + eps^2)``, clipped at 0.2, normalised again
+       (``eps = 1e-5``).
+
+    Maps need at least ``block * cell`` pixels in each direction.
+    """
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        shape = list(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"hog needs maps [B, H, W], got {shape}")
+    for name, value in (("orientations", orientations), ("cell", cell), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    batch, height, width = maps.shape
+    rows, cols = height // cell, width // cell
+    if rows < block or cols < block:
+        raise ValueError(
+            f"hog of maps {height} x {width} needs at least block * cell = {block * cell} pixels "
+            f"in each direction (cell={cell}, block={block}): use smaller cells or "
+            "similarity=('spearman', 'ssim')"
+        )
+    x = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    g_y = torch.zeros_like(x)
+    g_x = torch.zeros_like(x)
+    g_y[:, 1:-1] = x[:, 2:] - x[:, :-2]
+    g_x[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    magnitude = torch.hypot(g_x, g_y)
+    theta = torch.rad2deg(torch.atan2(g_y, g_x)) % 180
+    step = 180.0 / orientations
+    edges = torch.tensor(
+        [step * (k + 1) for k in range(orientations - 1)], dtype=x.dtype, device=x.device
+    )
+    bins = (theta[..., None] >= edges).sum(dim=-1)  # [B, H, W]
+    votes = nn.functional.one_hot(bins, orientations).to(x.dtype) * magnitude[..., None]
+    votes = votes[:, : rows * cell, : cols * cell]
+    cells = votes.reshape(batch, rows, cell, cols, cell, orientations).mean(dim=(2, 4))
+    blocks = cells.unfold(1, block, 1).unfold(2, block, 1)  # [B, R, C, n, block, block]
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3)  # [B, R, C, block, block, n]
+    eps2 = 1e-5**2
+    energy = (blocks * blocks).sum(dim=(3, 4, 5), keepdim=True)
+    blocks = (blocks / torch.sqrt(energy + eps2)).clamp_max(0.2)
+    energy = (blocks * blocks).sum(dim=(3, 4, 5), keepdim=True)
+    return blocks / torch.sqrt(energy + eps2)
+
+
 def _same_shape(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     if a.shape != b.shape:
         raise ValueError(f"explanations differ in shape: {list(a.shape)} and {list(b.shape)}")
@@ -158,12 +224,12 @@ def _same_shape(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a.detach().to(dtype), b.detach().to(dtype)
 
 
-def _ssim_maps(phi: Tensor) -> Tensor:
+def _ssim_maps(phi: Tensor, name: str = "ssim") -> Tensor:
     """``|Phi|`` summed over channels (``[B, C, H, W]`` or ``[B, H, W]``), scaled to [0, 1]
     by each map's maximum (an all-zero map stays 0)."""
     if phi.ndim not in (3, 4):
         raise ValueError(
-            f"similarity 'ssim' needs 2-D maps [B, H, W] or [B, C, H, W], the explanation has "
+            f"similarity {name!r} needs 2-D maps [B, H, W] or [B, C, H, W], the explanation has "
             f"shape {list(phi.shape)}: use similarity=('spearman',)"
         )
     maps = phi.abs()
@@ -192,6 +258,9 @@ def similarities(original: Tensor, changed: Tensor, names: Sequence[str]) -> dic
             out[name] = spearman(original.abs(), changed.abs())
         elif name == "spearman_signed":
             out[name] = spearman(original, changed)
+        elif name == "hog":
+            features = [hog(_ssim_maps(phi, name)).flatten(1) for phi in (original, changed)]
+            out[name] = pearson(*features)
         else:
             out[name] = ssim(_ssim_maps(original), _ssim_maps(changed))
     return out
@@ -380,7 +449,9 @@ def model_randomisation(
         order: ``"cascading"`` or ``"independent"``.
         layers: module names (with or without a wrapper's ``"module."`` prefix) in the order to
             randomise them; a module with submodules is randomised as a whole.
-        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``.
+        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``, ``"hog"``
+            (the last two for 2-D maps; ``"hog"`` with the defaults of :func:`hog` needs maps
+            of at least 24 x 24).
         generator: draws one seed per layer for its re-initialisation (global RNG if None).
 
     Returns:

@@ -1,8 +1,10 @@
 """HOG and the "hog" similarity of the sanity checks: against scikit-image's ``hog`` (optional
-oracle), a hand-made edge, and the similarity's behaviour on identical and constant maps."""
+oracle), a hand-made edge, and the similarity's behaviour on identical and constant maps; the
+data randomisation test."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,7 +12,12 @@ import torch
 from torch import nn
 
 import torchattr as ta
-from torchattr.metrics import model_randomisation, random_logit
+from torchattr.metrics import (
+    data_randomisation,
+    model_randomisation,
+    permuted_labels,
+    random_logit,
+)
 from torchattr.metrics.sanity import hog, similarities
 
 
@@ -91,3 +98,55 @@ def test_hog_refuses_small_maps_and_bad_parameters() -> None:
         hog(torch.rand(30, 30))
     with pytest.raises(ValueError, match="'hog' needs 2-D maps"):
         similarities(torch.rand(2, 5), torch.rand(2, 5), ["hog"])
+
+
+# --- data randomisation ---------------------------------------------------------------------
+
+
+def _cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).double()
+
+
+def test_data_randomisation_compares_the_two_models_without_changing_them() -> None:
+    from model_state import assert_unchanged, snapshot
+
+    model, other = _cnn(0), _cnn(1)
+    other.train()  # a mode of the user's that must survive
+    images = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    before = [snapshot(model), snapshot(other)]
+
+    def explain(m, x, t):
+        return ta.saliency(m, x, t)
+
+    out = data_randomisation(explain, model, other, images, similarity=("spearman", "ssim"))
+    assert_unchanged(model, before[0])
+    assert_unchanged(other, before[1])
+    assert other.training
+    classes = model(images).argmax(1)
+    assert torch.equal(out.classes, classes)  # the trained model's prediction, held
+    torch.testing.assert_close(out.original, explain(model, images, classes))
+    torch.testing.assert_close(out.randomised, explain(other.eval(), images, classes))
+    assert out.similarity["spearman"].shape == (3,)
+    assert bool((out.similarity["spearman"] < 0.99).all())
+    same = data_randomisation(explain, model, copy.deepcopy(model), images, similarity="spearman")
+    torch.testing.assert_close(same.similarity["spearman"], torch.ones(3, dtype=torch.float64))
+    ignores = data_randomisation(lambda m, x, t: x, model, other, images, similarity="ssim")
+    torch.testing.assert_close(ignores.similarity["ssim"], torch.ones(3, dtype=torch.float64))
+
+
+def test_data_randomisation_refuses_other_outputs_and_permuted_labels_permute() -> None:
+    images = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(64, 5)).double()
+    with pytest.raises(ValueError, match="same architecture and classes"):
+        data_randomisation(lambda m, x, t: x, _cnn(0), wider, images)
+    with pytest.raises(ValueError, match="one class index per sample"):
+        data_randomisation(lambda m, x, t: x, _cnn(0), _cnn(1), images, target=lambda out: out)
+    labels = torch.arange(50) % 7
+    shuffled = permuted_labels(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled.sort().values, labels.sort().values)
+    assert not torch.equal(shuffled, labels)
+    again = permuted_labels(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled, again)

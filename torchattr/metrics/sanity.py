@@ -7,7 +7,9 @@ when a random other class is explained) cannot be explaining the model. Each che
 * :func:`model_randomisation` (model-parameter randomisation, "MPRT"): layer by layer from the
   output down, either cascading (every layer above and including the current one random) or
   independent (only the current layer random);
-* :func:`random_logit`: the explanation of a random other class.
+* :func:`random_logit`: the explanation of a random other class;
+* :func:`data_randomisation` (Adebayo et al.'s data randomisation test): the explanation of a
+  model trained on permuted labels (:func:`permuted_labels`), which the user trains.
 
 Lower similarity is better: a similarity near 1 for every layer flags an explanation that
 ignores the model (an edge detector, the input itself). Similarities:
@@ -60,6 +62,17 @@ class Randomisation(NamedTuple):
     layers: tuple[str, ...]
     similarity: dict[str, Tensor]
     original: Tensor
+
+
+class DataRandomisation(NamedTuple):
+    """Result of :func:`data_randomisation`: one ``[B]`` similarity per name, the explanations
+    of the trained model and of the model trained on permuted labels, and the classes
+    explained (``[B]``)."""
+
+    similarity: dict[str, Tensor]
+    original: Tensor
+    randomised: Tensor
+    classes: Tensor
 
 
 class RandomLogit(NamedTuple):
@@ -533,3 +546,89 @@ def random_logit(
     original = _explained(explain, copied, x, target)
     changed = _explained(explain, copied, x, other)
     return RandomLogit(other, similarities(original, changed, names), original)
+
+
+def permuted_labels(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The training labels of the data randomisation test: ``labels[pi]`` for a uniform random
+    permutation ``pi`` (so the class frequencies are kept and the labels carry no information
+    about the inputs). ``labels``: ``[N]`` (or ``[N, ...]``, permuted along the first
+    dimension); the permutation is drawn from ``generator`` (global RNG if None).
+
+    Example::
+
+        shuffled = permuted_labels(train_labels, torch.Generator().manual_seed(0))
+        random_model = my_training_loop(train_images, shuffled)   # the user's own training
+    """
+    if not isinstance(labels, Tensor) or labels.ndim == 0:
+        raise TypeError(f"labels must be a tensor [N, ...], got {type(labels).__name__}")
+    order = torch.randperm(labels.shape[0], generator=generator, device=_device(generator))
+    return labels[order.to(labels.device)]
+
+
+@keywords()
+def data_randomisation(
+    explain: ModelExplain,
+    model: nn.Module,
+    randomised_model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    *,
+    similarity: str | Sequence[str] = ("spearman", "ssim"),
+) -> DataRandomisation:
+    """Data randomisation test (Adebayo et al. 2018): the similarity of the explanations of a
+    model and of the same architecture trained on permuted labels, per sample: ``{name: [B]}``.
+
+        ``S[b] = sim(Phi_b(model), Phi_b(randomised_model))``
+
+    A model trained on permuted labels can only memorise them: an explanation that still looks
+    the same (high similarity) does not depend on the relation between inputs and labels that
+    the model learned. Lower is better.
+
+    torchattr does not train: training is the user's (same architecture, data, schedule and
+    number of steps, only the labels replaced by :func:`permuted_labels`; Adebayo et al. train
+    until the random labels are fit, the training accuracy being well above chance). Both
+    models are deep-copied before they are explained, so neither is changed.
+
+    Args:
+        explain: ``explain(model, inputs, target) -> Phi [B, ...]``, as in
+            :func:`model_randomisation`.
+        model: the model trained on the true labels.
+        randomised_model: the model trained on permuted labels; its outputs must have the
+            model's shape.
+        inputs: ``[B, ...]``, held-out samples as ``explain`` takes them.
+        target: class indices ``[B]`` or an int, explained in both models; None: the class the
+            trained model predicts (the label-permuted model's own prediction is arbitrary).
+        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``, ``"hog"``.
+
+    Returns:
+        :class:`DataRandomisation`: ``similarity {name: [B]}``, ``original``, ``randomised``
+        explanations and the ``classes [B]`` explained. NaN where a similarity is undefined.
+
+    Example::
+
+        out = data_randomisation(lambda m, x, t: ta.saliency(m, x, t), model, random_model, x)
+        out.similarity["spearman"].mean()   # near 1: the explanation ignores what was learned
+    """
+    x = _check_common(explain, inputs)
+    names = _check_similarity(similarity)
+    trained, _ = _copy_of(model)
+    randomised, _ = _copy_of(randomised_model)
+    target = normalize_target(target, x.shape[0], x.device)
+    if callable(target) or (isinstance(target, Tensor) and target.ndim != 1):
+        raise ValueError(
+            "data_randomisation explains one class index per sample: target None, int or [B]"
+        )
+    with torch.no_grad():
+        with untouched(trained, gradients=False):
+            output = trained(x)
+        with untouched(randomised, gradients=False):
+            other = randomised(x)
+    if logits_of(output).shape != logits_of(other).shape:
+        raise ValueError(
+            f"randomised_model outputs {list(logits_of(other).shape)} but model "
+            f"{list(logits_of(output).shape)}: expected the same architecture and classes"
+        )
+    classes = resolve_target(target, output)
+    original = _explained(explain, trained, x, classes)
+    changed = _explained(explain, randomised, x, classes)
+    return DataRandomisation(similarities(original, changed, names), original, changed, classes)

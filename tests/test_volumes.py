@@ -8,6 +8,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from torchattr.metrics import (
@@ -298,3 +300,20 @@ def test_deletion_insertion_on_volumes(metric) -> None:
     torch.testing.assert_close(
         auc, (expected.sum(1) - expected[:, 0] / 2 - expected[:, -1] / 2) / 3
     )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    height=st.integers(2, 11),
+    width=st.integers(2, 11),
+    share=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**16),
+)
+def test_depth_one_equals_2d_property(height: int, width: int, share: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(2, 2, height, width, generator=g, dtype=torch.float64)
+    masks = torch.rand(2, height, width, generator=g) < share
+    masks[:, 0, 0] = False  # every image keeps a pixel
+    flat = noisy_linear_impute(images, masks, sigma=0.0, tol=1e-12)
+    volume = noisy_linear_impute(images[:, :, None], masks[:, None], sigma=0.0, tol=1e-12)
+    torch.testing.assert_close(volume[:, :, 0], flat, atol=1e-10, rtol=0)

@@ -5,7 +5,8 @@ score of the explained class (see :mod:`torchattr._core.targets`; ``target=None`
 predicted on the clean images) on every perturbed copy:
 
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
-  neighbours, solved jointly for all of them (one sparse system per image), plus noise;
+  neighbours (26 in volumes), solved jointly for all of them (one sparse system per image),
+  plus noise;
 * :func:`road` (Rong et al., ICML 2022): scores after imputing the most (MoRF) or least (LeRF)
   relevant pixels, for several fractions; :func:`road_summary` compares MoRF(p) with
   LeRF(1 - p), which impute as many pixels;
@@ -16,6 +17,9 @@ Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k 
 through the model ``chunk_size`` rows at a time; random draws are taken per copy, in copy
 order, so results do not depend on ``chunk_size``. Everything runs on the inputs' device, and
 the model is left as it was (:func:`~torchattr._core.state.untouched`).
+
+Volumes work as images, voxel for pixel: inputs ``[B, C, D, H, W]``, maps ``[B, D, H, W]`` (or
+``[B, C', D, H, W]``), masks ``[B, D, H, W]``; the model takes ``[N, C, D, H, W]``.
 """
 
 from __future__ import annotations

@@ -125,6 +125,8 @@ def pack_inputs(inputs: Any) -> tuple[Tensor, Packed | None]:
         return inputs, None
     tensors, spec = flatten(inputs)
     names = spec.names()
+    if tensors[0].ndim == 0:
+        raise ValueError(f"{names[0]} is a scalar: expected a batch [B, ...]")
     for label, t in zip(names, tensors):
         if not t.is_floating_point():
             raise TypeError(

@@ -20,13 +20,23 @@ total over the ``2 P B`` imputed copies. Below the table: the largest difference
 two contenders' imputed images and between their scores, computed without noise on the first
 ``--check`` images, so that the comparison is known to be like for like.
 
+Rows for 2-D images (``B x 3 x size x size``, ``--model``) and for 3-D volumes
+(``--volume-batch x 1 x D x H x W`` for each of ``--volumes``, a small 3-D CNN, the
+26-neighbour imputation): the same contenders, the scipy system assembled with the same
+stencil. Per-image sparse direct solves of 3-D systems fill in badly (a 32 x 64 x 64 volume
+with half its voxels imputed takes minutes); volumes of more than ``--scipy-max-voxels``
+voxels get a torchattr row only, and the scipy time of a smaller volume gives the ratio.
+
     PYTHONPATH=. python -m benchmarks.bench_road --batch 4 --size 64 --threads 1   # a small CPU
     PYTHONPATH=. python -m benchmarks.bench_road --device cuda                      # 32 x 224
 
 Options: ``--device``, ``--model resnet18|small``, ``--batch`` (32), ``--size`` (224),
-``--fractions`` (0.1 0.2 0.3 0.4 0.5 0.7 0.9), ``--maps smooth|saliency`` (blob-like random
-maps, the hard case, or gradient saliency of the model), ``--noise`` (0.01), ``--contenders``,
-``--skip-scipy``, ``--repeats`` (1), ``--warmup`` (1), ``--check`` (2), ``--threads``, ``--seed``.
+``--fractions`` (0.1 0.2 ... 0.9), ``--volumes`` (64x128x128; none: images only),
+``--volume-batch`` (2), ``--volume-fractions`` (default ``--fractions``),
+``--scipy-max-voxels`` (300000), ``--skip-images``, ``--maps smooth|saliency`` (blob-like
+random maps, the hard case, or gradient saliency of the model), ``--noise`` (0.01),
+``--contenders``, ``--skip-scipy``, ``--repeats`` (1), ``--warmup`` (1), ``--check`` (2),
+``--threads``, ``--seed``.
 
 scipy is only needed for the ``scipy`` contender (``--skip-scipy`` runs without it).
 """
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
+import math
 import platform
 import sys
 import time
@@ -43,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import torchattr
 from benchmarks._common import parse, parser
@@ -51,12 +63,15 @@ from benchmarks.models import build
 from torchattr.metrics import gaussian_blur, noisy_linear_impute, road, road_masks
 from torchattr.metrics.perturbation import FRACTIONS, ORDERS
 
-NEIGHBOURS = [
-    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
-    for dy in (-1, 0, 1)
-    for dx in (-1, 0, 1)
-    if (dy, dx) != (0, 0)
-]
+
+def neighbours(dims: int) -> list[tuple[tuple[int, ...], float]]:
+    """The ``3^dims - 1`` neighbour offsets and their weights ``1 / (6 m)``, ``m`` the offset's
+    non-zero components (2-D: 1/6 edges, 1/12 diagonals; 3-D: 1/6, 1/12, 1/18)."""
+    return [
+        (o, 1 / (6 * sum(c != 0 for c in o)))
+        for o in itertools.product((-1, 0, 1), repeat=dims)
+        if any(o)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,7 +80,8 @@ NEIGHBOURS = [
 
 
 def spsolve_impute(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Linear imputation of one image ``[C, H, W]`` (float64) at ``hole [H, W]`` by spsolve.
+    """Linear imputation of one image ``[C, H, W]`` (or volume ``[C, D, H, W]``, float64) at
+    ``hole [H, W]`` (``[D, H, W]``) by spsolve.
 
     The system of the reference implementation: for every hole pixel i,
     ``sum_j w_ij x_i - sum_{j in hole} w_ij x_j = sum_{j kept} w_ij x_j`` over the in-image
@@ -74,23 +90,25 @@ def spsolve_impute(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     import scipy.sparse as sp
     from scipy.sparse.linalg import spsolve
 
-    channels, height, width = image.shape
+    channels, *shape = image.shape
     flat = image.reshape(channels, -1)
     unknown = np.flatnonzero(hole.reshape(-1))
     if unknown.size == 0:
         return image.copy()
-    variable = np.full(height * width, -1, dtype=np.int64)
+    variable = np.full(flat.shape[1], -1, dtype=np.int64)
     variable[unknown] = np.arange(unknown.size)
-    ys, xs = np.divmod(unknown, width)
+    coords = np.unravel_index(unknown, shape)
     rows, cols, vals = [], [], []
     diagonal = np.zeros(unknown.size)
     rhs = np.zeros((unknown.size, channels))
-    for (dy, dx), w in NEIGHBOURS:
-        ny, nx = ys + dy, xs + dx
-        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+    for offset, w in neighbours(len(shape)):
+        moved = [c + d for c, d in zip(coords, offset)]
+        inside = np.ones(unknown.size, dtype=bool)
+        for c, n in zip(moved, shape):
+            inside &= (c >= 0) & (c < n)
         diagonal[inside] += w
         eq = np.flatnonzero(inside)
-        neighbour = ny[inside] * width + nx[inside]
+        neighbour = np.ravel_multi_index([c[inside] for c in moved], shape)
         masked = variable[neighbour] >= 0
         rows.append(eq[masked])
         cols.append(variable[neighbour[masked]])
@@ -107,7 +125,7 @@ def spsolve_impute(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     solution = spsolve(matrix, rhs).reshape(unknown.size, channels)
     out = flat.copy()
     out[:, unknown] = solution.T
-    return out.reshape(channels, height, width)
+    return out.reshape(image.shape)
 
 
 def spsolve_road(
@@ -119,7 +137,7 @@ def spsolve_road(
     rng: np.random.Generator,
     clock: dict[str, float],
 ) -> Tensor:
-    """ROAD scores ``[B, P]`` with per-image CPU solves; ``masks [B, P, H, W]``."""
+    """ROAD scores ``[B, P]`` with per-image CPU solves; ``masks [B, P, *S]``."""
     batch, fractions = masks.shape[:2]
     scores = torch.zeros(batch, fractions)
     for j in range(fractions):
@@ -150,18 +168,37 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def smooth_maps(batch: int, size: int, device: torch.device, seed: int) -> Tensor:
-    """Blob-like saliency maps: uniform noise averaged over a window of about size / 7 pixels.
+def smooth_maps(batch: int, shape: Sequence[int], device: torch.device, seed: int) -> Tensor:
+    """Blob-like saliency maps ``[B, *shape]``: uniform noise averaged over a window of about
+    1/7 of the smallest side.
 
     Their top and bottom fractions are large connected regions, the hardest imputation systems
     (gradient maps, speckled, give small scattered holes that every solver handles quickly).
     """
     g = torch.Generator().manual_seed(seed)
-    noise = torch.rand(batch, 1, size, size, generator=g)
-    k = max(3, size // 7) | 1
-    return torch.nn.functional.avg_pool2d(noise, k, 1, k // 2, count_include_pad=False)[:, 0].to(
-        device
-    )
+    noise = torch.rand(batch, 1, *shape, generator=g)
+    k = max(3, min(shape) // 7) | 1
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 2 else torch.nn.functional.avg_pool3d
+    return pool(noise, k, 1, k // 2, count_include_pad=False)[:, 0].to(device)
+
+
+class Volumetric(nn.Module):
+    """A small 3-D CNN for volumes ``[N, 1, D, H, W]``: two strided conv-ReLU layers, global
+    average pooling, a linear head (4 classes); fixed-seed weights."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv3d(1, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(2 * width, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3, 4)))
 
 
 def torchattr_road(
@@ -192,7 +229,9 @@ def torchattr_road(
     # the split: the same imputations (B copies at a time, as road runs them) without the model
     start = _sync(device)
     for order in ORDERS:
-        masks = road_masks(maps, fractions, order, torch.Generator(device=device).manual_seed(seed))
+        masks = road_masks(
+            maps.unsqueeze(1), fractions, order, torch.Generator(device=device).manual_seed(seed)
+        )
         for j in range(len(fractions)):
             noisy_linear_impute(images, masks[:, j], sigma=noise)
     impute = _sync(device) - start
@@ -214,7 +253,9 @@ def scipy_road(
     rng = np.random.default_rng(seed)
     start = _sync(device)
     for order in ORDERS:
-        masks = road_masks(maps, fractions, order, torch.Generator(device=device).manual_seed(seed))
+        masks = road_masks(
+            maps.unsqueeze(1), fractions, order, torch.Generator(device=device).manual_seed(seed)
+        )
         spsolve_road(model, images, masks, target, noise, rng, clock)
     return {"total": _sync(device) - start, **clock}
 
@@ -223,39 +264,92 @@ CONTENDERS = {"torchattr": torchattr_road, "scipy": scipy_road}
 NAMES = {"torchattr": "torchattr", "scipy": "scipy spsolve"}
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Time the contenders in interleaved rounds; return median times and the agreement."""
+def cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The workloads: images (unless ``--skip-images``), then each of ``--volumes``."""
     device = torch.device(args.device)
-    model = build(args.model, device)
-    g = torch.Generator().manual_seed(args.seed)
-    images = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
-    images = gaussian_blur(images, 5, 1.0)  # some spatial structure
-    if args.maps == "smooth":
-        maps = smooth_maps(args.batch, args.size, device, args.seed + 1)
-    else:
-        maps = torchattr.saliency(model, images)
+    out = []
+    if not args.skip_images:
+        model = build(args.model, device)
+        g = torch.Generator().manual_seed(args.seed)
+        images = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
+        images = gaussian_blur(images, 5, 1.0)  # some spatial structure
+        if args.maps == "smooth":
+            maps = smooth_maps(args.batch, (args.size, args.size), device, args.seed + 1)
+        else:
+            maps = torchattr.saliency(model, images)
+        label = f"{args.batch} x 3x{args.size}x{args.size}, {args.model}"
+        out.append(_case(label, model, images, maps, tuple(args.fractions)))
+    for volume in args.volumes:
+        shape = tuple(int(n) for n in volume.lower().split("x"))
+        model = Volumetric().to(device).eval()
+        g = torch.Generator().manual_seed(args.seed)
+        volumes = torch.rand(args.volume_batch, 1, *shape, generator=g).to(device)
+        volumes = gaussian_blur(volumes, 5, 1.0)
+        if args.maps == "smooth":
+            maps = smooth_maps(args.volume_batch, shape, device, args.seed + 1)
+        else:
+            maps = torchattr.saliency(model, volumes)
+        fractions = tuple(args.volume_fractions or args.fractions)
+        label = f"{args.volume_batch} x 1x{volume}, 3-D CNN"
+        case = _case(label, model, volumes, maps, fractions)
+        case["scipy"] = math.prod(shape) <= args.scipy_max_voxels
+        out.append(case)
+    return out
+
+
+def _case(
+    label: str, model: Any, images: Tensor, maps: Tensor, fractions: tuple[float, ...]
+) -> dict[str, Any]:
     with torch.no_grad():
         target = model(images).argmax(1)
-    fractions = tuple(args.fractions)
+    return {
+        "label": label,
+        "model": model,
+        "images": images,
+        "maps": maps,
+        "target": target,
+        "fractions": fractions,
+        "scipy": True,
+    }
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Time the contenders in interleaved rounds on every case; return median times and the
+    agreement per case."""
     contenders = list(args.contenders)
     if "scipy" in contenders and importlib.util.find_spec("scipy") is None:
         print("scipy is not installed: skipping the scipy contender", file=sys.stderr)
         contenders.remove("scipy")
-    for _ in range(args.warmup):  # first calls (allocator, kernels) on a small problem
-        for name in contenders:
-            CONTENDERS[name](model, images[:1], maps[:1], target[:1], fractions[:1], 0.0, 0)
-    times: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
-    for round_ in range(args.repeats):
-        shift = round_ % max(len(contenders), 1)
-        for name in contenders[shift:] + contenders[:shift]:
-            times[name].append(
-                CONTENDERS[name](model, images, maps, target, fractions, args.noise, args.seed)
+    results, agreement = [], {}
+    for case in cases(args):
+        model, images, maps = case["model"], case["images"], case["maps"]
+        target, fractions = case["target"], case["fractions"]
+        names = [n for n in contenders if n != "scipy" or case["scipy"]]
+        for _ in range(args.warmup):  # first calls (allocator, kernels) on a small problem
+            for name in names:
+                CONTENDERS[name](model, images[:1], maps[:1], target[:1], fractions[:1], 0.0, 0)
+        times: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for round_ in range(args.repeats):
+            shift = round_ % max(len(names), 1)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(
+                    CONTENDERS[name](model, images, maps, target, fractions, args.noise, args.seed)
+                )
+        for name in names:
+            runs = sorted(times[name], key=lambda t: t["total"])
+            copies = 2 * len(fractions) * images.shape[0]
+            results.append(
+                {
+                    "case": case["label"],
+                    "name": NAMES[name],
+                    "copies": copies,
+                    **runs[len(runs) // 2],
+                }
             )
-    results = []
-    for name in contenders:
-        runs = sorted(times[name], key=lambda t: t["total"])
-        results.append({"name": NAMES[name], **runs[len(runs) // 2]})
-    agreement = check(model, images, maps, target, fractions, args) if "scipy" in contenders else {}
+        if "scipy" not in names and "scipy" in contenders:
+            results.append({"case": case["label"], "name": NAMES["scipy"], "skipped": True})
+        if "scipy" in names:
+            agreement[case["label"]] = check(model, images, maps, target, fractions, args)
     return results, agreement
 
 
@@ -273,7 +367,9 @@ def check(
         return {}
     diff_image = diff_score = 0.0
     for order in ("morf", "lerf"):
-        masks = road_masks(maps[:n], fractions, order, torch.Generator().manual_seed(0))
+        masks = road_masks(
+            maps[:n].unsqueeze(1), fractions, order, torch.Generator().manual_seed(0)
+        )
         ours = road(
             model,
             images[:n],
@@ -283,6 +379,7 @@ def check(
             order=order,
             sigma=0.0,
             generator=torch.Generator().manual_seed(0),
+            score="logit",  # spsolve_road scores the raw outputs
         )
         theirs = spsolve_road(
             model,
@@ -307,33 +404,47 @@ def check(
 
 
 def report(
-    results: list[dict[str, Any]], agreement: dict[str, float], args: argparse.Namespace
+    results: list[dict[str, Any]],
+    agreement: dict[str, dict[str, float]],
+    args: argparse.Namespace,
 ) -> str:
-    copies = 2 * len(args.fractions) * args.batch
-    size = f"3x{args.size}x{args.size}"
     lines = [
-        f"ROAD, {len(args.fractions)} fractions x (MoRF + LeRF), batch {args.batch} of {size}, "
-        f"{args.model} on {args.device} ({copies} imputed copies), maps: {args.maps}",
+        f"ROAD, MoRF + LeRF over the fractions, on {args.device}, maps: {args.maps}",
         f"torch {torch.__version__}, torchattr {torchattr.__version__}, "
         f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}",
         "",
-        "| contender | impute s | model s | total s | ms / copy | speed-up vs scipy |",
-        "|---|---|---|---|---|---|",
+        "| data | contender | copies | impute s | model s | total s | ms / copy "
+        "| speed-up vs scipy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    baseline = next((r["total"] for r in results if r["name"] == NAMES["scipy"]), None)
     for r in results:
+        if r.get("skipped"):
+            lines.append(
+                f"| {r['case']} | {r['name']} | - | - | - | not run (> --scipy-max-voxels "
+                f"{args.scipy_max_voxels}) | - | - |"
+            )
+            continue
+        baseline = next(
+            (
+                q["total"]
+                for q in results
+                if q["case"] == r["case"] and q["name"] == NAMES["scipy"] and not q.get("skipped")
+            ),
+            None,
+        )
         speedup = f"{baseline / r['total']:.2f}x" if baseline else "-"
         lines.append(
-            f"| {r['name']} | {r['impute']:.2f} | {r['model']:.2f} | {r['total']:.2f} | "
-            f"{1000 * r['total'] / copies:.1f} | {speedup} |"
+            f"| {r['case']} | {r['name']} | {r['copies']} | {r['impute']:.2f} | "
+            f"{r['model']:.2f} | {r['total']:.2f} | {1000 * r['total'] / r['copies']:.1f} | "
+            f"{speedup} |"
         )
-    if agreement:
-        lines += [
-            "",
-            f"noise-free agreement on {min(args.check, args.batch)} images: "
-            f"max |imputed difference| {agreement['image']:.1e}, "
-            f"max |score difference| {agreement['score']:.1e}",
-        ]
+    for label, agree in agreement.items():
+        if agree:
+            lines += [
+                "",
+                f"{label}: noise-free agreement on {args.check} images: max |imputed "
+                f"difference| {agree['image']:.1e}, max |score difference| {agree['score']:.1e}",
+            ]
     return "\n".join(lines)
 
 
@@ -343,6 +454,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="resnet18", choices=("resnet18", "small"))
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    p.add_argument(
+        "--volumes", nargs="*", default=["64x128x128"], help="DxHxW volumes (none: images only)"
+    )
+    p.add_argument("--volume-batch", type=int, default=2, help="volumes per case (default 2)")
+    p.add_argument("--volume-fractions", type=float, nargs="+", default=None)
+    p.add_argument("--scipy-max-voxels", type=int, default=300_000)
+    p.add_argument("--skip-images", action="store_true", help="volumes only")
     p.add_argument("--maps", default="smooth", choices=("smooth", "saliency"))
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument(

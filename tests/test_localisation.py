@@ -90,7 +90,7 @@ def test_float_integral_box_coordinates_accepted() -> None:
     ("saliency", "boxes", "error", "match"),
     [
         (torch.ones(4, 4), [[]], ValueError, "expected \\[B, H, W\\]"),
-        (torch.ones(1, 1, 1, 4, 4), [[]], ValueError, "expected \\[B, H, W\\]"),
+        (torch.ones(1, 1, 1, 1, 4, 4), [[]], ValueError, "expected \\[B, H, W\\]"),
         ([[1.0]], [[]], TypeError, "must be a tensor"),
         (torch.ones(1, 4, 4, dtype=torch.bool), [[]], TypeError, "real numbers"),
         (-torch.ones(1, 4, 4), [[]], ValueError, "negative"),

@@ -76,9 +76,12 @@ from torchattr.metrics.faithfulness import (
     sensitivity_n,
 )
 from torchattr.metrics.sanity import (
+    DataRandomisation,
     Randomisation,
     RandomLogit,
+    data_randomisation,
     model_randomisation,
+    permuted_labels,
     random_logit,
 )
 from torchattr.metrics.tokens import TokenCurves, comprehensiveness, sufficiency
@@ -99,3 +102,4 @@ __all__ += [
 
 
 __all__ += ["RandomLogit", "Randomisation", "model_randomisation", "random_logit"]
+__all__ += ["DataRandomisation", "data_randomisation", "permuted_labels"]

@@ -3,6 +3,7 @@ per copy, argument checks."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,14 @@ from torchattr._core.checks import (
     warn_if_training,
 )
 from torchattr._core.chunking import draw, row_ranges
-from torchattr._core.inputs import InputSpec, call_model, check_forward_kwargs, kwargs_rows
+from torchattr._core.inputs import (
+    InputSpec,
+    call_model,
+    check_forward_kwargs,
+    flatten,
+    kwargs_rows,
+    unflatten,
+)
 from torchattr._core.state import untouched
 from torchattr._core.targets import (
     Target,
@@ -37,6 +45,110 @@ _DEPRECATED_SCORES = {"probability": "softmax"}
 _TENSOR = InputSpec("tensor")
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Tuple or dict inputs as one ``[B, F]`` tensor: every entry ``[B, *S_i]`` flattened per
+    sample and concatenated in order (``F = sum_i |S_i|``), in the entries' promoted dtype.
+
+    The metrics that perturb inputs work on the packed rows; the model gets them back in the
+    user's structure (:meth:`unpack`, positional for a tuple, keywords for a dict), each entry in
+    its own dtype.
+    """
+
+    spec: InputSpec
+    batch: int  # B
+    shapes: tuple[tuple[int, ...], ...]  # per-sample shapes S_i
+    dtypes: tuple[torch.dtype, ...]
+
+    def unpack(self, rows: Tensor) -> tuple[Tensor, ...]:
+        """``[N, F] -> ([N, *S_1], [N, *S_2], ...)`` in the entries' dtypes."""
+        parts = rows.split([math.prod(shape) for shape in self.shapes], dim=1)
+        return tuple(
+            part.reshape(-1, *shape).to(dtype)
+            for part, shape, dtype in zip(parts, self.shapes, self.dtypes)
+        )
+
+    def structured(self, rows: Tensor) -> Any:
+        """The rows in the user's structure (a tuple or a dict of tensors)."""
+        return unflatten(self.unpack(rows), self.spec)
+
+    def pack(self, value: Any, name: str, dtype: torch.dtype, broadcast: bool = False) -> Tensor:
+        """``value`` in the inputs' structure, entries ``[B, *S_i]`` (with ``broadcast``: any
+        shape broadcastable to it), as ``[B, F]`` of ``dtype``."""
+        tensors, spec = _structure(value, name, self.spec)
+        out = []
+        for label, t, shape in zip(spec.names(), tensors, self.shapes):
+            label = label.replace("inputs", name, 1)
+            expected = (self.batch, *shape)
+            if not t.is_floating_point():
+                raise TypeError(f"{label} has dtype {t.dtype}: expected floating point")
+            if broadcast:
+                try:
+                    t = torch.broadcast_to(t, expected)
+                except RuntimeError:
+                    raise ValueError(
+                        f"{label} has shape {list(t.shape)}: expected a tensor broadcastable to "
+                        f"its input entry, {list(expected)}"
+                    ) from None
+            elif tuple(t.shape) != expected:
+                raise ValueError(
+                    f"{label} has shape {list(t.shape)}: expected {list(expected)}, the shape "
+                    "of its input entry (tuple / dict inputs take attributions of the same "
+                    "structure and shapes)"
+                )
+            out.append(t.detach().reshape(self.batch, -1).to(dtype))
+        return torch.cat(out, dim=1)
+
+
+def _structure(value: Any, name: str, expected: InputSpec) -> tuple[tuple[Tensor, ...], Any]:
+    """Flatten ``value`` and check that it has the structure (kind and keys) of the inputs."""
+    tensors, spec = flatten(value, name)
+    if spec.kind != expected.kind or len(spec.keys) != len(expected.keys):
+        raise ValueError(
+            f"{name} must have the structure of the inputs ({expected.kind} of "
+            f"{len(expected.keys)} tensors), got a {spec.kind} of {len(tensors)}"
+        )
+    if spec.kind == "dict" and set(spec.keys) != set(expected.keys):
+        raise ValueError(
+            f"{name} has keys {sorted(spec.keys)} but inputs has {sorted(expected.keys)}"
+        )
+    if spec.kind == "dict":
+        tensors = tuple(dict(zip(spec.keys, tensors))[k] for k in expected.keys)
+        spec = expected
+    return tensors, spec
+
+
+def pack_inputs(inputs: Any) -> tuple[Tensor, Packed | None]:
+    """A tensor passes unchanged (with None); tuple or dict inputs become ``[B, F]`` and their
+    :class:`Packed` layout. Entries must be floating point, finite, with one batch size."""
+    if isinstance(inputs, Tensor):
+        return inputs, None
+    tensors, spec = flatten(inputs)
+    names = spec.names()
+    if tensors[0].ndim == 0:
+        raise ValueError(f"{names[0]} is a scalar: expected a batch [B, ...]")
+    for label, t in zip(names, tensors):
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{label} has dtype {t.dtype}: metrics perturb every input entry, which must be "
+                "floating point (pass integer inputs such as token ids through forward_kwargs)"
+            )
+        if t.ndim < 1 or t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(
+                f"{label} has shape {list(t.shape)}: every entry needs the batch size "
+                f"{tensors[0].shape[0]} of {names[0]} as its first dimension"
+            )
+        if t.device != tensors[0].device:
+            raise ValueError(f"{label} is on {t.device} but {names[0]} on {tensors[0].device}")
+    check_finite(list(tensors), list(names))
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    shapes = tuple(tuple(t.shape[1:]) for t in tensors)
+    packed = Packed(spec, tensors[0].shape[0], shapes, tuple(t.dtype for t in tensors))
+    return torch.cat([t.detach().reshape(t.shape[0], -1).to(dtype) for t in tensors], dim=1), packed
+
+
 @dataclass
 class _Scorer:
     """The explained score of perturbed rows: ``score(model(rows))`` at each row's target.
@@ -51,6 +163,7 @@ class _Scorer:
     score: str
     clean: Tensor
     kwargs: dict[str, Any] = field(default_factory=dict)  # forward_kwargs of the clean batch
+    packed: Packed | None = None  # the layout of packed tuple / dict inputs
 
     def __call__(self, rows: Tensor, sample: Tensor) -> Tensor:
         """Scores ``[N]`` of the perturbed ``rows`` of the samples ``sample [N]``."""
@@ -60,7 +173,14 @@ class _Scorer:
     def forward(self, rows: Tensor, sample: Tensor | slice) -> Any:
         """The model on ``rows`` of the samples ``sample``, with their ``forward_kwargs``."""
         kwargs = kwargs_rows(self.kwargs, self.clean.shape[0], sample)
-        return call_model(self.model, (rows,), _TENSOR, kwargs)
+        return _call(self.model, rows, self.packed, kwargs)
+
+
+def _call(model: Callable[..., Any], rows: Tensor, packed: Packed | None, kwargs: Any) -> Any:
+    """The model on ``rows`` (packed rows given back in the user's structure)."""
+    if packed is None:
+        return call_model(model, (rows,), _TENSOR, kwargs)
+    return call_model(model, packed.unpack(rows), packed.spec, kwargs)
 
 
 @contextmanager
@@ -71,10 +191,12 @@ def _scoring(
     score: str,
     chunk_size: int,
     forward_kwargs: Any = None,
+    packed: Packed | None = None,
 ) -> Iterator[_Scorer]:
     """Check the model and target, then (without gradients, the model's state restored on exit)
     score the clean inputs in chunks of ``chunk_size`` rows and yield the scorer of their copies.
-    ``forward_kwargs`` go to every model call, per-sample tensors following their sample.
+    ``forward_kwargs`` go to every model call, per-sample tensors following their sample;
+    ``packed``: ``inputs`` are packed tuple / dict inputs (:func:`pack_inputs`).
     """
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or a function), got {type(model)}")
@@ -86,20 +208,20 @@ def _scoring(
             "expected [B]"
         )
     warn_if_training(in_training_mode(model))
-    kwargs = check_forward_kwargs(forward_kwargs)
+    kwargs = check_forward_kwargs(forward_kwargs, None if packed is None else packed.spec)
     batch = inputs.shape[0]
     with untouched(model, gradients=False), torch.no_grad():
         clean, resolved = [], []
         known_range = target_range(target)
         for start, stop in row_ranges(batch, chunk_size):
             rows = slice(start, stop)
-            output = call_model(model, (inputs[rows],), _TENSOR, kwargs_rows(kwargs, batch, rows))
+            output = _call(model, inputs[rows], packed, kwargs_rows(kwargs, batch, rows))
             part = target[start:stop] if isinstance(target, Tensor) else target
             part = resolve_target(part, output, known_range)
             resolved.append(part)
             clean.append(_scores(output, part, score))
         target = target if callable(target) else torch.cat(resolved)
-        yield _Scorer(model, target, score, torch.cat(clean), kwargs)
+        yield _Scorer(model, target, score, torch.cat(clean), kwargs, packed)
 
 
 def check_score(score: Any, stacklevel: int = 4) -> str:
@@ -182,15 +304,16 @@ def _rand(
 
 
 def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
-    """Floating-point, finite images ``[B, C, H, W]``."""
+    """Floating-point, finite images ``[B, C, H, W]`` or volumes ``[B, C, D, H, W]``."""
     if not isinstance(inputs, Tensor):
         raise TypeError(
-            f"{name} must be a tensor of images [B, C, H, W], got {type(inputs).__name__}"
+            f"{name} must be a tensor of images [B, C, H, W] or volumes [B, C, D, H, W], got "
+            f"{type(inputs).__name__}"
         )
-    if inputs.ndim != 4:
+    if inputs.ndim not in (4, 5):
         raise ValueError(
-            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] (add a channel "
-            "dimension with .unsqueeze(1) for grey images)"
+            f"{name} has shape {list(inputs.shape)}: expected images [B, C, H, W] or volumes "
+            "[B, C, D, H, W] (add a channel dimension with .unsqueeze(1) for grey images)"
         )
     if not inputs.is_floating_point():
         raise TypeError(f"{name} has dtype {inputs.dtype}: expected floating-point images")
@@ -201,15 +324,21 @@ def _check_images(inputs: Any, name: str = "inputs") -> Tensor:
 
 
 def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
-    """Finite maps ``[B, H, W]`` (channels summed) matching ``images [B, C, H, W]``."""
-    maps = summed_maps(saliency)
+    """Finite maps ``[B, *S]`` (channels summed) matching ``images [B, C, *S]``.
+
+    ``S`` is ``(H, W)`` or ``(D, H, W)``. Without images, ``[B, H, W]``, ``[B, C, H, W]`` and
+    ``[B, C, D, H, W]`` maps are read as :func:`summed_maps` reads them.
+    """
+    dims = None if images is None else images.ndim - 2
+    maps = summed_maps(saliency, dims)
     if images is not None:
         expected = (images.shape[0], *images.shape[2:])
         if tuple(maps.shape) != expected:
+            layout = "[B, H, W]" if dims == 2 else "[B, D, H, W]"
             raise ValueError(
                 f"saliency has shape {list(saliency.shape)} but inputs has "
-                f"{list(images.shape)}: expected maps [B, H, W] = {list(expected)} (or "
-                "[B, C, H, W]) of the same images"
+                f"{list(images.shape)}: expected maps {layout} = {list(expected)} (or with a "
+                "channel dimension after B) of the same images"
             )
         maps = maps.to(images.device)
     check_finite([maps], ["saliency"])
@@ -217,17 +346,19 @@ def _check_maps(saliency: Any, images: Tensor | None) -> Tensor:
 
 
 def _check_mask(mask: Any, images: Tensor) -> Tensor:
-    """A bool mask ``[B, H, W]`` (or ``[B, 1, H, W]``) of the images; every image keeps a pixel."""
+    """A bool mask ``[B, *S]`` (or ``[B, 1, *S]``) of ``images [B, C, *S]``; every image keeps
+    a pixel."""
+    layout = "[B, H, W]" if images.ndim == 4 else "[B, D, H, W]"
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         kind = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a bool tensor [B, H, W] (True = impute), got {kind}")
-    if mask.ndim == 4 and mask.shape[1] == 1:
+        raise TypeError(f"mask must be a bool tensor {layout} (True = impute), got {kind}")
+    if mask.ndim == images.ndim and mask.shape[1] == 1:
         mask = mask[:, 0]
     expected = (images.shape[0], *images.shape[2:])
     if tuple(mask.shape) != expected:
         raise ValueError(
             f"mask has shape {list(mask.shape)} but inputs has {list(images.shape)}: expected "
-            f"[B, H, W] = {list(expected)}"
+            f"{layout} = {list(expected)}"
         )
     mask = mask.to(images.device)
     full = mask.flatten(1).all(dim=1)

@@ -94,6 +94,9 @@ DIRECTIONS = MappingProxyType(
             False, "similarity to the explanation of the randomised model: 1 if it ignores it"
         ),
         "random_logit": Direction(False, "similarity to the explanation of another class"),
+        "data_randomisation": Direction(
+            False, "similarity to the explanation of a model trained on permuted labels"
+        ),
     }
 )
 

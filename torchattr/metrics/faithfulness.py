@@ -30,11 +30,12 @@ from torch import Tensor, nn
 
 from torchattr._core.checks import check_finite, check_positive_int, keywords
 from torchattr._core.chunking import row_ranges
+from torchattr._core.inputs import Inputs
 from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target
 from torchattr.metrics._copies import score_copies
-from torchattr.metrics._shared import _check_chunk_size, _scoring
+from torchattr.metrics._shared import _check_chunk_size, _scoring, pack_inputs
 from torchattr.metrics.robustness import (
     _check_attributions,
     _check_baseline,
@@ -58,8 +59,8 @@ __all__ = [
 @keywords()
 def completeness(
     model: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
+    inputs: Inputs,
+    attributions: Inputs,
     target: Target = None,
     *,
     baseline: float | Tensor = 0.0,
@@ -95,12 +96,13 @@ def completeness(
 
         err = completeness(model, images, ta.integrated_gradients(model, images, steps=64))
     """
-    x = _check_inputs(inputs)
-    phi = _check_attributions(attributions, x)
-    reference = _check_baseline(baseline, x)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
+    phi = _check_attributions(attributions, x, packed)
+    reference = _check_baseline(baseline, x, packed)
     batch = x.shape[0]
     chunk_size = _check_chunk_size(chunk_size, batch)
-    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs, packed) as scorer:
         base = score_copies(
             scorer, batch, 1, lambda c, s: reference[s].unsqueeze(0), chunk_size, False, ""
         )[0]
@@ -111,8 +113,8 @@ def completeness(
 @keywords()
 def monotonicity(
     model: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
+    inputs: Inputs,
+    attributions: Inputs,
     target: Target = None,
     *,
     features_per_step: int = 1,
@@ -155,9 +157,10 @@ def monotonicity(
 
         ok = monotonicity(model, images, maps, features_per_step=64)
     """
-    x = _check_inputs(inputs)
-    phi = _check_attributions(attributions, x)
-    fill = _check_baseline(baseline, x)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
+    phi = _check_attributions(attributions, x, packed)
+    fill = _check_baseline(baseline, x, packed)
     step = check_positive_int(features_per_step, "features_per_step")
     check_progress(progress)
     batch = x.shape[0]
@@ -176,7 +179,7 @@ def monotonicity(
         back = back.reshape(*back.shape[:2], *phi.shape[1:])
         return torch.where(back, x[samples], fill[samples])
 
-    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs, packed) as scorer:
         curve = score_copies(scorer, batch, steps, make, chunk_size, progress, "monotonicity")
     return (curve.diff(dim=0) >= 0).all(dim=0)
 
@@ -184,8 +187,8 @@ def monotonicity(
 @keywords()
 def sensitivity_n(
     model: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
+    inputs: Inputs,
+    attributions: Inputs,
     target: Target = None,
     *,
     n: Sequence[int] | int = (1, 2, 4, 8),
@@ -253,8 +256,8 @@ def sensitivity_n(
 @keywords()
 def average_drop(
     model: Callable[..., Any],
-    inputs: Tensor,
-    saliency: Tensor,
+    inputs: Inputs,
+    saliency: Inputs,
     target: Target = None,
     *,
     score: str = "softmax",
@@ -298,8 +301,8 @@ def average_drop(
 @keywords()
 def increase_in_confidence(
     model: Callable[..., Any],
-    inputs: Tensor,
-    saliency: Tensor,
+    inputs: Inputs,
+    saliency: Inputs,
     target: Target = None,
     *,
     score: str = "softmax",
@@ -333,16 +336,17 @@ def increase_in_confidence(
 
 def _masked_scores(
     model: Callable[..., Any],
-    inputs: Tensor,
-    saliency: Tensor,
+    inputs: Inputs,
+    saliency: Inputs,
     target: Target,
     score: str,
     chunk_size: int | None,
     forward_kwargs: Mapping[str, Any] | None,
 ) -> tuple[Tensor, Tensor, torch.dtype]:
     """Scores ``Y [B]`` of the inputs and ``O [B]`` of the inputs times their scaled maps."""
-    x = _check_inputs(inputs)
-    maps = _check_attributions(saliency, x)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
+    maps = _check_attributions(saliency, x, packed)
     if bool((maps < 0).any()):
         raise ValueError(
             "saliency has negative values: the explanation map is used as a mask in [0, 1] "
@@ -357,7 +361,7 @@ def _masked_scores(
     scale = (maps / peak.view(-1, *[1] * (maps.ndim - 1))).to(x.dtype)
     batch = x.shape[0]
     chunk_size = _check_chunk_size(chunk_size, batch)
-    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs, packed) as scorer:
         masked = score_copies(
             scorer, batch, 1, lambda c, s: (x[s] * scale[s]).unsqueeze(0), chunk_size, False, ""
         )[0]

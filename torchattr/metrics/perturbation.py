@@ -5,7 +5,8 @@ score of the explained class (see *Conventions > Targets* in the docs; ``target=
 predicted on the clean images) on every perturbed copy:
 
 * :func:`noisy_linear_impute`: fill the masked pixels with the weighted mean of their 8
-  neighbours, solved jointly for all of them (one sparse system per image), plus noise;
+  neighbours (26 in volumes), solved jointly for all of them (one sparse system per image),
+  plus noise;
 * :func:`road` (Rong et al., ICML 2022): scores after imputing the most (MoRF) or least (LeRF)
   relevant pixels, for several fractions; :func:`road_summary` compares MoRF(p) with
   LeRF(1 - p), which impute as many pixels;
@@ -16,10 +17,15 @@ Perturbed copies are laid out copy-major (copy ``k`` of sample ``b`` is row ``k 
 through the model ``chunk_size`` rows at a time; random draws are taken per copy, in copy
 order, so results do not depend on ``chunk_size``. Everything runs on the inputs' device, and
 the model is left as it was (see *Conventions > Model state* in the docs).
+
+Volumes work as images, voxel for pixel: inputs ``[B, C, D, H, W]``, maps ``[B, D, H, W]`` (or
+``[B, C', D, H, W]``), masks ``[B, D, H, W]``; the model takes ``[N, C, D, H, W]``.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -74,17 +80,31 @@ __all__ = [
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
 
-# The 8 neighbours (dy, dx) and their weights: 1/6 for the edge, 1/12 for the diagonal ones.
-_NEIGHBOURS = tuple(
-    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
-    for dy in (-1, 0, 1)
-    for dx in (-1, 0, 1)
-    if (dy, dx) != (0, 0)
-)
-_STENCIL = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # 3x3 offsets, centre 4
-_CENTRE = 4
-_COARSEST = 64  # pixels of the multigrid level solved directly (dense Cholesky)
+_COARSEST = 64  # pixels (voxels) of the multigrid level solved directly (dense Cholesky)
 _TIE_BREAK = 1e-4
+
+
+@functools.cache
+def _offsets(dims: int) -> tuple[tuple[int, ...], ...]:
+    """The ``3^dims`` stencil offsets in row-major order; the centre is the middle one."""
+    return tuple(itertools.product((-1, 0, 1), repeat=dims))
+
+
+@functools.cache
+def _edges(dims: int) -> tuple[tuple[int, ...], ...]:
+    """One offset of every neighbour pair: those whose first non-zero component is +1."""
+    return tuple(o for o in _offsets(dims) if next((c for c in o if c), 0) == 1)
+
+
+def _weight(offset: Sequence[int]) -> float:
+    """Neighbour weight ``1 / (6 m)``, ``m`` the offset's non-zero components (its squared
+    length): 1/6 for a face (edge in 2-D), 1/12 for an edge (diagonal in 2-D), 1/18 for a 3-D
+    corner."""
+    return 1 / (6 * sum(c != 0 for c in offset))
+
+
+def _centre(dims: int) -> int:
+    return len(_offsets(dims)) // 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,24 +122,30 @@ def noisy_linear_impute(
     tol: float = 1e-6,
     max_iter: int = 500,
 ) -> Tensor:
-    """ROAD's noisy linear imputation: masked pixels become the mean of their 8 neighbours.
+    """ROAD's noisy linear imputation: masked pixels become the mean of their neighbours.
 
     For every masked pixel ``i`` of image b and every channel,
 
         ``x_i = sum_j w_ij x_j / sum_j w_ij``,
 
-    over the neighbours ``j`` of ``i`` inside the image, ``w_ij = 1/6`` for the 4 edge and
-    ``1/12`` for the 4 diagonal neighbours (neighbours outside the image are dropped and the
-    remaining weights renormalised: ``sum_j w_ij`` is 1 inside, 2/3 on an edge, 5/12 in a
-    corner). Neighbours may themselves be masked, so the equations of all masked pixels of an
-    image form one sparse symmetric positive definite system ``L_UU x_U = W_UK x_K`` (``U``
-    masked, ``K`` kept; ``L`` the weighted graph Laplacian), with one right-hand side per
-    channel. Then ``sigma * N(0, 1)`` is added to every masked value (kept pixels are returned
-    unchanged).
+    over the neighbours ``j`` of ``i`` inside the image. Images ``[B, C, H, W]``: the 8
+    neighbours, ``w_ij = 1/6`` for the 4 edge and ``1/12`` for the 4 diagonal ones (neighbours
+    outside the image are dropped and the remaining weights renormalised: ``sum_j w_ij`` is 1
+    inside, 2/3 on an edge, 5/12 in a corner). Volumes ``[B, C, D, H, W]``: the 26 neighbours,
+    ``w_ij = 1 / (6 |j - i|^2)``: ``1/6`` for the 6 face, ``1/12`` for the 12 edge and ``1/18``
+    for the 8 corner neighbours (``sum_j w_ij = 1 + 1 + 4/9 = 22/9`` inside), dropped and
+    renormalised the same way at the border. A volume of depth 1 has no neighbour in depth
+    and reduces exactly to the 2-D stencil. The stencil is symmetric, so constants and linear
+    ramps are reproduced exactly where the holes keep away from the border.
+
+    Neighbours may themselves be masked, so the equations of all masked pixels of an image form
+    one sparse symmetric positive definite system ``L_UU x_U = W_UK x_K`` (``U`` masked, ``K``
+    kept; ``L`` the weighted graph Laplacian), with one right-hand side per channel. Then
+    ``sigma * N(0, 1)`` is added to every masked value (kept pixels are returned unchanged).
 
     The systems of all images and channels are solved together on the inputs' device by
     conjugate gradients, preconditioned by a geometric multigrid V-cycle (Galerkin coarse
-    operators, bilinear transfer, damped Jacobi smoothing, a dense Cholesky solve on the
+    operators, bi/trilinear transfer, damped Jacobi smoothing, a dense Cholesky solve on the
     coarsest grid), in float32 (float64 for float64 inputs); nothing leaves the device. The
     iterations stop when the estimated error of every system (``M^-1 r``) is below ``tol`` times
     the largest absolute kept value of its image and channel: typically 8-15 iterations, whatever
@@ -127,9 +153,10 @@ def noisy_linear_impute(
     bounds them (with a RuntimeWarning).
 
     Args:
-        inputs: images ``[B, C, H, W]``, floating point.
-        mask: bool ``[B, H, W]`` (or ``[B, 1, H, W]``), True where a pixel is imputed. Every
-            image must keep at least one pixel (with none, the system is singular).
+        inputs: images ``[B, C, H, W]`` or volumes ``[B, C, D, H, W]``, floating point.
+        mask: bool ``[B, H, W]`` (or ``[B, 1, H, W]``; volumes: ``[B, D, H, W]`` or
+            ``[B, 1, D, H, W]``), True where a pixel is imputed. Every image must keep at least
+            one pixel (with none, the system is singular).
         sigma: standard deviation of the added Gaussian noise, in the inputs' units (0: the
             plain linear imputation).
         generator: draws the noise, ``randn(inputs.shape, generator=generator)`` on the
@@ -138,7 +165,7 @@ def noisy_linear_impute(
         max_iter: largest number of conjugate-gradient iterations.
 
     Returns:
-        ``[B, C, H, W]``, the inputs' dtype and device.
+        Shaped like the inputs, their dtype and device.
 
     Example::
 
@@ -160,22 +187,24 @@ def noisy_linear_impute(
 def _linear_fill(images: Tensor, holes: Tensor, tol: float, max_iter: int) -> Tensor:
     """The noiseless imputation: solve ``L_UU x_U = W_UK x_K`` for every image and channel.
 
-    ``images [N, C, H, W]``, ``holes`` bool ``[N, H, W]`` (every image keeps a pixel). The
-    conjugate-gradient products use the difference form ``(L v)_i = sum_j w_ij (v_i - v_j)``
-    (:func:`_laplacian`), whose rounding errors scale with the differences of neighbouring
-    values rather than with the values: written as ``D v - W v`` in float32, the rounding of
-    ``D`` alone acts as a small mass term that large holes (ill-conditioned systems) amplify to
-    ~1e-4; in difference form the solves are accurate to ~1e-6.
+    ``images [N, C, *S]`` (``S`` = ``(H, W)`` or ``(D, H, W)``), ``holes`` bool ``[N, *S]``
+    (every image keeps a pixel). The conjugate-gradient products use the difference form
+    ``(L v)_i = sum_j w_ij (v_i - v_j)`` (:func:`_laplacian`), whose rounding errors scale with
+    the differences of neighbouring values rather than with the values: written as ``D v - W v``
+    in float32, the rounding of ``D`` alone acts as a small mass term that large holes
+    (ill-conditioned systems) amplify to ~1e-4; in difference form the solves are accurate to
+    ~1e-6.
     """
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     x = images.to(dtype)
-    unknown = holes.to(dtype)[:, None]  # [N, 1, H, W]
+    unknown = holes.to(dtype)[:, None]  # [N, 1, *S]
     known = x * (1 - unknown)
     if not bool(holes.any()):
         return x
+    spatial = tuple(range(2, x.ndim))
     rhs = -_laplacian(known) * unknown  # sum_j w_ij x_j over the kept neighbours
-    precondition = _multigrid(holes, _neighbour_weights(x.shape[-2:], dtype, x.device))
-    scale = known.abs().amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    precondition = _multigrid(holes, _neighbour_weights(x.shape[2:], dtype, x.device))
+    scale = known.abs().amax(dim=spatial, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
     solution = torch.zeros_like(x)
     residual = rhs
     z = precondition(residual)
@@ -190,7 +219,7 @@ def _linear_fill(images: Tensor, holes: Tensor, tol: float, max_iter: int) -> Te
         residual.addcmul_(step, product, value=-1)
         z = precondition(residual)
         # z = M^-1 r approximates the error A^-1 r: stop when it is small everywhere.
-        error = z.abs().amax(dim=(2, 3), keepdim=True)
+        error = z.abs().amax(dim=spatial, keepdim=True)
         if bool((error <= tol * scale).all()):
             converged = True
             break
@@ -209,46 +238,61 @@ def _linear_fill(images: Tensor, holes: Tensor, tol: float, max_iter: int) -> Te
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image, per-channel inner products ``[N, C, 1, 1]`` of ``[N, C, H, W]`` tensors."""
-    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))[..., None, None]
+    """Per-image, per-channel inner products ``[N, C, 1, ...]`` of ``[N, C, *S]`` tensors."""
+    out = torch.linalg.vecdot(a.flatten(2), b.flatten(2))
+    return out.reshape(*out.shape, *([1] * (a.ndim - 2)))
 
 
 def _neighbour_weights(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[8, H, W]``: weight of neighbour k of every pixel, 0 where it lies outside the image."""
-    height, width = shape
-    ys = torch.arange(height, device=device)[:, None]
-    xs = torch.arange(width, device=device)[None, :]
+    """``[3^d - 1, *S]``: weight of neighbour k of every pixel, 0 where it lies outside."""
+    dims = len(shape)
+    grids = torch.meshgrid(*(torch.arange(n, device=device) for n in shape), indexing="ij")
     planes = []
-    for (dy, dx), w in _NEIGHBOURS:
-        inside = (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
-        planes.append(inside.to(dtype) * w)
+    for k, offset in enumerate(_offsets(dims)):
+        if k == _centre(dims):
+            continue
+        inside = torch.ones(tuple(shape), dtype=torch.bool, device=device)
+        for grid, c, n in zip(grids, offset, shape):
+            inside &= (grid + c >= 0) & (grid + c < n)
+        planes.append(inside.to(dtype) * _weight(offset))
     return torch.stack(planes)
 
 
+def _window(offset: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    """The pixels ``i`` whose neighbour ``i + offset`` lies inside a grid of ``shape``."""
+    return tuple(slice(max(0, -c), n - max(0, c)) for c, n in zip(offset, shape))
+
+
+def _shift(window: tuple[slice, ...], offset: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(s.start + c, s.stop + c) for s, c in zip(window, offset))
+
+
 def _shifted(v: Tensor) -> list[Tensor]:
-    """The 9 views ``v[..., y + dy, x + dx]`` (zero outside), in :data:`_STENCIL` order."""
-    height, width = v.shape[-2:]
-    padded = F.pad(v, (1, 1, 1, 1))
-    return [padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in _STENCIL]
+    """The ``3^d`` views ``v[..., i + o]`` (zero outside) of ``v [N, C, *S]``, in
+    :func:`_offsets` order."""
+    dims = v.ndim - 2
+    shape = v.shape[2:]
+    padded = F.pad(v, (1, 1) * dims)
+    return [
+        padded[(..., *(slice(1 + c, 1 + c + n) for c, n in zip(o, shape)))] for o in _offsets(dims)
+    ]
 
 
 def _laplacian(v: Tensor) -> Tensor:
-    """``(L v)_i = sum_j w_ij (v_i - v_j)`` over the in-image neighbours; ``v [N, C, H, W]``.
+    """``(L v)_i = sum_j w_ij (v_i - v_j)`` over the in-image neighbours; ``v [N, C, *S]``.
 
-    Summed edge by edge: each of the 4 edge directions gives one difference array
-    ``d = v_i - v_j`` (pairs inside the image only, so outside neighbours drop out), added to
-    ``i`` and subtracted from ``j`` with the edge's weight.
+    Summed edge by edge: each neighbour direction (one of each opposite pair) gives one
+    difference array ``d = v_i - v_j`` (pairs inside the image only, so outside neighbours drop
+    out), added to ``i`` and subtracted from ``j`` with the edge's weight.
     """
-    height, width = v.shape[-2:]
+    shape = v.shape[2:]
     out = torch.zeros_like(v)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        w = 1 / 6 if dy == 0 or dx == 0 else 1 / 12
-        rows_i, rows_j = slice(0, height - dy), slice(dy, height)
-        cols_i = slice(max(0, -dx), width - max(0, dx))
-        cols_j = slice(max(0, dx), width + min(0, dx))
-        difference = v[..., rows_i, cols_i] - v[..., rows_j, cols_j]
-        out[..., rows_i, cols_i].add_(difference, alpha=w)
-        out[..., rows_j, cols_j].sub_(difference, alpha=w)
+    for offset in _edges(v.ndim - 2):
+        rows_i = (..., *_window(offset, shape))
+        rows_j = (..., *_shift(_window(offset, shape), offset))
+        difference = v[rows_i] - v[rows_j]
+        out[rows_i].add_(difference, alpha=_weight(offset))
+        out[rows_j].sub_(difference, alpha=_weight(offset))
     return out
 
 
@@ -256,33 +300,34 @@ def _laplacian(v: Tensor) -> Tensor:
 # Multigrid preconditioner
 # --------------------------------------------------------------------------------------------
 #
-# An operator on an h x w grid is a 9-point stencil S [N, 9, h, w]: (A v)_i = sum_k S_k,i v_{i+o_k}
-# (zero outside the grid). Pixels outside the unknown set have the identity row, and vectors are
-# zero there. Coarse grids take every other pixel (ceil(h/2) x ceil(w/2)); a coarse pixel is
-# active when its fine pixel is, so the prolongation P (bilinear interpolation, masked to the
-# active pixels at both ends) has full column rank and A_c = P^T A P is again SPD and 9-point.
+# An operator on a grid of shape S (2 or 3 dimensions) is a 3^d-point stencil
+# T [N, 3^d, *S]: (A v)_i = sum_k T_k,i v_{i+o_k} (zero outside the grid). Pixels outside the
+# unknown set have the identity row, and vectors are zero there. Coarse grids take every other
+# pixel along every dimension (ceil(n/2)); a coarse pixel is active when its fine pixel is, so
+# the prolongation P (bi/trilinear interpolation, masked to the active pixels at both ends) has
+# full column rank and A_c = P^T A P is again SPD and 3^d-point.
 
 
 @dataclass(frozen=True)
 class _Level:
     """One grid of the hierarchy: its operator, active pixels and inverse diagonal."""
 
-    active: Tensor  # [N, 1, h, w] float 0/1
-    inverse_diagonal: Tensor  # [N, 1, h, w]
-    stencil: Tensor | None = None  # [N, 9, h, w] on coarse grids
-    diagonal: Tensor | None = None  # [h, w] on the finest grid: sum of in-image weights
+    active: Tensor  # [N, 1, *S] float 0/1
+    inverse_diagonal: Tensor  # [N, 1, *S]
+    stencil: Tensor | None = None  # [N, 3^d, *S] on coarse grids
+    diagonal: Tensor | None = None  # [*S] on the finest grid: sum of in-image weights
 
     def residual(self, r: Tensor, v: Tensor) -> Tensor:
-        """``r - A v`` for vectors ``[N, C, h, w]`` that vanish outside the active pixels."""
+        """``r - A v`` for vectors ``[N, C, *S]`` that vanish outside the active pixels."""
         if self.stencil is not None:
             return r - _apply(self.stencil, v)
-        # The finest grid's weights are two constants (zero padding drops outside neighbours):
-        # r - A v = m (r - D v + sum_edges v_j / 6 + sum_corners v_j / 12).
-        views = _shifted(v)
+        # The finest grid's weights are constants (zero padding drops outside neighbours):
+        # r - A v = m (r - D v + sum_j w_j v_j).
+        dims = v.ndim - 2
         out = torch.addcmul(r, self.diagonal, v, value=-1)
-        for k, (dy, dx) in enumerate(_STENCIL):
-            if k != _CENTRE:
-                out.add_(views[k], alpha=1 / 6 if dy == 0 or dx == 0 else 1 / 12)
+        for k, (offset, view) in enumerate(zip(_offsets(dims), _shifted(v))):
+            if k != _centre(dims):
+                out.add_(view, alpha=_weight(offset))
         return out.mul_(self.active)
 
 
@@ -301,10 +346,10 @@ class _Multigrid:
     def _cycle(self, depth: int, r: Tensor) -> Tensor:
         level = self.levels[depth]
         if depth == len(self.levels) - 1:
-            n, c, h, w = r.shape
-            rhs = r.reshape(n, c, h * w).transpose(1, 2).double()
+            n, c = r.shape[:2]
+            rhs = r.reshape(n, c, -1).transpose(1, 2).double()
             z = torch.cholesky_solve(rhs, self.cholesky)
-            return z.transpose(1, 2).reshape(n, c, h, w).to(r.dtype) * level.active
+            return z.transpose(1, 2).reshape(r.shape).to(r.dtype) * level.active
         smooth = self.omega * level.inverse_diagonal
         z = smooth * r
         coarse_r = _restrict(level.residual(r, z), level.active)
@@ -314,26 +359,29 @@ class _Multigrid:
 
 
 def _multigrid(holes: Tensor, weights: Tensor) -> _Multigrid:
-    """The V-cycle preconditioner of the imputation systems of ``holes [N, H, W]``."""
+    """The V-cycle preconditioner of the imputation systems of ``holes [N, *S]``."""
+    dims = holes.ndim - 1
+    centre = _centre(dims)
+    coarser = (slice(None), slice(None), *([slice(None, None, 2)] * dims))
     active = holes.to(weights.dtype)[:, None]
     diagonal = weights.sum(dim=0)
     stencil = _fine_stencil(active, weights)
-    levels = [_Level(active, 1 / stencil[:, _CENTRE : _CENTRE + 1], diagonal=diagonal)]
-    while stencil.shape[-2] * stencil.shape[-1] > _COARSEST:
-        coarse_active = active[:, :, ::2, ::2]
+    levels = [_Level(active, 1 / stencil[:, centre : centre + 1], diagonal=diagonal)]
+    while math.prod(stencil.shape[2:]) > _COARSEST:
+        coarse_active = active[coarser]
         stencil = _galerkin(stencil, active, coarse_active)
         active = coarse_active
-        levels.append(_Level(active, 1 / stencil[:, _CENTRE : _CENTRE + 1], stencil=stencil))
+        levels.append(_Level(active, 1 / stencil[:, centre : centre + 1], stencil=stencil))
     return _Multigrid(levels, torch.linalg.cholesky(_dense(stencil.double())))
 
 
 def _fine_stencil(active: Tensor, weights: Tensor) -> Tensor:
-    """Stencil of ``L_UU`` (identity outside ``U``) from ``active [N, 1, H, W]``."""
-    views = _shifted(active)
+    """Stencil of ``L_UU`` (identity outside ``U``) from ``active [N, 1, *S]``."""
+    centre = _centre(active.ndim - 2)
     planes = []
     neighbour = 0
-    for k, view in enumerate(views):
-        if k == _CENTRE:
+    for k, view in enumerate(_shifted(active)):
+        if k == centre:
             planes.append(weights.sum(dim=0) * active + (1 - active))
         else:
             planes.append(-weights[neighbour] * active * view)
@@ -342,7 +390,7 @@ def _fine_stencil(active: Tensor, weights: Tensor) -> Tensor:
 
 
 def _apply(stencil: Tensor, v: Tensor) -> Tensor:
-    """``A v`` for a stencil ``[N, 9, h, w]`` and vectors ``[N, C, h, w]``."""
+    """``A v`` for a stencil ``[N, 3^d, *S]`` and vectors ``[N, C, *S]``."""
     out = torch.zeros_like(v)
     for k, view in enumerate(_shifted(v)):
         out.addcmul_(stencil[:, k : k + 1], view)
@@ -350,14 +398,15 @@ def _apply(stencil: Tensor, v: Tensor) -> Tensor:
 
 
 def _prolong(coarse: Tensor, active: Tensor) -> Tensor:
-    """Bilinear interpolation ``[N, C, hc, wc] -> [N, C, h, w]``, masked by ``active``.
+    """Bi/trilinear interpolation ``[N, C, *S_c] -> [N, C, *S]``, masked by ``active``.
 
     Coarse pixel ``I`` sits on fine pixel ``2I``; fine pixels between two coarse ones take their
     mean, and the last fine pixel of an even size copies the last coarse one (so that constants,
     the slowest error near a border the holes touch, are interpolated exactly).
     """
-    height, width = active.shape[-2:]
-    fine = _interpolate(_interpolate(coarse, -2, height), -1, width)
+    fine = coarse
+    for dim, size in enumerate(active.shape[2:], start=2):
+        fine = _interpolate(fine, dim - active.ndim, size)
     return fine * active
 
 
@@ -378,8 +427,11 @@ def _interpolate(v: Tensor, dim: int, size: int) -> Tensor:
 
 
 def _restrict(fine: Tensor, active: Tensor) -> Tensor:
-    """``P^T`` without the coarse mask: ``[N, C, h, w] -> [N, C, ceil(h/2), ceil(w/2)]``."""
-    return _fold(_fold(fine * active, -2), -1)
+    """``P^T`` without the coarse mask: ``[N, C, *S] -> [N, C, *ceil(S/2)]``."""
+    out = fine * active
+    for dim in range(2, fine.ndim):
+        out = _fold(out, dim - fine.ndim)
+    return out
 
 
 def _fold(v: Tensor, dim: int) -> Tensor:
@@ -401,41 +453,50 @@ def _every_other(v: Tensor, dim: int, start: int) -> Tensor:
 
 
 def _galerkin(stencil: Tensor, active: Tensor, coarse_active: Tensor) -> Tensor:
-    """``P^T A P`` as a coarse 9-point stencil, by probing with 9 interleaved coarse vectors.
+    """``P^T A P`` as a coarse ``3^d``-point stencil, by probing with ``3^d`` interleaved
+    coarse vectors.
 
-    Probe ``q = (a, b)`` is 1 on the active coarse pixels ``I`` with ``I = (a, b) mod 3``. Row
-    ``J`` of ``A_c`` has its non-zeros at ``J + o``, ``o`` in the 3x3 offsets, which all differ
-    mod 3: so ``(A_c probe_q)_J`` is the single entry ``A_c[J, J + o]`` with
+    Probe ``q`` is 1 on the active coarse pixels ``I`` with ``I = q mod 3`` (componentwise).
+    Row ``J`` of ``A_c`` has its non-zeros at ``J + o``, ``o`` in the ``3^d`` offsets, which all
+    differ mod 3: so ``(A_c probe_q)_J`` is the single entry ``A_c[J, J + o]`` with
     ``J + o = q mod 3``.
     """
     n = stencil.shape[0]
-    height, width = coarse_active.shape[-2:]
-    ys = torch.arange(height, device=stencil.device)
-    xs = torch.arange(width, device=stencil.device)
-    residue = (ys[:, None] % 3) * 3 + xs[None, :] % 3  # [hc, wc]
-    probes = (residue == torch.arange(9, device=stencil.device)[:, None, None]).to(stencil.dtype)
-    probes = probes[None] * coarse_active  # [N, 9, hc, wc]
+    shape = coarse_active.shape[2:]
+    dims = len(shape)
+    grids = torch.meshgrid(
+        *(torch.arange(size, device=stencil.device) for size in shape), indexing="ij"
+    )
+
+    def residue(offset: Sequence[int]) -> Tensor:  # [*S_c], the probe index of J + offset
+        out = torch.zeros(tuple(shape), dtype=torch.long, device=stencil.device)
+        for grid, c in zip(grids, offset):
+            out = out * 3 + (grid + c) % 3
+        return out
+
+    count = 3**dims
+    which = torch.arange(count, device=stencil.device).view(count, *([1] * dims))
+    probes = (residue((0,) * dims) == which).to(stencil.dtype)
+    probes = probes[None] * coarse_active  # [N, 3^d, *S_c]
     response = _restrict(_apply(stencil, _prolong(probes, active)), active) * coarse_active
-    planes = []
-    for dy, dx in _STENCIL:
-        which = ((ys[:, None] + dy) % 3) * 3 + (xs[None, :] + dx) % 3
-        planes.append(response.gather(1, which.expand(n, 1, height, width)))
+    planes = [response.gather(1, residue(offset).expand(n, 1, *shape)) for offset in _offsets(dims)]
     coarse = torch.cat(planes, dim=1)
-    coarse[:, _CENTRE] += 1 - coarse_active[:, 0]
+    coarse[:, _centre(dims)] += 1 - coarse_active[:, 0]
     return coarse
 
 
 def _dense(stencil: Tensor) -> Tensor:
-    """The matrix ``[N, h w, h w]`` of a stencil ``[N, 9, h, w]`` (row-major pixel order)."""
-    n, _, height, width = stencil.shape
-    index = torch.arange(height * width, device=stencil.device).reshape(height, width)
-    matrix = stencil.new_zeros(n, height * width, height * width)
-    for k, (dy, dx) in enumerate(_STENCIL):
-        ys = slice(max(0, -dy), min(height, height - dy))
-        xs = slice(max(0, -dx), min(width, width - dx))
-        rows = index[ys, xs].reshape(-1)
-        cols = index[ys.start + dy : ys.stop + dy, xs.start + dx : xs.stop + dx].reshape(-1)
-        matrix[:, rows, cols] = stencil[:, k, ys, xs].reshape(n, -1)
+    """The matrix ``[N, |S|, |S|]`` of a stencil ``[N, 3^d, *S]`` (row-major pixel order)."""
+    n = stencil.shape[0]
+    shape = stencil.shape[2:]
+    size = math.prod(shape)
+    index = torch.arange(size, device=stencil.device).reshape(shape)
+    matrix = stencil.new_zeros(n, size, size)
+    for k, offset in enumerate(_offsets(len(shape))):
+        window = _window(offset, shape)
+        rows = index[window].reshape(-1)
+        cols = index[_shift(window, offset)].reshape(-1)
+        matrix[:, rows, cols] = stencil[(slice(None), k, *window)].reshape(n, -1)
     return matrix
 
 
@@ -485,9 +546,9 @@ def road(
     """ROAD, RemOve And Debias (Rong et al., ICML 2022): scores after imputing ranked pixels.
 
     Pixels are ranked by the map (channels summed), min-max normalised per image plus a fixed
-    tie-breaker ``1e-4 * N(0, 1)`` (one ``[H, W]`` draw shared by all images, so that maps with
-    many equal values still remove exactly the requested fraction); see :func:`road_masks`.
-    With ``n = H W`` and ``k_p = floor(p n)``:
+    tie-breaker ``1e-4 * N(0, 1)`` (one ``[H, W]`` or ``[D, H, W]`` draw shared by all images, so
+    that maps with many equal values still remove exactly the requested fraction); see
+    :func:`road_masks`. With ``n = H W`` (``D H W``) and ``k_p = floor(p n)``:
 
     * ``order="morf"``: MoRF(p) imputes the ``k_p`` most relevant pixels (lower is better);
     * ``order="lerf"``: LeRF(p) keeps the ``k_p`` most relevant pixels and imputes the other
@@ -516,10 +577,12 @@ def road(
     tie-breaker, then the noise of each fraction, ``randn([B, C, H, W])``, in order.
 
     Args:
-        model: maps images ``[N, C, H, W]`` to outputs ``[N, classes]`` (or ``[N]``).
-        inputs: images ``[B, C, H, W]``.
-        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign (only the
-            order matters), finite.
+        model: maps images ``[N, C, H, W]`` (volumes ``[N, C, D, H, W]``) to outputs
+            ``[N, classes]`` (or ``[N]``).
+        inputs: images ``[B, C, H, W]`` or volumes ``[B, C, D, H, W]`` (voxels for pixels
+            throughout, the 26-neighbour imputation of :func:`noisy_linear_impute`).
+        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'; volumes
+            ``[B, D, H, W]`` or ``[B, C', D, H, W]``); any sign (only the order matters), finite.
         target: None, an int, a LongTensor ``[B]`` or a callable (see
             *Conventions > Targets* in the docs).
         fractions: P values in (0, 1).
@@ -551,12 +614,12 @@ def road(
     sigma = check_scale(sigma, "sigma")
     _check_tolerance(tol, max_iter)
     check_progress(progress)
-    batch, channels, height, width = images.shape
-    counts = _imputed_counts(fractions, height * width, order)
+    batch = images.shape[0]
+    counts = _imputed_counts(fractions, maps[0].numel(), order)
     chunk_size = _check_chunk_size(chunk_size, batch)
     ranks = _relevance_ranks(maps, generator)
     noise_draws = CopyDraws(
-        lambda: _randn((batch, channels, height, width), torch.float32, images.device, generator)
+        lambda: _randn(tuple(images.shape), torch.float32, images.device, generator)
     )
     result = None
     with _scoring(model, images, target, score, chunk_size, forward_kwargs) as scorer:
@@ -588,6 +651,10 @@ def road_masks(
 ) -> Tensor:
     """The pixels :func:`road` imputes: bool ``[B, P, H, W]``, True = imputed.
 
+    Maps ``[B, H, W]`` or ``[B, C, H, W]`` are images; volumes ``[B, C, D, H, W]`` (a channel
+    dimension is needed, ``C = 1`` for one map: a 4-D map is an image's) give
+    ``[B, P, D, H, W]``.
+
     ``s = sum_c S`` is min-max normalised per image, ``(s - min s) / (max s - min s)`` (0 for
     a constant map), and ``1e-4 * N(0, 1)`` (one ``[H, W]`` draw from ``generator``) is added;
     pixels are ranked by the result, highest first. MoRF(p) marks the ``floor(p H W)``
@@ -603,10 +670,9 @@ def road_masks(
     maps = _check_maps(saliency, None)
     fractions = _check_fractions(fractions)
     check_choice(order, "order", ORDERS)
-    n = maps.shape[1] * maps.shape[2]
-    counts = _kept_counts(fractions, n).to(maps.device)
+    counts = _kept_counts(fractions, maps[0].numel()).to(maps.device)
     ranks = _relevance_ranks(maps, generator)
-    return _holes(ranks[:, None], counts[None, :, None, None], order)
+    return _holes(ranks[:, None], counts.view(1, -1, *([1] * (maps.ndim - 1))), order)
 
 
 def road_summary(morf: Tensor, lerf: Tensor, fractions: Sequence[float] = FRACTIONS) -> RoadSummary:
@@ -699,15 +765,14 @@ def _check_labels(labels: Any, images: Tensor) -> Tensor | None:
 
 
 def _relevance_ranks(maps: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Rank ``[B, H, W]`` of every pixel (0 = most relevant), ROAD's normalisation + tie-breaker."""
-    batch, height, width = maps.shape
+    """Rank ``[B, *S]`` of every pixel (0 = most relevant), ROAD's normalisation + tie-breaker."""
     flat = maps.flatten(1)
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     spread = high - low
     normalised = torch.where(spread > 0, (flat - low) / torch.where(spread > 0, spread, 1), 0)
-    tie_break = _TIE_BREAK * _randn((height * width,), flat.dtype, maps.device, generator)
+    tie_break = _TIE_BREAK * _randn((flat.shape[1],), flat.dtype, maps.device, generator)
     order = (normalised + tie_break).argsort(dim=1, descending=True, stable=True)
-    return _ranks_from_order(order).reshape(batch, height, width)
+    return _ranks_from_order(order).reshape(maps.shape)
 
 
 def _ranks_from_order(order: Tensor) -> Tensor:
@@ -736,7 +801,7 @@ def _imputed_counts(fractions: tuple[float, ...], n: int, order: str) -> Tensor:
 def _holes(ranks: Tensor, counts: Tensor, order: str) -> Tensor:
     """Pixels to impute: MoRF the ``counts`` best ranked, LeRF the others (counts broadcast)."""
     if counts.ndim == 1:
-        counts = counts[:, None, None]
+        counts = counts.view(-1, *([1] * (ranks.ndim - 1)))
     return ranks < counts if order == "morf" else ranks >= counts
 
 
@@ -788,13 +853,15 @@ def deletion(
     which the class vanishes.
 
     Args:
-        model: maps images ``[N, C, H, W]`` to outputs ``[N, classes]`` (or ``[N]``).
-        inputs: images ``[B, C, H, W]``.
-        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'); any sign, finite.
+        model: maps images ``[N, C, H, W]`` (volumes ``[N, C, D, H, W]``) to outputs
+            ``[N, classes]`` (or ``[N]``).
+        inputs: images ``[B, C, H, W]`` or volumes ``[B, C, D, H, W]`` (voxels for pixels).
+        saliency: maps ``[B, H, W]`` or ``[B, C', H, W]`` (summed over C'; volumes
+            ``[B, D, H, W]`` or ``[B, C', D, H, W]``); any sign, finite.
         target: None (the class predicted on the clean images), an int, a LongTensor ``[B]``,
             or a callable.
         step: pixels per step (default ``W``, one image row's worth, as RISE's 224 for 224 x 224
-            images).
+            images; for volumes ``H W``, one slice's worth, so ``n = D``).
         substrate: what replaces the pixels: a number, a tensor broadcastable to the inputs,
             ``"blur"`` (:func:`gaussian_blur` of the image) or a callable ``images -> tensor``
             of their shape. Default 0.
@@ -872,11 +939,13 @@ def insertion(
 
 
 def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Separable Gaussian blur of ``[B, C, H, W]`` images (RISE's insertion substrate).
+    """Separable Gaussian blur of ``[B, C, H, W]`` images or ``[B, C, D, H, W]`` volumes
+    (RISE's insertion substrate).
 
     The kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(size // 2)..size // 2``, normalised
-    to sum 1, applied along rows and columns; borders are padded by replicating the edge
-    pixels, so a constant image stays constant (RISE pads with zeros, which darkens borders).
+    to sum 1, applied along every spatial dimension in turn; borders are padded by replicating
+    the edge pixels, so a constant image stays constant (RISE pads with zeros, which darkens
+    borders).
 
     Example::
 
@@ -891,12 +960,17 @@ def gaussian_blur(images: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
     t = torch.arange(size, dtype=dtype, device=images.device) - size // 2
     kernel = torch.exp(-(t**2) / (2 * float(sigma) ** 2))
     kernel = kernel / kernel.sum()
-    batch, channels, height, width = images.shape
-    flat = images.to(dtype).reshape(batch * channels, 1, height, width)
+    dims = images.ndim - 2
+    conv = F.conv2d if dims == 2 else F.conv3d
+    flat = images.to(dtype).reshape(-1, 1, *images.shape[2:])
     left, right = size // 2, size - 1 - size // 2
-    flat = F.conv2d(F.pad(flat, (left, right, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, left, right), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return flat.reshape(batch, channels, height, width).to(images.dtype)
+    for axis in range(dims):  # the last axis first, as F.pad lists it
+        pad = [0, 0] * dims
+        pad[2 * axis : 2 * axis + 2] = [left, right]
+        shape = [1] * dims
+        shape[dims - 1 - axis] = size
+        flat = conv(F.pad(flat, pad, mode="replicate"), kernel.view(1, 1, *shape))
+    return flat.reshape(images.shape).to(images.dtype)
 
 
 def _causal(
@@ -917,19 +991,20 @@ def _causal(
     check_progress(progress)
     images = _check_images(inputs)
     maps = _check_maps(saliency, images)
-    batch, _, height, width = images.shape
-    pixels = height * width
-    step = width if step is None else check_positive_int(step, "step")
+    batch = images.shape[0]
+    pixels = maps[0].numel()
+    step = math.prod(images.shape[3:]) if step is None else check_positive_int(step, "step")
     steps = -(-pixels // step)
     chunk_size = _check_chunk_size(chunk_size, batch)
     background = _substrate(substrate, images)
     order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
-    ranks = _ranks_from_order(order).reshape(batch, height, width)
+    ranks = _ranks_from_order(order).reshape(maps.shape)
     first, second = (background, images) if insert else (images, background)
 
     def make(copies: slice, samples: slice) -> Tensor:
         done = torch.arange(copies.start, copies.stop, device=images.device) * step
-        changed = ranks[samples][None] < done[:, None, None, None]  # [copies, samples, H, W]
+        done = done.view(-1, *([1] * maps.ndim))
+        changed = ranks[samples][None] < done  # [copies, samples, *S]
         return torch.where(changed[:, :, None], second[samples], first[samples])
 
     curves = None

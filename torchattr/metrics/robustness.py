@@ -25,29 +25,33 @@ from torch import Tensor
 
 from torchattr._core.checks import check_finite, check_positive_int, check_scale, keywords
 from torchattr._core.chunking import CopyDraws, build_rows, row_index, row_ranges, stack_draws
+from torchattr._core.inputs import Inputs, flatten
 from torchattr._core.progress import Progress, check_progress, reported
 from torchattr._core.targets import Target, normalize_target
 from torchattr.metrics._shared import (
+    Packed,
     _check_chunk_size,
     _rand,
     _randn,
     _scoring,
     check_score,
+    pack_inputs,
 )
 
 __all__ = ["faithfulness_correlation", "infidelity", "max_sensitivity"]
 
-Explain = Callable[[Tensor, Any], Tensor]
+Explain = Callable[[Any, Any], Any]
 
 
 @keywords(renamed={"batch_size": "chunk_size"})
 def max_sensitivity(
     explain: Explain,
-    inputs: Tensor,
+    inputs: Inputs,
     *,
     target: Target = None,
     radius: float = 0.02,
     samples: int = 10,
+    perturbation: Callable[[Any, torch.Generator | None], Any] | None = None,
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress = False,
@@ -58,8 +62,10 @@ def max_sensitivity(
 
     over ``samples`` perturbations ``delta_s`` drawn uniformly from the ball
     ``||delta||_inf <= radius`` (``delta = radius * (2 U - 1)``, ``U ~ U[0, 1)`` elementwise,
-    one ``[B, ...]`` draw per sample, in order), with ``||.||`` the Frobenius norm over all
-    dimensions of one sample's explanation. 0 for an explanation that does not move; where
+    one ``[B, ...]`` draw per sample, in order), or ``perturbation(inputs, generator)`` called
+    once per sample, with ``||.||`` the Frobenius norm over all dimensions of one sample's
+    explanation (over all its entries for tuple / dict explanations, as Captum's
+    ``sensitivity_max``). 0 for an explanation that does not move; where
     ``Phi(x) = 0`` the ratio is 0 if the perturbed explanations are 0 too and ``inf`` if not.
 
     Args:
@@ -68,12 +74,18 @@ def max_sensitivity(
             explanations ``[N, ...]``; e.g. ``functools.partial(ta.saliency, model)`` or
             ``lambda x, t: ta.integrated_gradients(model, x, target=t)``. It is called on at
             most ``chunk_size`` rows at a time.
-        inputs: ``[B, ...]``, floating point.
+        inputs: ``[B, ...]``, floating point; or a tuple / dict of such tensors (each
+            perturbed, given to ``explain`` in the same structure, which may return a tensor or
+            a tuple / dict of explanations ``[N, ...]``). The default draw of tuple / dict
+            inputs is one ``[B, F]`` draw over the entries flattened and concatenated.
         target: passed to ``explain`` (row by row for a LongTensor ``[B]``). ``None`` lets
             ``explain`` decide: torchattr's methods then explain each perturbed copy's own
             predicted class; pass ``model(inputs).argmax(1)`` to hold the clean prediction.
         radius: half-width of the uniform perturbation, in the inputs' units.
         samples: number of perturbations.
+        perturbation: None (the uniform draw above) or ``perturbation(inputs, generator) ->
+            delta`` in the inputs' structure and shapes, called once per sample (``radius``
+            is then unused).
         chunk_size: rows per ``explain`` call (default B).
         generator: draws the perturbations (on its device).
         progress: True for a tqdm bar (when installed and stderr is a terminal) or a callable
@@ -89,8 +101,12 @@ def max_sensitivity(
     """
     if not callable(explain):
         raise TypeError(f"explain must be callable (x, target) -> Phi, got {type(explain)}")
-    x = _check_inputs(inputs)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
     _check_number(radius, "radius", positive=True)
+    _check_perturbation(perturbation)
+    if packed is not None:
+        explain = _packed_explain(explain, packed)
     samples = check_positive_int(samples, "samples")
     check_progress(progress)
     batch = x.shape[0]
@@ -103,9 +119,13 @@ def max_sensitivity(
         ]
     )
     clean_norm = clean.flatten(1).norm(dim=1)
-    draws = CopyDraws(
-        lambda: radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
-    )
+
+    def draw() -> Tensor:
+        if perturbation is None:
+            return radius * (2 * _rand(tuple(x.shape), x.dtype, x.device, generator) - 1)
+        return _perturbation(perturbation, x, packed, generator)
+
+    draws = CopyDraws(draw)
     worst = torch.zeros(batch, dtype=clean_norm.dtype, device=x.device)
     rows = samples * batch
     ranges = reported(row_ranges(rows, chunk_size), progress, rows, "max-sensitivity")
@@ -127,8 +147,8 @@ def max_sensitivity(
 @keywords(renamed={"noise": "sigma", "batch_size": "chunk_size"})
 def infidelity(
     model: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
+    inputs: Inputs,
+    attributions: Inputs,
     target: Target = None,
     *,
     samples: int = 10,
@@ -147,12 +167,12 @@ def infidelity(
 
     over ``samples`` perturbations ``I_s``: by default ``sigma * N(0, 1)`` elementwise (one
     ``[B, ...]`` draw per sample, in order), or ``perturbation(inputs, generator)`` called once
-    per sample and returning ``I [B, ...]`` shaped like the inputs. ``f`` is the model's score
-    for the target (``score="logit"``, the default: the output; ``"softmax"``: after a softmax
-    over the classes, a sigmoid for one logit; ``"sigmoid"``: after a sigmoid per output;
-    ``"probability"`` is the deprecated name of ``"softmax"``). 0 means the attributions
-    predict every score drop exactly: the gradient of a linear model has infidelity 0 under
-    any perturbation.
+    per sample and returning ``I [B, ...]`` shaped like the inputs (in their structure). ``f``
+    is the model's score for the target (``score="logit"``, the default: the output;
+    ``"softmax"``: after a softmax over the classes, a sigmoid for one logit; ``"sigmoid"``:
+    after a sigmoid per output; ``"probability"`` is the deprecated name of ``"softmax"``). 0
+    means the attributions predict every score drop exactly: the gradient of a linear model has
+    infidelity 0 under any perturbation.
 
     With ``normalize=True`` the attributions are first rescaled by the best factor
     ``beta = mean_s(a_s b_s) / mean_s(a_s^2)`` (``a_s = sum(Phi * I_s)``, ``b_s`` the drop), as
@@ -160,9 +180,13 @@ def infidelity(
 
     Args:
         model: maps rows ``[N, ...]`` to outputs ``[N, classes]`` (or ``[N]``).
-        inputs: ``[B, ...]``, floating point.
+        inputs: ``[B, ...]``, floating point; or a tuple (positional arguments) or dict (keyword
+            arguments) of such tensors, as Captum's ``infidelity``: every entry is perturbed,
+            and sums run over all entries. The default draw of tuple / dict inputs is one
+            ``[B, F]`` draw over the entries flattened and concatenated.
         attributions: shaped like the inputs, or ``[B, H, W]`` maps of ``[B, C, H, W]`` inputs
-            (then shared by the channels: ``sum(Phi * I) = sum_{c,h,w} Phi_hw I_chw``).
+            (then shared by the channels: ``sum(Phi * I) = sum_{c,h,w} Phi_hw I_chw``); for
+            tuple / dict inputs the same structure, each entry shaped like its input.
         target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
             a callable.
         samples, sigma, perturbation: the perturbations, see above (``sigma``: a standard
@@ -182,39 +206,28 @@ def infidelity(
 
         infd = infidelity(model, images, ta.saliency(model, images, abs=False, reduce=None))
     """
-    x = _check_inputs(inputs)
-    phi = _check_attributions(attributions, x)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
+    phi = _check_attributions(attributions, x, packed)
     samples = check_positive_int(samples, "samples")
     check_progress(progress)
     sigma = check_scale(sigma, "sigma")
     if sigma == 0:
         raise ValueError("sigma must be > 0, got 0")
-    if perturbation is not None and not callable(perturbation):
-        raise TypeError(
-            f"perturbation must be callable (inputs, generator) -> I, got {perturbation!r}"
-        )
+    _check_perturbation(perturbation)
     batch = x.shape[0]
     chunk_size = _check_chunk_size(chunk_size, batch)
 
     def draw() -> Tensor:
         if perturbation is None:
             return sigma * _randn(tuple(x.shape), x.dtype, x.device, generator)
-        out = perturbation(x, generator)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"perturbation returned {shape}: expected a tensor shaped like inputs, "
-                f"{list(x.shape)}"
-            )
-        out = out.to(device=x.device, dtype=x.dtype)
-        check_finite([out], ["the perturbation"])
-        return out
+        return _perturbation(perturbation, x, packed, generator)
 
     draws = CopyDraws(draw)
     predicted = torch.zeros(samples * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(predicted)
     score = check_score(score)
-    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs, packed) as scorer:
         rows = samples * batch
         for start, stop in reported(row_ranges(rows, chunk_size), progress, rows, "infidelity"):
             _, sample = row_index(start, stop, batch, x.device)
@@ -232,8 +245,8 @@ def infidelity(
 @keywords(renamed={"batch_size": "chunk_size"})
 def faithfulness_correlation(
     model: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
+    inputs: Inputs,
+    attributions: Inputs,
     target: Target = None,
     *,
     subset_size: int | None = None,
@@ -258,14 +271,17 @@ def faithfulness_correlation(
 
     Args:
         model: maps rows ``[N, ...]`` to outputs ``[N, classes]`` (or ``[N]``).
-        inputs: ``[B, ...]``, floating point.
-        attributions: shaped like the inputs, or ``[B, H, W]`` maps of ``[B, C, H, W]`` inputs.
+        inputs: ``[B, ...]``, floating point; or a tuple / dict of such tensors, whose
+            elements together are the features (subsets drawn across all entries).
+        attributions: shaped like the inputs, or ``[B, H, W]`` maps of ``[B, C, H, W]`` inputs;
+            for tuple / dict inputs the same structure, each entry shaped like its input.
         target: None (the class predicted on the clean inputs), an int, a LongTensor ``[B]`` or
             a callable.
         subset_size: features per subset (default: 10% of them, at least 1).
         runs: number of subsets (>= 2).
         baseline: the value removed features take: a number, or a tensor broadcastable to the
-            inputs.
+            inputs (tuple / dict inputs: a number, or that structure of tensors each
+            broadcastable to its entry).
         chunk_size: rows per model call (default B).
         generator: draws the subsets: ``rand([B, F])`` per run, the subset being the
             ``subset_size`` largest draws.
@@ -283,8 +299,9 @@ def faithfulness_correlation(
 
         mu = faithfulness_correlation(model, images, ta.input_x_gradient(model, images))
     """
-    x = _check_inputs(inputs)
-    phi = _check_attributions(attributions, x)
+    x, packed = pack_inputs(inputs)
+    x = _check_inputs(x)
+    phi = _check_attributions(attributions, x, packed)
     runs = check_positive_int(runs, "runs", minimum=2)
     check_progress(progress)
     batch = x.shape[0]
@@ -296,7 +313,7 @@ def faithfulness_correlation(
         raise ValueError(
             f"subset_size is {subset_size} but the attributions have {features} features per sample"
         )
-    fill = _check_baseline(baseline, x)
+    fill = _check_baseline(baseline, x, packed)
     chunk_size = _check_chunk_size(chunk_size, batch)
 
     def draw() -> Tensor:
@@ -310,7 +327,7 @@ def faithfulness_correlation(
     summed = torch.zeros(runs * batch, dtype=torch.float64, device=x.device)
     drop = torch.zeros_like(summed)
     score = check_score(score)
-    with _scoring(model, x, target, score, chunk_size, forward_kwargs) as scorer:
+    with _scoring(model, x, target, score, chunk_size, forward_kwargs, packed) as scorer:
         rows = runs * batch
         ranges = reported(row_ranges(rows, chunk_size), progress, rows, "faithfulness")
         for start, stop in ranges:
@@ -357,8 +374,66 @@ def _check_inputs(inputs: Any) -> Tensor:
     return inputs.detach()
 
 
-def _check_attributions(attributions: Any, inputs: Tensor) -> Tensor:
-    """Attributions broadcastable to the inputs: their shape, or ``[B, 1, ...]`` for maps."""
+def _check_perturbation(perturbation: Any) -> None:
+    if perturbation is not None and not callable(perturbation):
+        raise TypeError(
+            f"perturbation must be callable (inputs, generator) -> I, got {perturbation!r}"
+        )
+
+
+def _perturbation(
+    perturbation: Callable[..., Any], x: Tensor, packed: Packed | None, generator: Any
+) -> Tensor:
+    """``perturbation(inputs, generator)``, checked to be shaped like the inputs (in their
+    structure for tuple / dict inputs), as a tensor shaped like ``x`` (packed)."""
+    out = perturbation(x if packed is None else packed.structured(x), generator)
+    if packed is not None:
+        out = packed.pack(out, "the perturbation", x.dtype)
+    elif not isinstance(out, Tensor) or out.shape != x.shape:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"perturbation returned {shape}: expected a tensor shaped like inputs, {list(x.shape)}"
+        )
+    out = out.to(device=x.device, dtype=x.dtype)
+    check_finite([out], ["the perturbation"])
+    return out
+
+
+def _packed_explain(explain: Explain, packed: Packed) -> Explain:
+    """``explain`` on packed rows: the rows in the user's structure, the explanations (a tensor,
+    tuple or dict of ``[N, ...]``) flattened per row and concatenated, ``[N, G]``."""
+
+    def packed_explain(rows: Tensor, target: Any) -> Tensor:
+        out = explain(packed.structured(rows), target)
+        if isinstance(out, Tensor):
+            return out
+        tensors, spec = flatten(out, "the explanations")
+        for label, t in zip(spec.names(), tensors):
+            if t.ndim == 0 or t.shape[0] != rows.shape[0]:
+                raise ValueError(
+                    f"explain returned {label.replace('inputs', 'explanations', 1)} of shape "
+                    f"{list(t.shape)}: expected [N, ...] with N = {rows.shape[0]}"
+                )
+        dtype = torch.float32
+        for t in tensors:
+            dtype = torch.promote_types(dtype, t.dtype)
+        return torch.cat([t.reshape(t.shape[0], -1).to(dtype) for t in tensors], dim=1)
+
+    return packed_explain
+
+
+def _check_attributions(attributions: Any, inputs: Tensor, packed: Packed | None = None) -> Tensor:
+    """Attributions broadcastable to the inputs: their shape, or ``[B, 1, ...]`` for maps; for
+    packed tuple / dict inputs, the same structure and shapes, packed ``[B, F]``."""
+    if packed is not None:
+        tensors, _ = flatten(attributions, "attributions")
+        dtype = torch.float32
+        for t in tensors:
+            if t.is_floating_point():
+                dtype = torch.promote_types(dtype, t.dtype)
+        phi = packed.pack(attributions, "attributions", dtype).to(inputs.device)
+        check_finite([phi], ["attributions"])
+        return phi
     if not isinstance(attributions, Tensor):
         raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
     if not attributions.is_floating_point():
@@ -377,11 +452,15 @@ def _check_attributions(attributions: Any, inputs: Tensor) -> Tensor:
     )
 
 
-def _check_baseline(baseline: Any, inputs: Tensor) -> Tensor:
+def _check_baseline(baseline: Any, inputs: Tensor, packed: Packed | None = None) -> Tensor:
     if isinstance(baseline, bool):
         raise TypeError("baseline must be a number or a tensor, got a bool")
     if isinstance(baseline, (int, float)):
         baseline = torch.tensor(float(baseline))
+    elif packed is not None:
+        out = packed.pack(baseline, "baseline", inputs.dtype, broadcast=True).to(inputs.device)
+        check_finite([out], ["baseline"])
+        return out
     if not isinstance(baseline, Tensor):
         raise TypeError(f"baseline must be a number or a tensor, got {type(baseline).__name__}")
     baseline = baseline.detach().to(device=inputs.device, dtype=inputs.dtype)

@@ -7,7 +7,9 @@ when a random other class is explained) cannot be explaining the model. Each che
 * :func:`model_randomisation` (model-parameter randomisation, "MPRT"): layer by layer from the
   output down, either cascading (every layer above and including the current one random) or
   independent (only the current layer random);
-* :func:`random_logit`: the explanation of a random other class.
+* :func:`random_logit`: the explanation of a random other class;
+* :func:`data_randomisation` (Adebayo et al.'s data randomisation test): the explanation of a
+  model trained on permuted labels (:func:`permuted_labels`), which the user trains.
 
 Lower similarity is better: a similarity near 1 for every layer flags an explanation that
 ignores the model (an edge detector, the input itself). Similarities:
@@ -15,7 +17,9 @@ ignores the model (an edge detector, the input itself). Similarities:
 * ``"spearman"``: Spearman's rank correlation of ``|Phi|`` (all features of one sample);
 * ``"spearman_signed"``: the same on the signed attributions;
 * ``"ssim"``: the structural similarity (Wang et al. 2004) of the 2-D maps ``|Phi|`` summed
-  over channels, each scaled to ``[0, 1]`` by its maximum (data range 1).
+  over channels, each scaled to ``[0, 1]`` by its maximum (data range 1);
+* ``"hog"``: Pearson's correlation of the histograms of oriented gradients (:func:`hog`, Dalal
+  and Triggs 2005) of the same scaled maps, as Adebayo et al. compare explanations.
 
 The user's model is never called, written or explained: the checks work on a deep copy
 (``copy.deepcopy`` of the module inside any DataParallel / DDP / compile wrapper), which is
@@ -43,15 +47,19 @@ from torchattr._core.wrapped import strip_prefix, unwrap
 __all__ = [
     "ORDERS",
     "SIMILARITIES",
+    "DataRandomisation",
     "RandomLogit",
     "Randomisation",
+    "data_randomisation",
+    "hog",
     "model_randomisation",
+    "permuted_labels",
     "random_logit",
     "spearman",
     "ssim",
 ]
 
-SIMILARITIES = ("spearman", "spearman_signed", "ssim")
+SIMILARITIES = ("spearman", "spearman_signed", "ssim", "hog")
 ORDERS = ("cascading", "independent")
 
 ModelExplain = Callable[[nn.Module, Tensor, Any], Tensor]
@@ -74,6 +82,17 @@ class Randomisation(NamedTuple):
     layers: tuple[str, ...]
     similarity: dict[str, Tensor]
     original: Tensor
+
+
+class DataRandomisation(NamedTuple):
+    """Result of :func:`data_randomisation`: one ``[B]`` similarity per name, the explanations
+    of the trained model and of the model trained on permuted labels, and the classes
+    explained (``[B]``)."""
+
+    similarity: dict[str, Tensor]
+    original: Tensor
+    randomised: Tensor
+    classes: Tensor
 
 
 class RandomLogit(NamedTuple):
@@ -173,6 +192,70 @@ def ssim(
     return (num / den).flatten(1).mean(dim=1)
 
 
+def hog(
+    maps: Tensor,
+    *,
+    orientations: int = 9,
+    cell: int = 8,
+    block: int = 3,
+) -> Tensor:
+    """Histograms of oriented gradients (Dalal and Triggs 2005) of maps ``[B, H, W]``:
+    ``[B, R, C, block, block, orientations]`` (flatten for the feature vector), as
+    ``skimage.feature.hog(map, orientations, (cell, cell), (block, block), "L2-Hys")``.
+
+    1. Gradients by central differences, zero on the border rows / columns:
+       ``g_y[i, j] = S[i + 1, j] - S[i - 1, j]``, ``g_x[i, j] = S[i, j + 1] - S[i, j - 1]``.
+    2. Magnitude ``m = sqrt(g_x^2 + g_y^2)``, unsigned orientation
+       ``theta = degrees(atan2(g_y, g_x)) mod 180``, bin ``k`` for
+       ``k 180 / n <= theta < (k + 1) 180 / n`` (``n = orientations``; hard binning).
+    3. Cells of ``cell x cell`` pixels (``floor(H / cell) x floor(W / cell)`` of them; the
+       remaining rows and columns are dropped): ``h[cell, k] = mean over the cell of m * [bin =
+       k]``.
+    4. Blocks of ``block x block`` cells, every cell position (stride one cell): ``R = H_c -
+       block + 1`` rows and ``C = W_c - block + 1`` columns of blocks; each block vector ``v``
+       normalised by L2-Hys: ``v / sqrt(|v|^2 + eps^2)``, clipped at 0.2, normalised again
+       (``eps = 1e-5``).
+
+    Maps need at least ``block * cell`` pixels in each direction.
+    """
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        shape = list(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"hog needs maps [B, H, W], got {shape}")
+    for name, value in (("orientations", orientations), ("cell", cell), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    batch, height, width = maps.shape
+    rows, cols = height // cell, width // cell
+    if rows < block or cols < block:
+        raise ValueError(
+            f"hog of maps {height} x {width} needs at least block * cell = {block * cell} pixels "
+            f"in each direction (cell={cell}, block={block}): use smaller cells or "
+            "similarity=('spearman', 'ssim')"
+        )
+    x = maps.to(torch.promote_types(maps.dtype, torch.float32))
+    g_y = torch.zeros_like(x)
+    g_x = torch.zeros_like(x)
+    g_y[:, 1:-1] = x[:, 2:] - x[:, :-2]
+    g_x[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+    magnitude = torch.hypot(g_x, g_y)
+    theta = torch.rad2deg(torch.atan2(g_y, g_x)) % 180
+    step = 180.0 / orientations
+    edges = torch.tensor(
+        [step * (k + 1) for k in range(orientations - 1)], dtype=x.dtype, device=x.device
+    )
+    bins = (theta[..., None] >= edges).sum(dim=-1)  # [B, H, W]
+    votes = nn.functional.one_hot(bins, orientations).to(x.dtype) * magnitude[..., None]
+    votes = votes[:, : rows * cell, : cols * cell]
+    cells = votes.reshape(batch, rows, cell, cols, cell, orientations).mean(dim=(2, 4))
+    blocks = cells.unfold(1, block, 1).unfold(2, block, 1)  # [B, R, C, n, block, block]
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3)  # [B, R, C, block, block, n]
+    eps2 = 1e-5**2
+    energy = (blocks * blocks).sum(dim=(3, 4, 5), keepdim=True)
+    blocks = (blocks / torch.sqrt(energy + eps2)).clamp_max(0.2)
+    energy = (blocks * blocks).sum(dim=(3, 4, 5), keepdim=True)
+    return blocks / torch.sqrt(energy + eps2)
+
+
 def _same_shape(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     if a.shape != b.shape:
         raise ValueError(f"explanations differ in shape: {list(a.shape)} and {list(b.shape)}")
@@ -180,12 +263,12 @@ def _same_shape(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a.detach().to(dtype), b.detach().to(dtype)
 
 
-def _ssim_maps(phi: Tensor) -> Tensor:
+def _ssim_maps(phi: Tensor, name: str = "ssim") -> Tensor:
     """``|Phi|`` summed over channels (``[B, C, H, W]`` or ``[B, H, W]``), scaled to [0, 1]
     by each map's maximum (an all-zero map stays 0)."""
     if phi.ndim not in (3, 4):
         raise ValueError(
-            f"similarity 'ssim' needs 2-D maps [B, H, W] or [B, C, H, W], the explanation has "
+            f"similarity {name!r} needs 2-D maps [B, H, W] or [B, C, H, W], the explanation has "
             f"shape {list(phi.shape)}: use similarity=('spearman',)"
         )
     maps = phi.abs()
@@ -214,6 +297,9 @@ def similarities(original: Tensor, changed: Tensor, names: Sequence[str]) -> dic
             out[name] = spearman(original.abs(), changed.abs())
         elif name == "spearman_signed":
             out[name] = spearman(original, changed)
+        elif name == "hog":
+            features = [hog(_ssim_maps(phi, name)).flatten(1) for phi in (original, changed)]
+            out[name] = pearson(*features)
         else:
             out[name] = ssim(_ssim_maps(original), _ssim_maps(changed))
     return out
@@ -402,7 +488,9 @@ def model_randomisation(
         order: ``"cascading"`` or ``"independent"``.
         layers: module names (with or without a wrapper's ``"module."`` prefix) in the order to
             randomise them; a module with submodules is randomised as a whole.
-        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``.
+        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``, ``"hog"``
+            (the last two for 2-D maps; ``"hog"`` with the defaults of :func:`hog` needs maps
+            of at least 24 x 24).
         generator: draws one seed per layer for its re-initialisation (global RNG if None).
 
     Returns:
@@ -489,3 +577,89 @@ def random_logit(
     original = _explained(explain, copied, x, target)
     changed = _explained(explain, copied, x, other)
     return RandomLogit(other, similarities(original, changed, names), original)
+
+
+def permuted_labels(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The training labels of the data randomisation test: ``labels[pi]`` for a uniform random
+    permutation ``pi`` (so the class frequencies are kept and the labels carry no information
+    about the inputs). ``labels``: ``[N]`` (or ``[N, ...]``, permuted along the first
+    dimension); the permutation is drawn from ``generator`` (global RNG if None).
+
+    Example::
+
+        shuffled = permuted_labels(train_labels, torch.Generator().manual_seed(0))
+        random_model = my_training_loop(train_images, shuffled)   # the user's own training
+    """
+    if not isinstance(labels, Tensor) or labels.ndim == 0:
+        raise TypeError(f"labels must be a tensor [N, ...], got {type(labels).__name__}")
+    order = torch.randperm(labels.shape[0], generator=generator, device=_device(generator))
+    return labels[order.to(labels.device)]
+
+
+@keywords()
+def data_randomisation(
+    explain: ModelExplain,
+    model: nn.Module,
+    randomised_model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    *,
+    similarity: str | Sequence[str] = ("spearman", "ssim"),
+) -> DataRandomisation:
+    """Data randomisation test (Adebayo et al. 2018): the similarity of the explanations of a
+    model and of the same architecture trained on permuted labels, per sample: ``{name: [B]}``.
+
+        ``S[b] = sim(Phi_b(model), Phi_b(randomised_model))``
+
+    A model trained on permuted labels can only memorise them: an explanation that still looks
+    the same (high similarity) does not depend on the relation between inputs and labels that
+    the model learned. Lower is better.
+
+    torchattr does not train: training is the user's (same architecture, data, schedule and
+    number of steps, only the labels replaced by :func:`permuted_labels`; Adebayo et al. train
+    until the random labels are fit, the training accuracy being well above chance). Both
+    models are deep-copied before they are explained, so neither is changed.
+
+    Args:
+        explain: ``explain(model, inputs, target) -> Phi [B, ...]``, as in
+            :func:`model_randomisation`.
+        model: the model trained on the true labels.
+        randomised_model: the model trained on permuted labels; its outputs must have the
+            model's shape.
+        inputs: ``[B, ...]``, held-out samples as ``explain`` takes them.
+        target: class indices ``[B]`` or an int, explained in both models; None: the class the
+            trained model predicts (the label-permuted model's own prediction is arbitrary).
+        similarity: names among ``"spearman"``, ``"spearman_signed"``, ``"ssim"``, ``"hog"``.
+
+    Returns:
+        :class:`DataRandomisation`: ``similarity {name: [B]}``, ``original``, ``randomised``
+        explanations and the ``classes [B]`` explained. NaN where a similarity is undefined.
+
+    Example::
+
+        out = data_randomisation(lambda m, x, t: ta.saliency(m, x, t), model, random_model, x)
+        out.similarity["spearman"].mean()   # near 1: the explanation ignores what was learned
+    """
+    x = _check_common(explain, inputs)
+    names = _check_similarity(similarity)
+    trained, _ = _copy_of(model)
+    randomised, _ = _copy_of(randomised_model)
+    target = normalize_target(target, x.shape[0], x.device)
+    if callable(target) or (isinstance(target, Tensor) and target.ndim != 1):
+        raise ValueError(
+            "data_randomisation explains one class index per sample: target None, int or [B]"
+        )
+    with torch.no_grad():
+        with untouched(trained, gradients=False):
+            output = trained(x)
+        with untouched(randomised, gradients=False):
+            other = randomised(x)
+    if logits_of(output).shape != logits_of(other).shape:
+        raise ValueError(
+            f"randomised_model outputs {list(logits_of(other).shape)} but model "
+            f"{list(logits_of(output).shape)}: expected the same architecture and classes"
+        )
+    classes = resolve_target(target, output)
+    original = _explained(explain, trained, x, classes)
+    changed = _explained(explain, randomised, x, classes)
+    return DataRandomisation(similarities(original, changed, names), original, changed, classes)

@@ -87,7 +87,13 @@ class Randomisation(NamedTuple):
 class DataRandomisation(NamedTuple):
     """Result of :func:`data_randomisation`: one ``[B]`` similarity per name, the explanations
     of the trained model and of the model trained on permuted labels, and the classes
-    explained (``[B]``)."""
+    explained (``[B]``).
+
+    Example::
+
+        out = ta.metrics.data_randomisation(explain, model, model_on_permuted_labels, images)
+        out.similarity["spearman"].mean()      # near 0 for a method that depends on the labels
+    """
 
     similarity: dict[str, Tensor]
     original: Tensor

@@ -3,6 +3,7 @@
 ``IG_i(x) = (x_i - x'_i) * integral_0^1 d s(x' + a (x - x')) / d x_i da``, approximated by
 ``(x - x') * sum_k w_k * grad s(x' + a_k (x - x'))``. All ``steps x B`` path points go through the
 model as one enlarged batch (copy-major rows, at most ``chunk_size`` per call), with one backward.
+``steps="auto"`` refines nested rules per sample until the completeness error meets a tolerance.
 """
 
 from __future__ import annotations
@@ -209,6 +210,18 @@ def integrated_gradients(
     ``(done, total)`` called after each chunk with the rows done. ``return_delta=True`` also
     returns the convergence delta ``[B]`` (``[B, K]``): ``sum of attributions - (s(x) - s(x'))``,
     from two extra B-row forwards.
+
+    ``steps="auto"`` controls the error instead of fixing the steps: per sample, nested rules
+    (:func:`nested_rule`) are refined until the relative completeness error
+    ``|sum(attributions) - (s(x) - s(x'))| / |s(x) - s(x')|`` is at most ``tolerance`` (default
+    0.01), with at most ``max_steps`` path points per sample (default 255). Converged samples get
+    no more points; each round's new points of all unconverged samples go through the model
+    together, ``chunk_size`` rows per call, and every earlier evaluation is reused. Samples that
+    do not reach the tolerance (non-smooth paths, NaN, a tolerance below float rounding) keep
+    the last rule's attributions and are named in a :class:`NotConvergedWarning`. With
+    ``return_delta=True`` the second result is a :class:`Convergence` (per sample ``delta``,
+    relative ``error``, ``points`` used, ``converged``, ``level``) instead of the delta tensor.
+    ``method`` does not apply; not available while ``torch.compile`` traces.
 
     Discrete inputs (codes, tokens) are attributed through their embedding: with
     ``layer=model.embedding`` the path runs in embedding space, ``e' + a (e - e')`` with

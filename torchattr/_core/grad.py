@@ -157,19 +157,37 @@ def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) 
     """Plain autograd instead of ``torch.func`` (outside ``torch.compile`` tracing only).
 
     Autograd when the model needs it (training mode, or ``torch.func`` failed on its structure
-    before: see :mod:`torchattr._core.fallback`), and otherwise too: for one cotangent per row
-    (an index target ``[B]`` / int / None, or a callable) autograd computes the same thing with
-    a smaller fixed cost per operation, and for K cotangents (``[B, K]`` targets) its batched
-    backward over one saved forward (``is_grads_batched``, see :func:`_pull`) is at or below
-    the cost of one forward and K backward passes, where ``torch.func.vmap`` over the
-    pull-back falls back to a per-class loop on ops without a batching rule (CPU attention's
-    backward: 0.85x of K separate calls on a TransformerEncoder at K = 4, against 0.42x).
-    Inference mode keeps ``torch.func`` (inference tensors cannot enter an autograd graph;
-    ``torch.func`` differentiates them).
+    before: see :mod:`torchattr._core.fallback`), and whenever one cotangent per row is pulled
+    back (an index target ``[B]`` / int / None, or a callable): there autograd computes the same
+    thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``'s
+    ``vmap`` over the pull-back, except on models with attention (:func:`has_attention`), which
+    take autograd's batched backward over one saved forward (:func:`_pull`). Inference mode
+    keeps ``torch.func`` (inference tensors cannot enter an autograd graph; ``torch.func``
+    differentiates them).
     """
     if problem.training or needs_autograd(problem.model):
         return True
-    return not (torch.is_inference_mode_enabled() or any(p.is_inference() for p in primals))
+    if torch.is_inference_mode_enabled() or any(p.is_inference() for p in primals):
+        return False
+    return not (isinstance(target, Tensor) and target.ndim == 2) or has_attention(problem.model)
+
+
+def has_attention(model: Any) -> bool:
+    """Whether ``model`` (an ``nn.Module``) holds an attention block: ``nn.MultiheadAttention``
+    or a submodule whose class name contains "Attention" (Hugging Face's attention classes).
+
+    The cheap per-model rule for ``[B, K]`` targets: ``vmap`` over ``torch.func``'s pull-back
+    has no batching rule for the CPU attention backward
+    (``_scaled_dot_product_flash_attention_for_cpu_backward``) and loops over the K classes
+    in its slow fallback, while autograd's batched backward (``is_grads_batched``) runs the
+    graph once; on convolutional networks the two cost the same.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return False
+    return any(
+        isinstance(m, torch.nn.MultiheadAttention) or "Attention" in type(m).__name__
+        for m in model.modules()
+    )
 
 
 def _func_gradients(

@@ -12,8 +12,10 @@ and method the script times, interleaved round by round:
 * ``captum loop``: Captum's per-class loop (``Saliency`` / ``InputXGradient`` /
   ``IntegratedGradients``, or their ``Layer*`` twins through the transformer's embedding).
 
-Models: ``small`` (CNN of ``benchmarks.models``, 3x32x32) and ``transformer`` (the
-``nn.TransformerEncoder`` text classifier, ids ``[B, 64]``, attributed through its embedding).
+Models: ``small`` (CNN of ``benchmarks.models``, 3x32x32), ``transformer`` (the
+``nn.TransformerEncoder`` text classifier, ids ``[B, 64]``, attributed through its embedding:
+the embedding's output is captured by one extra forward of B rows, as for every ``layer=``) and
+``encoder`` (its encoder and head on float features ``[B, 64, 128]``, no layer).
 Columns: median ms, and the ratios to the limit (target: torchattr within 1.1x) and to K calls.
 
 ``PYTHONPATH=. python -m benchmarks.bench_targets --threads 1`` (~3 min on 2 busy CPU cores).
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import torchattr as ta
 from benchmarks.models import build, token_batch, unk_baseline
@@ -47,6 +49,10 @@ def workload(name: str, batch: int, k: int, seed: int) -> dict[str, Any]:
         model = build("transformer", seed=seed)
         ids = token_batch(batch, 64, seed=seed)
         return {"model": model, "x": ids, "layer": model.embedding, "baseline": unk_baseline(ids)}
+    if name == "encoder":
+        model = FloatEncoder(build("transformer", seed=seed)).eval()
+        h = torch.randn(batch, 64, 128, generator=torch.Generator().manual_seed(seed))
+        return {"model": model, "x": h, "layer": None, "baseline": torch.zeros_like(h)}
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -62,22 +68,33 @@ def torchattr_call(work: dict[str, Any], method: str, target: Tensor, steps: int
 
 def vmap_path(fn: Callable) -> Callable:
     """``fn`` with ``[B, K]`` targets on the previous path: ``torch.func.vjp`` and ``vmap`` over
-    the K cotangents (what torchattr did before the batched autograd backward)."""
-    current = core_grad.use_autograd
+    the K cotangents (what torchattr did before the K pull-backs over one saved forward)."""
+    current = core_grad._pull_each
 
-    def previous(problem: Any, primals: Any, target: Any) -> bool:
-        if isinstance(target, Tensor) and target.ndim == 2:
-            return False
-        return current(problem, primals, target)
+    def batched(pullback: Callable, cotangent: Any) -> tuple[Tensor, ...]:
+        pulled = torch.func.vmap(lambda c: pullback(c, retain_graph=False))(cotangent)
+        return tuple(g.movedim(0, 1) for g in pulled)
 
     def run() -> Any:
-        core_grad.use_autograd = previous
+        core_grad._pull_each = batched
         try:
             return fn()
         finally:
-            core_grad.use_autograd = current
+            core_grad._pull_each = current
 
     return run
+
+
+class FloatEncoder(nn.Module):
+    """The benchmark transformer's encoder and head on float token features ``[B, L, 128]``
+    (no embedding, no padding): an ``nn.TransformerEncoder`` classifier on continuous inputs."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.inner.head(self.inner.encoder(h).mean(1))
 
 
 def limit_call(work: dict[str, Any], method: str, targets: Tensor, steps: int) -> Callable:
@@ -180,7 +197,7 @@ def run(args: argparse.Namespace) -> list[list[str]]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="small,transformer")
+    parser.add_argument("--models", default="small,encoder,transformer")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)

@@ -155,7 +155,28 @@ def integrated_gradients(
     target: Target = None,
     *,
     baseline: Baseline = None,
-    steps: int | Literal["auto"] = 50,
+    steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | str | None = "auto",
+    return_delta: Literal[True],
+    layer: Any = None,
+    mask: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    progress: Progress = False,
+    memory_budget: int | None = None,
+    tolerance: None = None,
+    max_steps: None = None,
+) -> tuple[InputsT, Tensor]: ...
+
+
+@overload
+def integrated_gradients(
+    model: Callable[..., Any],
+    inputs: InputsT,
+    target: Target = None,
+    *,
+    baseline: Baseline = None,
+    steps: Literal["auto"],
     method: str = "gausslegendre",
     chunk_size: int | str | None = "auto",
     return_delta: Literal[True],
@@ -166,7 +187,7 @@ def integrated_gradients(
     memory_budget: int | None = None,
     tolerance: float | None = None,
     max_steps: int | None = None,
-) -> tuple[InputsT, Any]: ...
+) -> tuple[InputsT, Convergence]: ...
 
 
 @keywords()

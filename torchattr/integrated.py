@@ -242,7 +242,11 @@ def integrated_gradients(
     the last rule's attributions and are named in a :class:`NotConvergedWarning`. With
     ``return_delta=True`` the second result is a :class:`Convergence` (per sample ``delta``,
     relative ``error``, ``points`` used, ``converged``, ``level``) instead of the delta tensor.
-    ``method`` does not apply; not available while ``torch.compile`` traces.
+    ``method`` does not apply; not available while ``torch.compile`` traces. The completeness
+    error is the criterion, so a coarse rule whose errors cancel in the sum can stop a sample
+    early (on rough ReLU paths some samples stop at the midpoint); lower ``tolerance`` for more
+    points. ``progress`` reports each refinement round separately. Memory: one accumulator per
+    remaining level (at most 8 for ``max_steps=255``), each shaped like the inputs.
 
     Discrete inputs (codes, tokens) are attributed through their embedding: with
     ``layer=model.embedding`` the path runs in embedding space, ``e' + a (e - e')`` with

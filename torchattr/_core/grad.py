@@ -203,8 +203,9 @@ def _pull_each(pullback: Callable[..., Any], cotangent: Any) -> tuple[Tensor, ..
     same saved forward (``retain_graph`` until the last), stacked as ``[N, K, ...]``.
 
     One forward and K backward passes: the limit for K classes. ``vmap`` over the pull-back
-    (kept while ``torch.compile`` traces) measured 1.2x-1.5x that on CPU, on a CNN and on a
-    ``TransformerEncoder``, whose attention backward has no batching rule (a slow fallback).
+    (kept while ``torch.compile`` traces) measured at that limit on a CNN but 1.15x-1.28x it on
+    ``TransformerEncoder`` models on CPU, whose attention backward has no batching rule (a slow
+    fallback); ``benchmarks/bench_targets.py``.
     """
     leaves, tree = torch.utils._pytree.tree_flatten(cotangent)
     k = next(leaf.shape[0] for leaf in leaves if isinstance(leaf, Tensor))
@@ -261,8 +262,8 @@ def _pull(
 
     K seeds are pulled back one after the other through the same saved forward
     (``retain_graph`` until the last): one forward and K backward passes, whatever the model
-    (autograd's batched backward, ``is_grads_batched``, measured 1.1x-1.4x slower on CPU,
-    and it has no batching rule for RNN kernels).
+    (autograd's batched backward, ``is_grads_batched``, measured 1.1x-1.4x that limit on CPU
+    on a CNN and a ``TransformerEncoder``, and it has no batching rule for RNN kernels).
     """
     if not multi:
         return torch.autograd.grad(leaves, xs, seeds, allow_unused=True)

@@ -108,3 +108,14 @@ def test_k_targets_in_inference_mode_and_no_grad():
         no_grad = ta.input_x_gradient(model, x, K_TARGET, layer=layer)
     torch.testing.assert_close(inside, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(no_grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_k_targets_under_torch_compile_match_eager():
+    # While dynamo traces, the K pull-backs are one vmap (traced as one graph).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.randn(3, 6)
+    compiled = torch.compile(
+        lambda inputs: ta.saliency(model, inputs, K_TARGET), backend="eager", fullgraph=True
+    )
+    torch.testing.assert_close(compiled(x), ta.saliency(model, x, K_TARGET), rtol=1e-5, atol=1e-7)

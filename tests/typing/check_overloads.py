@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 import torchattr as ta
+from torchattr.integrated import Convergence
 
 model = torch.nn.Linear(4, 2)
 x = torch.rand(3, 4)
@@ -23,3 +24,8 @@ named: dict[str, Tensor] = ta.integrated_gradients(lambda a: a, {"a": x})
 road: Tensor = ta.metrics.road(model, x, x)
 relevance: Tensor = ta.lrp(model, x)
 relevance_report: tuple[Tensor, ta.Conservation] = ta.lrp(model, x, return_conservation=True)
+
+ig_auto: Tensor = ta.integrated_gradients(model, x, steps="auto", tolerance=0.05)
+ig_report: tuple[Tensor, Convergence] = ta.integrated_gradients(
+    model, x, steps="auto", return_delta=True
+)

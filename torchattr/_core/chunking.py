@@ -126,7 +126,7 @@ def run_chunks(
     memory_budget: int | None = None,
     progress: Progress = False,
     description: str = "rows",
-) -> None:
+) -> ChunkSize:
     """Call ``body(start, stop)`` for ranges covering ``range(n_rows)`` in order; report progress.
 
     An int or None chunks as :func:`row_ranges`. ``"auto"`` keeps the peak memory of a chunk
@@ -137,19 +137,24 @@ def run_chunks(
     remaining chunks get ``floor((budget - f) / c)`` rows (at least 1). The measured chunks are
     part of the run, so nothing is computed twice. While ``torch.compile`` traces, ``"auto"``
     means one chunk. ``progress`` (see :mod:`torchattr._core.progress`) counts rows.
+
+    Returns the rows per chunk it settled on (an int, None for one chunk, or ``"auto"`` when
+    the rows were too few to measure), so that a caller
+    running several rounds of rows (``steps="auto"`` of IG) measures ``"auto"`` once.
     """
     with reporting(progress, n_rows, description) as report:
         if chunk_size != "auto" or tracing():
-            for start, stop in row_ranges(n_rows, None if chunk_size == "auto" else chunk_size):
+            fixed = None if chunk_size == "auto" else chunk_size
+            for start, stop in row_ranges(n_rows, fixed):
                 body(start, stop)
                 report(stop)
-            return
+            return fixed
         budget = default_budget(device) if memory_budget is None else memory_budget
         measured: list[tuple[int, int]] = []
         start = 0
         for rows in (PROBE_ROWS, 2 * PROBE_ROWS):
             if start == n_rows:
-                return
+                return "auto"  # too few rows to measure: the next round measures again
             stop = min(n_rows, start + rows)
             with PeakMeter() as meter:
                 body(start, stop)
@@ -161,6 +166,7 @@ def run_chunks(
             stop = min(begin + size, n_rows)
             body(begin, stop)
             report(stop)
+        return size
 
 
 def rows_within(budget: int, measured: list[tuple[int, int]]) -> int:

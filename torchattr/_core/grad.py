@@ -1,9 +1,10 @@
 """The one gradient primitive every gradient method is built on.
 
 ``score_gradients`` runs the model once with ``torch.func.vjp`` and pulls back the cotangent that
-selects each row's explained score: one forward, one backward (``vmap``-batched over K classes for
-multi-target). ``torch.func`` transforms differentiate even inside ``torch.no_grad()`` (so the
-kernels work when the caller disabled gradients) and trace under ``torch.compile``.
+selects each row's explained score: one forward, one backward (K backward passes over the same
+saved forward for K classes per row). ``torch.func`` transforms differentiate even inside
+``torch.no_grad()`` (so the kernels work when the caller disabled gradients) and trace under
+``torch.compile``.
 
 Outside ``torch.compile`` the same pull-back may run through plain ``torch.autograd.grad`` instead
 (:func:`use_autograd`): for one cotangent per row, where it is cheaper, and for models
@@ -159,9 +160,10 @@ def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) 
     Autograd when the model needs it (training mode, or ``torch.func`` failed on its structure
     before: see :mod:`torchattr._core.fallback`), and whenever one cotangent per row is pulled
     back (an index target ``[B]`` / int / None, or a callable): there autograd computes the same
-    thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``'s
-    ``vmap`` over the pull-back, and so does inference mode (inference tensors cannot enter an
-    autograd graph; ``torch.func`` differentiates them).
+    thing with a smaller fixed cost per operation. ``[B, K]`` targets keep ``torch.func``
+    (its pull-back runs K times over one saved forward, see :func:`_func_gradients`), and so
+    does inference mode (inference tensors cannot enter an autograd graph; ``torch.func``
+    differentiates them).
     """
     if problem.training or needs_autograd(problem.model):
         return True
@@ -186,12 +188,34 @@ def _func_gradients(
         target = resolve_target(target, output, target_range)
         cotangent, multi = output_cotangent(output, target, scale)
         # retain_graph=False frees each saved activation as soon as the backward used it.
-        if multi:
+        if multi and tracing():
             pulled = torch.func.vmap(lambda c: pullback(c, retain_graph=False))(cotangent)
             grads = tuple(g.movedim(0, 1) for g in pulled)
+        elif multi:
+            grads = _pull_each(pullback, cotangent)
         else:
             grads = tuple(pullback(cotangent, retain_graph=False))
     return grads, target, multi
+
+
+def _pull_each(pullback: Callable[..., Any], cotangent: Any) -> tuple[Tensor, ...]:
+    """K cotangents (a leading K on every leaf) pulled back one after the other through the
+    same saved forward (``retain_graph`` until the last), stacked as ``[N, K, ...]``.
+
+    One forward and K backward passes: the limit for K classes. ``vmap`` over the pull-back
+    (kept while ``torch.compile`` traces) measured at that limit on a CNN but 1.15x-1.28x it on
+    ``TransformerEncoder`` models on CPU, whose attention backward has no batching rule (a slow
+    fallback); ``benchmarks/bench_targets.py``.
+    """
+    leaves, tree = torch.utils._pytree.tree_flatten(cotangent)
+    k = next(leaf.shape[0] for leaf in leaves if isinstance(leaf, Tensor))
+    rows = []
+    for i in range(k):
+        seed = [leaf[i] if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        rows.append(
+            pullback(torch.utils._pytree.tree_unflatten(seed, tree), retain_graph=i < k - 1)
+        )
+    return tuple(torch.stack(parts, 1) for parts in zip(*rows))
 
 
 def _autograd_gradients(
@@ -234,16 +258,15 @@ def _autograd_gradients(
 def _pull(
     leaves: list[Tensor], xs: tuple[Tensor, ...], seeds: list[Tensor], multi: bool
 ) -> tuple[Tensor | None, ...]:
-    """``torch.autograd.grad`` of ``leaves`` with ``seeds`` ([K, ...] each when ``multi``)."""
+    """``torch.autograd.grad`` of ``leaves`` with ``seeds`` ([K, ...] each when ``multi``).
+
+    K seeds are pulled back one after the other through the same saved forward
+    (``retain_graph`` until the last): one forward and K backward passes, whatever the model
+    (autograd's batched backward, ``is_grads_batched``, measured 1.1x-1.4x that limit on CPU
+    on a CNN and a ``TransformerEncoder``, and it has no batching rule for RNN kernels).
+    """
     if not multi:
         return torch.autograd.grad(leaves, xs, seeds, allow_unused=True)
-    try:
-        return torch.autograd.grad(
-            leaves, xs, seeds, is_grads_batched=True, allow_unused=True, retain_graph=True
-        )
-    except RuntimeError as error:
-        if not is_func_failure(error) and "atching rule" not in str(error):
-            raise
     k = seeds[0].shape[0]
     rows = [
         torch.autograd.grad(

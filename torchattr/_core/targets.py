@@ -6,7 +6,7 @@
 * an ``int`` (numpy integers too): that class for every sample;
 * a LongTensor ``[B]`` (or a list / numpy integer array): one class per sample;
 * a LongTensor ``[B, K]``: K classes per sample; results gain a class dimension, ``[B, K, ...]``,
-  computed from one forward pass and one batched backward (``vmap`` over K cotangents);
+  computed from one forward pass and K backward passes over it (``vmap`` under ``torch.compile``);
 * a callable mapping the model output to scores ``[N]`` (or ``[N, K]``). It is applied to enlarged
   batches of perturbed copies too, so it must act row by row.
 

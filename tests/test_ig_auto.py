@@ -88,6 +88,8 @@ def test_nested_rule_is_nested_positive_and_exact_to_its_degree():
 @pytest.mark.parametrize(("p", "points"), [(2, 1), (4, 3), (8, 7), (16, 15)])
 def test_polynomials_along_the_path_are_exact_at_the_right_level(p, points):
     # f(a) = d s / d a has degree p - 1; level L's 2^(L+1) - 1 nodes integrate degree <= that.
+    # Seeded: for some draws a coarser level meets 1e-11 by chance (a tiny top coefficient).
+    torch.manual_seed(0)
     model = Power(5, p).eval()
     x = 0.3 * torch.randn(4, 5, dtype=torch.float64)
     attributions, report = ta.integrated_gradients(

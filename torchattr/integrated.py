@@ -11,17 +11,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Literal, overload
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchattr._core.checks import (
     check_choice,
     check_chunk_size,
-    check_finite,
     check_positive_int,
     check_scale,
     keywords,
@@ -36,9 +35,10 @@ from torchattr._core.grad import (
     prepare,
     score_gradients,
 )
-from torchattr._core.inputs import Inputs, InputSpec, InputsT, unflatten
-from torchattr._core.layers import check_ids, collapse
+from torchattr._core.inputs import Inputs, InputsT, unflatten
+from torchattr._core.layers import collapse
 from torchattr._core.memory import check_memory_budget
+from torchattr._core.paths import baseline_ids, path_starts
 from torchattr._core.progress import Progress, check_progress
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target
@@ -421,132 +421,6 @@ def _check_auto(
         raise ValueError("tolerance must be > 0 (a relative completeness error, e.g. 0.01)")
     max_steps = check_positive_int(AUTO_MAX_STEPS if max_steps is None else max_steps, "max_steps")
     return tolerance, max_steps
-
-
-def baseline_ids(baseline: Baseline, problem: Problem) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """Split ``baseline`` per slot; turn id baselines of layered slots into checked id tensors.
-
-    Returns (parts, ids): ``ids[i]`` is an id tensor shaped like input i where slot i has a layer
-    and an id baseline (an int or an integer tensor), else None. Runs no model.
-    """
-    names = [f"baseline for {n}" for n in problem.spec.names()]
-    parts = _baseline_parts(baseline, problem.spec, len(problem.tensors))
-    ids = tuple(
-        _id_baseline(p, t, name) if layer is not None and _is_ids(p) else None
-        for p, t, name, layer in zip(parts, problem.tensors, names, problem.layers)
-    )
-    check_ids(
-        [i for i in ids if i is not None],
-        [n for n, i in zip(names, ids) if i is not None],
-        [layer for layer, i in zip(problem.layers, ids) if i is not None],
-    )
-    return parts, ids
-
-
-def path_starts(
-    parts: tuple[Any, ...],
-    ids: tuple[Any, ...],
-    problem: Problem,
-    ends: tuple[Tensor, ...],
-    masks: tuple[Tensor | None, ...],
-    chunk_size: int | None = None,
-) -> tuple[Tensor, ...]:
-    """The path's start for every primal ``ends[i]``, broadcast to its shape.
-
-    Continuous inputs: None (zeros), a number or a broadcastable tensor. Layered inputs: None (the
-    zero embedding), ids (see :func:`baseline_ids`), or a float tensor broadcastable to the
-    embedding; masked positions start at their own embedding.
-    """
-    names = [f"baseline for {n}" for n in problem.spec.names()]
-    if any(i is not None for i in ids):
-        embedded = embed(problem, ids, chunk_size)
-    starts = []
-    for i, (part, end, name, mask) in enumerate(zip(parts, ends, names, masks)):
-        start = embedded[i] if ids[i] is not None else _one_baseline(part, end, name)
-        if mask is not None:
-            keep = mask.reshape(mask.shape + (1,) * (end.ndim - mask.ndim))
-            start = torch.where(keep, start, end)
-        starts.append(start)
-    check_finite(starts, names)
-    return tuple(starts)
-
-
-def embed(
-    problem: Problem, ids: tuple[Tensor | None, ...], chunk_size: int | None
-) -> tuple[Tensor | None, ...]:
-    """Layer outputs for the baseline ids of the slots that have them.
-
-    ``nn.Embedding`` layers are called on the ids directly (a baseline of all-PAD ids may be
-    something the whole model cannot run, e.g. a fully masked attention); other layers are
-    captured from one forward of the model on the baseline ids.
-    """
-    slots = [i is not None for i in ids]
-    if all(isinstance(problem.layers[s], nn.Embedding) for s, flag in enumerate(slots) if flag):
-        with torch.no_grad():
-            return tuple(None if t is None else layer(t) for t, layer in zip(ids, problem.layers))
-    inputs = tuple(t if i is None else i for t, i in zip(problem.tensors, ids))
-    return replace(problem, tensors=inputs).primals(chunk_size)[0]
-
-
-def _baseline_parts(baseline: Baseline, spec: InputSpec, n: int) -> tuple[Any, ...]:
-    if baseline is None:
-        return (None,) * n
-    if spec.kind == "tensor" and isinstance(baseline, (int, float, Tensor)):
-        return (baseline,)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return (baseline,) * n
-    if spec.kind == "dict" and isinstance(baseline, Mapping):
-        unknown = sorted(set(baseline) - set(spec.keys))
-        if unknown:
-            raise ValueError(
-                f"baseline has keys {unknown} that are not in inputs {list(spec.keys)}"
-            )
-        return tuple(baseline.get(k) for k in spec.keys)
-    if spec.kind == "tuple" and isinstance(baseline, (tuple, list)):
-        if len(baseline) != n:
-            raise ValueError(f"baseline has {len(baseline)} entries but inputs has {n}")
-        return tuple(baseline)
-    raise TypeError(
-        f"baseline must be None, a number or a tensor for tensor inputs, and a {spec.kind} "
-        f"of those (or one number) for {spec.kind} inputs; got {type(baseline).__name__}"
-    )
-
-
-def _is_ids(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, Tensor) and not (value.is_floating_point() or value.is_complex())
-
-
-def _id_baseline(value: Any, ids: Tensor, name: str) -> Tensor:
-    """Baseline ids shaped like ``ids``: one id everywhere, or a broadcastable id tensor."""
-    if isinstance(value, int):
-        return torch.full_like(ids, value)
-    return _broadcast(value, ids, name, "the ids' shape")
-
-
-def _one_baseline(value: Any, x: Tensor, name: str) -> Tensor:
-    if value is None:
-        return torch.zeros((), dtype=x.dtype, device=x.device).expand(x.shape)
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise TypeError(f"{name} must be None, a number or a tensor, got {type(value).__name__}")
-    if not isinstance(value, Tensor):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} is {value}: expected a finite number")
-        return torch.full((), value, dtype=x.dtype, device=x.device).expand(x.shape)
-    return _broadcast(value, x, name, "the input's shape")
-
-
-def _broadcast(value: Tensor, like: Tensor, name: str, what: str) -> Tensor:
-    """``value`` in ``like``'s dtype and device, broadcast (a view) to its shape, or an error."""
-    try:
-        return torch.broadcast_to(value.to(device=like.device, dtype=like.dtype), like.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} has shape {list(value.shape)}, not broadcastable to {what} {list(like.shape)}"
-        ) from None
 
 
 def _path_points(

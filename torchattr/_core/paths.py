@@ -662,7 +662,12 @@ def path_starts(
 def _embed(
     problem: Problem, ids: tuple[Tensor | None, ...], chunk_size: int | None
 ) -> tuple[Tensor | None, ...]:
-    """Layer outputs for the baseline ids (``nn.Embedding`` directly, else one forward)."""
+    """Layer outputs for the baseline ids of the slots that have them.
+
+    ``nn.Embedding`` layers are called on the ids directly (a baseline of all-PAD ids may be
+    something the whole model cannot run, e.g. a fully masked attention); other layers are
+    captured from one forward of the model on the baseline ids.
+    """
     slots = [i is not None for i in ids]
     if all(isinstance(problem.layers[s], nn.Embedding) for s, flag in enumerate(slots) if flag):
         with torch.no_grad():

@@ -499,7 +499,7 @@ def draw_outline(
     """
     _check_picture(image, "image")
     rgb = _check_color(color, "color")
-    region = _numpy(mask, "mask") != 0
+    region = _mask(mask)
     if region.shape != image.shape[:2]:
         raise ValueError(
             f"mask has shape {list(region.shape)} but image is {list(image.shape[:2])}: "
@@ -508,6 +508,15 @@ def draw_outline(
     out = image.copy()
     out[_ring(region)] = rgb
     return out
+
+
+def _mask(mask: Any) -> np.ndarray:
+    """A bool numpy copy of a mask (tensor or array; non-zero is inside)."""
+    if isinstance(mask, Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a tensor or a numpy array, got {type(mask).__name__}")
+    return mask != 0
 
 
 def _ring(region: np.ndarray) -> np.ndarray:
@@ -880,7 +889,7 @@ def volume_panels(
     low, high = volume.min(), volume.max()
     volume = (volume - low) / (high - low) if high > low else np.zeros_like(volume)
     heat = display_values(heat, signed=signed)
-    region = None if mask is None else _numpy(mask, "mask") != 0
+    region = None if mask is None else _mask(mask)
     if region is not None and region.shape != heat.shape:
         raise ValueError(f"mask has shape {list(region.shape)}: expected {list(heat.shape)}")
     if at is None:

@@ -229,7 +229,7 @@ def test_report_of_volumes_shows_slices_and_mips(tmp_path: Path) -> None:
 
 def test_report_thumbnails_link_the_full_size(tmp_path: Path) -> None:
     run = _demo_run(tmp_path / "run", 1, (80, 80))
-    _, parser, data = _parse(write_report(run, tmp_path / "out", thumbnail=32))
+    data = _parse(write_report(run, tmp_path / "out", thumbnail=32))[2]
     panel = data["images"][0]["maps"][0][0]
     from PIL import Image
 

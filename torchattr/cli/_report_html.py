@@ -32,18 +32,22 @@ def page(
     generated: list[tuple[str, str]],
 ) -> str:
     """The whole ``index.html``."""
-    sections = [
-        _notes(run.notes),
-        _section("Provenance", _key_values(run.provenance + generated), "provenance"),
-        _section("Methods compared", _methods_table(run), "comparison"),
-        _section("Distributions", _distributions(run), "distributions"),
-        *run.extra_sections,
-        _section("Gallery", _gallery_controls(run, threshold), "gallery-section"),
-        _section("Failures and skipped images", _failures(run, pictures), "failures"),
-    ]
+    parts = [("Provenance", _key_values(run.provenance + generated), "provenance")]
+    if run.methods:
+        parts += [
+            ("Methods compared", _methods_table(run), "comparison"),
+            ("Distributions", _distributions(run), "distributions"),
+        ]
+    parts += run.extra_sections
+    if run.methods:
+        parts.append(("Gallery", _gallery_controls(run, threshold), "gallery-section"))
+    parts.append(("Failures and skipped images", _failures(run, pictures), "failures"))
+    sections = [_notes(run.notes)] + [_section(*part) for part in parts]
+    nav = " · ".join(f'<a href="#{anchor}">{_e(title.lower())}</a>' for title, _, anchor in parts)
     data = _gallery_data(run, pictures, page_size)
     return TEMPLATE.format(
         title=_e(run.title),
+        nav=nav,
         style=STYLE,
         body="\n".join(s for s in sections if s),
         data=json.dumps(data, allow_nan=False).replace("<", "\\u003c"),
@@ -179,13 +183,20 @@ def _distributions(run: Any) -> str:
     return '<div class="distributions">' + "".join(figures) + "</div>"
 
 
-def _histogram_svg(metric: str, per_method: dict[str, np.ndarray], low: float, high: float) -> str:
+def _histogram_svg(
+    metric: str,
+    per_method: dict[str, np.ndarray],
+    low: float,
+    high: float,
+    caption: str | None = None,
+) -> str:
     label_width, plot_width, row_height = 150, 240, 22
     height = row_height * len(per_method) + 30
     span = high - low if high > low else 1.0
+    if caption is None:
+        caption = f"{display_name(metric)} ({direction(metric).word} is better)"
     parts = [
-        f'<figure class="dist"><figcaption>{_e(display_name(metric))} '
-        f"({direction(metric).word} is better)</figcaption>"
+        f'<figure class="dist"><figcaption>{_e(caption)}</figcaption>'
         f'<svg width="{label_width + plot_width + 10}" height="{height}" role="img" '
         f'aria-label="{_e(metric)} distributions">'
     ]
@@ -335,9 +346,7 @@ TEMPLATE = """<!DOCTYPE html>
 </head>
 <body>
 <header><h1>{title}</h1>
-<nav><a href="#provenance">provenance</a> · <a href="#comparison">methods</a> ·
-<a href="#distributions">distributions</a> · <a href="#gallery-section">gallery</a> ·
-<a href="#failures">failures</a></nav></header>
+<nav>{nav}</nav></header>
 <main>
 {body}
 </main>
@@ -387,17 +396,21 @@ svg line.mean { stroke: #c0392b; stroke-width: 2; }
 .cbar { position: relative; width: 160px; height: 10px; margin-top: 3px; border: 1px solid #888; }
 .cbar .tick { position: absolute; top: -3px; width: 2px; height: 16px; background: #000; }
 .cbar-labels { width: 160px; display: flex; justify-content: space-between; font-size: 10px; }
+.code { font-size: 13px; white-space: nowrap; }
+.code.planted { outline: 2px solid #1f7a1f; }
+.code .bar { display: inline-block; height: 10px; vertical-align: middle; }
+table.sortable thead th[data-col] { cursor: pointer; background: #f1f4f7; }
 """
 
 SCRIPT = """
 (function () {
   const D = JSON.parse(document.getElementById('report-data').textContent);
   const $ = (id) => document.getElementById(id);
-  const table = $('methods');
-  if (table) {
-    for (const th of table.querySelectorAll('thead th[data-col]')) {
+  for (const sortable of document.querySelectorAll('table.sortable')) {
+    for (const th of sortable.querySelectorAll('thead th[data-col]')) {
       th.addEventListener('click', () => {
-        const body = table.tBodies[0], col = +th.dataset.col, up = th.dataset.order !== 'asc';
+        const body = sortable.tBodies[0], col = +th.dataset.col;
+        const up = th.dataset.order !== 'asc';
         th.dataset.order = up ? 'asc' : 'desc';
         const key = (r) => { const v = r.cells[col].dataset.value, x = parseFloat(v);
           return isNaN(x) ? v : x; };
@@ -409,6 +422,9 @@ SCRIPT = """
         }).forEach((r) => body.appendChild(r));
       });
     }
+  }
+  const table = $('methods');
+  if (table) {
     $('method-filter').addEventListener('input', (e) => {
       const q = e.target.value.toLowerCase();
       for (const r of table.querySelectorAll('tbody tr'))
@@ -422,6 +438,7 @@ SCRIPT = """
     }
   }
   const bar = $('colorbar-template');
+  if (!bar) return;
   const state = { method: -1, metric: 0, worst: true, page: 0 };
   const fmt = (v) => (v === null || v === undefined) ? '–' : Number(v).toFixed(3);
   function key(img) {
@@ -505,3 +522,68 @@ SCRIPT = """
   render();
 })();
 """
+
+
+def ehr_sections(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The EHR demo's sections: the planted code's rank, its distribution, the patients."""
+    rank, chance = summary["planted_rank"], summary["chance"]
+    planted = summary["planted_code"]["name"]
+    rows = (
+        f"<tr><th>mean rank</th><td>{rank['mean']:.2f}</td><td>{chance['mean_rank']:.2f}</td></tr>"
+        f"<tr><th>fraction ranked #1</th><td>{rank['fraction_first']:.3f}</td>"
+        f"<td>{chance['fraction_first']:.3f}</td></tr>"
+    )
+    codes = "".join(
+        f"<li>{_e(c['name'])}: {c['mean']:+.3f} (n={c['patients']})</li>"
+        for c in summary.get("highest_mean_condition_scores", [])
+    )
+    overview = (
+        f"<p>Planted code <strong>{_e(planted)}</strong>: its rank among each explained "
+        f"patient's known condition codes ({summary['n_explained']} patients, median "
+        f"{summary['median_condition_codes']:g} codes each; rank 1 is the top code; lower is "
+        "better), next to a random ordering of the same codes.</p>"
+        f'<table id="planted"><thead><tr><th></th><th>Integrated Gradients</th>'
+        f"<th>random order</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<p>Completeness: max |sum of attributions − (logit − baseline logit)| = "
+        f"{summary['max_abs_delta']:.2e}.</p>"
+        f"<p>Highest mean condition scores over these patients:</p><ul>{codes}</ul>"
+    )
+    ranks = np.array([p["planted_rank"] for p in summary["patients"]], dtype=np.float64)
+    histogram = _histogram_svg(
+        "planted_rank",
+        {"Integrated Gradients": ranks},
+        1.0,
+        float(max(ranks.max(initial=1.0), 2.0)),
+        caption="rank of the planted code per patient (lower is better)",
+    )
+    patients = []
+    for p in summary["patients"]:
+        top = p.get("top_conditions", [])
+        largest = max((abs(score) for _, score in top), default=1.0) or 1.0
+        bars = "".join(
+            f'<div class="code{" planted" if name == planted else ""}"><span class="bar" '
+            f'style="width:{60 * abs(score) / largest:.0f}px;background:'
+            f'{"#3b6ea8" if score >= 0 else "#c0392b"}"></span> {_e(name)} {score:+.3f}</div>'
+            for name, score in top
+        )
+        probability = p.get("probability")
+        patients.append(
+            f'<tr data-method="{_e(p["id"])}"><th data-value="{_e(p["id"])}">{_e(p["id"])}</th>'
+            f'<td data-value="{p["planted_rank"]}">#{p["planted_rank"]} of '
+            f"{p['known_condition_codes']}</td>"
+            f'<td data-value="{probability if probability is not None else ""}">'
+            f"{_number(probability)}</td><td>{bars}</td></tr>"
+        )
+    table = (
+        "<p>Top condition codes per patient (Integrated Gradients score on the outcome logit; "
+        "blue raises the risk, red lowers it; the planted code is framed). Click a column to "
+        "sort: worst ranks first by clicking the rank twice.</p>"
+        '<table id="patients" class="sortable"><thead><tr><th data-col="0">patient</th>'
+        '<th data-col="1">planted code rank</th><th data-col="2">model probability</th>'
+        f"<th>top condition codes</th></tr></thead><tbody>{''.join(patients)}</tbody></table>"
+    )
+    return [
+        ("Planted code", overview, "planted-code"),
+        ("Distributions", '<div class="distributions">' + histogram + "</div>", "distributions"),
+        ("Patients", table, "patients-section"),
+    ]

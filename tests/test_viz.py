@@ -458,7 +458,7 @@ def test_figure_pixels_where_the_map_is_zero_maximal_and_under_the_outline() -> 
     box = [[4, 4, 12, 12]]
     figure = viz.plot_attributions(image, {"m": saliency}, boxes=box, threshold=0.2, alpha=0.5)
     panel = next(a for a in figure.axes if a.get_title() == "m")
-    picture = viz.overlay(image, saliency, boxes=box, threshold=0.2, alpha=0.5)
+    picture = viz.overlay(image, saliency, boxes=box, threshold=0.2, alpha=0.5, outline="outside")
     grey = np.array([128, 128, 128])
     top = np.rint(0.5 * 128 + 0.5 * 255 * viz.colormap()[-1]).astype(int)
     # The picture: zero map -> the image; maximum -> the colormap's top, not hidden by the
@@ -476,7 +476,7 @@ def test_figure_pixels_where_the_map_is_zero_maximal_and_under_the_outline() -> 
 
 def test_overlay_outline_outside_keeps_the_region_visible() -> None:
     image = np.full((8, 10), 100, dtype=np.uint8)
-    out = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, boxes=[[2, 2, 5, 6]])
+    out = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, boxes=[[2, 2, 5, 6]], outline="outside")
     drawn = (out == [0, 255, 0]).all(axis=-1)
     inside = np.zeros((8, 10), dtype=bool)
     inside[2:6, 2:5] = True

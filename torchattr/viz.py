@@ -587,7 +587,7 @@ def overlay(
     boxes: Any = None,
     mask: Array | None = None,
     box_color: tuple[int, int, int] = (0, 255, 0),
-    outline: str = "outside",
+    outline: str = "border",
     signed: bool = False,
 ) -> np.ndarray:
     """Blend a colour-mapped saliency map over an image: RGB ``uint8`` ``[H, W, 3]``.
@@ -596,9 +596,11 @@ def overlay(
     ``out = image`` elsewhere (the image's own pixels, exactly). Without ``threshold`` the map is
     shown everywhere; with ``threshold = t`` only where ``|S| > 0`` and ``|S| >= t * max |S|``
     (the pipeline's convention: ``t = 0.2``; state it next to the picture). The ground truth is
-    drawn last, in ``box_color``: ``boxes`` (see :func:`draw_boxes`) and ``mask`` (see
-    :func:`draw_outline`), by default as a ring just outside the region, so that the map's
-    pixels inside it stay visible (``outline="border"``: the boxes' own border pixels).
+    drawn last, in ``box_color``: ``boxes`` (see :func:`draw_boxes`; ``outline="outside"``, as
+    the demo, the report and :func:`plot_attributions` draw them: a ring just outside the box,
+    so that the map's pixels inside it stay visible; ``"border"``, the default kept for existing
+    callers: the boxes' own border pixels) and ``mask`` (see :func:`draw_outline`: always just
+    outside the region).
 
     Args:
         image: ``[H, W]``, ``[1, H, W]``, ``[H, W, 1]``, ``[3, H, W]`` or ``[H, W, 3]``; ``uint8``
@@ -613,7 +615,7 @@ def overlay(
         threshold: ``None`` or a fraction of the map's maximum magnitude in [0, 1].
         boxes: ``None`` or XYXY pixel boxes ``[N, 4]`` (ends exclusive).
         mask: ``None`` or a ground-truth region ``[H, W]`` (non-zero inside).
-        outline: ``"outside"`` (default) or ``"border"`` (boxes only).
+        outline: ``"border"`` (default) or ``"outside"`` (boxes; prefer it for figures).
         signed: show negative and positive values with a diverging colormap centred at 0.
 
     Example::

@@ -513,7 +513,9 @@ def overlay_grid(image: Tensor, boxes: Tensor, maps: dict[str, Tensor], scale: i
     big, big_boxes = enlarge(image), boxes * scale
     panels = [viz.draw_boxes(viz.to_rgb(big), big_boxes, outline="outside")]
     panels += [
-        viz.overlay(big, enlarge(m), threshold=THRESHOLD, alpha=0.5, boxes=big_boxes)
+        viz.overlay(
+            big, enlarge(m), threshold=THRESHOLD, alpha=0.5, boxes=big_boxes, outline="outside"
+        )
         for m in maps.values()
     ]
     labels = ["image", *(viz.display_name(name) for name in maps)]

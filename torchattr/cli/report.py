@@ -608,7 +608,9 @@ def _map_panels(
         return list(viz.volume_panels(volume, saliency, threshold=threshold).items())
     if image.shape[-2:] != saliency.shape and image.shape[:2] != saliency.shape:
         image = np.zeros(saliency.shape)
-    picture = viz.overlay(image, saliency, threshold=threshold, boxes=boxes or None)
+    picture = viz.overlay(
+        image, saliency, threshold=threshold, boxes=boxes or None, outline="outside"
+    )
     return [("overlay", picture)]
 
 

@@ -554,3 +554,33 @@ def test_display_names() -> None:
     assert viz.display_name("integrated_gradients") == "Integrated Gradients"
     assert viz.display_name("gradcam++") == "Grad-CAM++"
     assert viz.display_name("my_method") == "my method"
+
+
+def test_colour_bars_show_the_map_units_and_the_threshold() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    half = np.zeros((6, 6))
+    half[1, 1] = 0.5  # a map in [0, 1] is shown as it is: the threshold is 0.2 * 0.5
+    raw = np.linspace(-2, 6, 36).reshape(6, 6)  # min-max scaled: the bar spans [-2, 6]
+    signed = np.linspace(-4, 2, 36).reshape(6, 6)
+    expected = {"half": ((0, 1), [0.1]), "raw": ((-2, 6), [-2 + 0.2 * 8])}
+    figure = viz.plot_attributions(np.zeros((6, 6)), {"half": half, "raw": raw}, threshold=0.2)
+    signed_figure = viz.plot_attributions(
+        np.zeros((6, 6)), {"signed": signed}, threshold=0.2, signed=True
+    )
+    bars = [a for a in figure.axes if not a.get_title()]
+    bars += [a for a in signed_figure.axes if not a.get_title()]
+    expected["signed"] = ((-4, 4), [-0.8, 0.8])
+    for bar, (limits, levels) in zip(bars, expected.values(), strict=True):
+        np.testing.assert_allclose(bar.get_ylim(), limits)
+        np.testing.assert_allclose(sorted(line.get_ydata()[0] for line in bar.lines), levels)
+
+
+def test_plot_volume_figure() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    volume = np.random.default_rng(0).random((5, 6, 7))
+    figure = viz.plot_volume(volume, volume, threshold=0.5, title="CT")
+    titles = [a.get_title() for a in figure.axes if a.get_title()]
+    assert len(titles) == 6 and titles[3:] == ["MIP axial", "MIP coronal", "MIP sagittal"]
+    assert len(figure.axes) == 12  # a colour bar per panel

@@ -818,7 +818,7 @@ def plot_attributions(
     if not isinstance(maps, Mapping) or not maps:
         raise TypeError("maps must be a non-empty dict {name: map}")
     size = _check_panel_size(panel_size)
-    panels: list[tuple[str, np.ndarray, tuple[float, float] | None]] = [
+    panels: list[tuple[str, np.ndarray, tuple[float, float, list[float]] | None]] = [
         (image_title, to_rgb(image), None)
     ]
     for name, one_map in maps.items():
@@ -841,7 +841,7 @@ def plot_attributions(
             )
         except ValueError as error:
             raise ValueError(f"maps[{name!r}]: {error}") from None
-        panels.append((display_name(str(name)), picture, _value_range(data, signed)))
+        panels.append((display_name(str(name)), picture, _scale(data, signed, threshold)))
     if boxes is not None or mask is not None:
         panels = [(n, _ground_truth(p, boxes, mask, box_color), r) for n, p, r in panels]
     return _panel_figure(
@@ -936,7 +936,7 @@ def plot_volume(
     size = _check_panel_size(panel_size)
     signed = options.get("signed", False)
     panels = volume_panels(image, saliency, **options)
-    span = _value_range(_numpy(saliency, "saliency"), bool(signed))
+    span = _scale(_numpy(saliency, "saliency"), bool(signed), options.get("threshold"))
     return _panel_figure(
         figure_class,
         [(name, picture, span) for name, picture in panels.items()],
@@ -964,15 +964,27 @@ def _check_panel_size(size: Any) -> float:
     return float(size)
 
 
-def _value_range(values: np.ndarray, signed: bool) -> tuple[float, float]:
-    """The map values the colour bar spans: what :func:`display_values` maps to its ends."""
+def _scale(
+    values: np.ndarray, signed: bool, threshold: float | None
+) -> tuple[float, float, list[float]]:
+    """A colour bar for a map: the values at its ends and where the threshold lies on it.
+
+    The ends are what :func:`display_values` maps to the colormap's ends (``[0, 1]`` for a map
+    in [0, 1], else ``[min, max]``; signed: ``[-1, 1]`` or ``[-max |S|, max |S|]``). The
+    threshold levels are the values at which :func:`overlay` starts showing the map:
+    ``t * max |S|`` (and its negative when signed), in the map's own units.
+    """
+    top = float(np.abs(values).max(initial=0.0))
     if signed:
-        top = max(float(np.abs(values).max(initial=0.0)), 1.0)
-        return -top, top
-    low, high = float(values.min(initial=0.0)), float(values.max(initial=1.0))
+        span = max(top, 1.0)
+        levels = [] if threshold is None else [-threshold * top, threshold * top]
+        return -span, span, levels
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
     if low >= 0 and high <= 1:
-        return 0.0, 1.0
-    return low, high
+        levels = [] if threshold is None else [threshold * high]
+        return 0.0, 1.0, levels
+    levels = [] if threshold is None else [low + threshold * (high - low)]
+    return low, high, levels
 
 
 def _ground_truth(
@@ -987,7 +999,7 @@ def _ground_truth(
 
 def _panel_figure(
     figure_class: Any,
-    panels: list[tuple[str, np.ndarray, tuple[float, float] | None]],
+    panels: list[tuple[str, np.ndarray, tuple[float, float, list[float]] | None]],
     cmap: str | None,
     signed: bool,
     threshold: float | None,
@@ -1013,14 +1025,13 @@ def _panel_figure(
         axes.set_title(name, fontsize=10)
         axes.set_axis_off()
         if colorbar and span is not None:
-            low, high = span
+            low, high, levels = span
             bar = figure.colorbar(
                 ScalarMappable(Normalize(low, high), colours), ax=axes, fraction=0.046, pad=0.03
             )
             bar.ax.tick_params(labelsize=7)
-            if threshold is not None:
-                for level in _threshold_levels(low, high, threshold, signed):
-                    bar.ax.axhline(level, color="black", linestyle="--", linewidth=0.8)
+            for level in levels:
+                bar.ax.axhline(level, color="black", linestyle="--", linewidth=0.8)
     if threshold is not None:
         what = "|map|" if signed else "map"
         figure.supxlabel(
@@ -1031,13 +1042,6 @@ def _panel_figure(
     if title:
         figure.suptitle(title)
     return figure
-
-
-def _threshold_levels(low: float, high: float, threshold: float, signed: bool) -> list[float]:
-    """Where the threshold lies on a colour bar spanning ``[low, high]``."""
-    if signed:
-        return [threshold * low, threshold * high]
-    return [low + threshold * (high - low)]
 
 
 def save_figure(path: PathLike, figure: Any, *, dpi: float | None = None) -> Path:

@@ -140,6 +140,15 @@ def test_report_of_a_compare_run(compared: Path, capsys: pytest.CaptureFixture[s
     assert record["methods"] == list(METHODS)
 
 
+def test_report_of_a_generate_run(compared: Path) -> None:
+    page = write_report(compared / "maps", compared / "report_maps")
+    text, parser, data = _parse(page)
+    _check_self_contained(compared / "report_maps", parser, data)
+    assert data["methods"] == list(METHODS) and data["metrics"] == []
+    assert len(data["images"]) == 4 and all(all(img["maps"]) for img in data["images"])
+    assert "no metrics" in text and "torchattr generate" in text
+
+
 def _rows(parser: _Links) -> list[tuple[str, dict[str, Any]]]:
     """(method of the enclosing row, attributes) of every table cell of #methods."""
     result, method = [], None

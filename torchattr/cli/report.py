@@ -181,10 +181,12 @@ def read_run(run_dir: Path) -> Run:
         return _read_compare(run_dir)
     if (run_dir / "summary.json").is_file():
         return _read_evaluate([run_dir], None)
+    if (run_dir / "run.json").is_file():
+        return _read_generate(run_dir)
     raise CommandError(
         f"RUN {run_dir} holds none of manifest.json + metrics.json (demo), ehr_summary.json "
-        "(demo --ehr), compare.json (compare) or summary.json (evaluate): expected the output "
-        "folder of one of those commands"
+        "(demo --ehr), compare.json (compare), summary.json (evaluate) or run.json (generate): "
+        "expected the output folder of one of those commands"
     )
 
 
@@ -399,6 +401,60 @@ def _read_evaluate(paths: list[Path], labels: list[str] | None) -> Run:
         methods=methods,
         metrics=metrics,
         summary=summary,
+        images=sorted(entries.values(), key=lambda e: e.id),
+        failures=failures,
+        notes=notes,
+    )
+
+
+def _read_generate(run_dir: Path) -> Run:
+    """A ``generate`` output folder: maps and provenance, no metrics (evaluate scores them)."""
+    record = _json(run_dir / "run.json")
+    methods = [m for m in record.get("methods", {}) if (run_dir / m).is_dir()]
+    if not methods:
+        raise CommandError(f"{run_dir / 'run.json'} lists no method folder of maps")
+    first = record["methods"][methods[0]]
+    data = _open_data((first.get("data") or {}).get("path"))
+    entries: dict[str, ImageEntry] = {}
+    failures = []
+    for method in methods:
+        for path in sorted((run_dir / method).glob("*.npy")):
+            entry = entries.get(path.stem)
+            if entry is None:
+                entry = entries[path.stem] = ImageEntry(
+                    id=path.stem,
+                    image=None if data is None else _data_loader(data, path.stem),
+                    target=str(record["methods"][method].get("target", "")),
+                )
+            entry.maps[method] = _npy_loader(path)
+        failures += [
+            {"method": method, "image": str(f["image"]), "error": str(f["error"])}
+            for f in record["methods"][method].get("failed", [])
+        ]
+    model = first.get("model") or {}
+    provenance = [
+        ("run", f"torchattr generate, {run_dir.resolve()}"),
+        ("model", f"{model.get('spec', 'not recorded')} (sha256 {model.get('sha256', '-')})"),
+        ("data", json.dumps(first.get("data"))),
+        ("preprocessing", json.dumps(first.get("preprocessing"))),
+        ("target", str(first.get("target"))),
+        *(
+            (f"method options: {m}", json.dumps(record["methods"][m].get("options")))
+            for m in methods
+        ),
+        ("versions", f"torchattr {record.get('torchattr', 'not recorded')}"),
+        ("date", str(record.get("updated", "not recorded"))),
+    ]
+    notes = ["no metrics: score the maps with `torchattr evaluate`, then report its output"]
+    if data is None:
+        notes.append("the images of the run are not readable from here: overlays show maps alone")
+    return Run(
+        kind="generate",
+        title=f"torchattr generate: {', '.join(methods)}",
+        provenance=provenance,
+        methods=methods,
+        metrics=[],
+        summary={m: {} for m in methods},
         images=sorted(entries.values(), key=lambda e: e.id),
         failures=failures,
         notes=notes,

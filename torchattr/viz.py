@@ -51,7 +51,7 @@ OUTLINES = ("outside", "border")
 # Method names as figures and reports print them (others: underscores become spaces).
 DISPLAY_NAMES = {
     "saliency": "Saliency",
-    "input_x_gradient": "Input × Gradient",
+    "input_x_gradient": "Input x Gradient",
     "smoothgrad": "SmoothGrad",
     "integrated_gradients": "Integrated Gradients",
     "gradcam": "Grad-CAM",

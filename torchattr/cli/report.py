@@ -240,8 +240,9 @@ def _read_demo(run_dir: Path) -> Run:
         ("run", f"torchattr demo, {run_dir.resolve()}"),
         (
             "model",
-            f"PhantomNet, trained {settings.get('epochs')} epoch(s) on "
-            f"{settings.get('n_train')} phantoms (seed {settings.get('seed')})",
+            f"PhantomNet, trained {settings.get('epochs')} epoch(s) on {settings.get('n_train')} "
+            f"phantoms (seed {settings.get('seed')}); weights sha256 "
+            f"{manifest.get('model_sha256', 'not recorded')}",
         ),
         ("held-out accuracy", _accuracy_text(manifest)),
         (

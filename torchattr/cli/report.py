@@ -350,7 +350,8 @@ def _read_evaluate(paths: list[Path], labels: list[str] | None) -> Run:
     }
     first = summaries[0][0]
     data = _open_data((first.get("data") or {}).get("path"))
-    boxes = _read_boxes(first.get("boxes"))
+    box_notes: list[str] = []
+    boxes = _read_boxes(first.get("boxes"), box_notes)
     entries: dict[str, ImageEntry] = {}
     failures = []
     for label, (s, rows) in zip(methods, summaries):
@@ -372,7 +373,7 @@ def _read_evaluate(paths: list[Path], labels: list[str] | None) -> Run:
             {"method": label, "image": str(f["image"]), "error": str(f["error"])}
             for f in s.get("skipped", [])
         ]
-    notes = [str(n) for s, _ in summaries for n in s.get("notes", [])]
+    notes = [str(n) for s, _ in summaries for n in s.get("notes", [])] + box_notes
     if data is None:
         notes.append("the images of the run are not readable from here: overlays show maps alone")
     model = first.get("model") or {}
@@ -498,14 +499,19 @@ def _data_loader(data: Any, name: str) -> Loader:
     return lambda: data.load(name)
 
 
-def _read_boxes(path: str | None) -> dict[str, list[list[float]]]:
-    if not path or not Path(path).is_file():
+def _read_boxes(path: str | None, notes: list[str]) -> dict[str, list[list[float]]]:
+    """The run's ground-truth boxes by image; a note in ``notes`` when they cannot be read."""
+    if not path:
+        return {}
+    if not Path(path).is_file():
+        notes.append(f"the boxes file {path} is not readable from here: no outlines drawn")
         return {}
     from torchattr.cli._data import load_boxes
 
     try:
         loaded = load_boxes(path)
-    except CommandError:
+    except CommandError as error:
+        notes.append(f"the boxes file {path} could not be read ({error}): no outlines drawn")
         return {}
     return {name: [list(_xyxy(b)) for b in boxes] for name, boxes in loaded.items()}
 

@@ -390,12 +390,13 @@ svg line.mean { stroke: #c0392b; stroke-width: 2; }
 .card h3 { margin: 0; font-size: 15px; }
 .card .meta { color: #444; font-size: 13px; margin: 2px 0 6px; }
 .panels { display: flex; flex-wrap: wrap; gap: 10px; }
-.panel { margin: 0; display: flex; flex-direction: column; align-items: center; }
-.panel img { width: 160px; height: auto; image-rendering: pixelated; border: 1px solid #888; }
-.panel figcaption { font-size: 12px; text-align: center; max-width: 170px; }
-.cbar { position: relative; width: 160px; height: 10px; margin-top: 3px; border: 1px solid #888; }
+.panel { margin: 0; display: flex; flex-direction: column; width: min-content; }
+.panel img { display: block; min-width: 128px; max-width: 256px; image-rendering: pixelated;
+  border: 1px solid #888; }
+.panel figcaption { font-size: 12px; text-align: center; }
+.cbar { position: relative; height: 10px; margin-top: 3px; border: 1px solid #888; }
 .cbar .tick { position: absolute; top: -3px; width: 2px; height: 16px; background: #000; }
-.cbar-labels { width: 160px; display: flex; justify-content: space-between; font-size: 10px; }
+.cbar-labels { display: flex; justify-content: space-between; font-size: 10px; }
 .code { font-size: 13px; white-space: nowrap; }
 .code.planted { outline: 2px solid #1f7a1f; }
 .code .bar { display: inline-block; height: 10px; vertical-align: middle; }

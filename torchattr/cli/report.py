@@ -20,7 +20,9 @@ The page holds (see :mod:`torchattr.cli._report_html`):
   outline drawn just outside the region) with its colour bar, the model's score and target, and
   the metric values; ordered worst or best first by a chosen method and metric, filtered by
   method, paged (``--page-size`` cards); pictures are thumbnails (at most ``--thumbnail``
-  pixels a side, the full-size picture linked when larger), so 10 000 images stay responsive.
+  pixels a side, the full-size picture linked when larger; small images are enlarged by a whole
+  factor, nearest neighbour, before drawing, so that outlines stay one pixel thin), so 10 000
+  images stay responsive.
   Volumes ``[D, H, W]`` show the axial, coronal and sagittal slices through the map's maximum
   and the maximum intensity projections (:func:`torchattr.viz.volume_panels`);
 * failures and skipped images, with their errors.
@@ -606,19 +608,32 @@ def _pictures(loaded: Run, out: Path, threshold: float, thumbnail: int) -> Pictu
         if size is None and image is None:
             continue
         base = image if image is not None else np.zeros(size)
-        panels_image = _image_panels(viz, base, entry.boxes, size)
+        scale, boxes = 1, entry.boxes
+        if size is None or len(size) == 2:  # enlarge small pictures: thin outlines, visible maps
+            shape = size if size is not None else base.shape[-2:]
+            scale = max(1, min(8, thumbnail // max(shape)))
+            base = _enlarge(viz.to_rgb(base, size=shape), scale)
+            boxes = [[v * scale for v in box] for box in entry.boxes]
+        panels_image = _image_panels(viz, base, boxes, size)
         result.image[entry.id] = _save_panels(out, f"{folder}/image", panels_image, thumbnail)
         result.maps[entry.id] = {}
         for k, (method, saliency) in enumerate(maps.items()):
             if saliency is None:
                 continue
             try:
-                panels = _map_panels(viz, base, saliency, entry.boxes, threshold)
+                if saliency.ndim == 2:
+                    saliency = _enlarge(saliency, scale)
+                panels = _map_panels(viz, base, saliency, boxes, threshold)
             except ValueError as error:
                 result.errors.append({"method": method, "image": entry.id, "error": str(error)})
                 continue
             result.maps[entry.id][method] = _save_panels(out, f"{folder}/m{k}", panels, thumbnail)
     return result
+
+
+def _enlarge(picture: np.ndarray, scale: int) -> np.ndarray:
+    """Each pixel of ``[H, W, ...]`` repeated ``scale`` x ``scale`` times (nearest neighbour)."""
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else picture
 
 
 def _load(loader: Loader | None, image_id: str, what: str, errors: list[dict[str, str]]) -> Any:
@@ -669,7 +684,7 @@ def _map_panels(
     if saliency.ndim == 3:
         volume = image if image.shape == saliency.shape else np.zeros(saliency.shape)
         return list(viz.volume_panels(volume, saliency, threshold=threshold).items())
-    if image.shape[-2:] != saliency.shape and image.shape[:2] != saliency.shape:
+    if image.shape[:2] != saliency.shape and image.shape[-2:] != saliency.shape:
         image = np.zeros(saliency.shape)
     picture = viz.overlay(
         image, saliency, threshold=threshold, boxes=boxes or None, outline="outside"

@@ -171,12 +171,25 @@ def test_quick_ehr_demo_in_process(tmp_path: Path, capsys: pytest.CaptureFixture
     assert summary["settings"]["n_train"] == 400
     assert all(1 <= p["planted_rank"] <= p["known_condition_codes"] for p in summary["patients"])
     assert summary["max_abs_delta"] < 1e-3
+    # The report: the planted code's rank against a random order, and per patient its rank
+    # and top codes (the planted code framed where it is among them).
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "I21.9 acute myocardial infarction" in page and "random order" in page
+    for patient in summary["patients"]:
+        assert patient["id"] in page
+        assert f"#{patient['planted_rank']} of {patient['known_condition_codes']}" in page
+        assert 0 < patient["probability"] < 1
+    assert page.count('class="code planted"') == sum(
+        any(name == summary["planted_code"]["name"] for name, _ in p["top_conditions"])
+        for p in summary["patients"]
+    )
+    assert "://" not in page.replace("http://www.w3.org/2000/svg", "")
 
     again = tmp_path / "again"
     assert main(["demo", "--ehr", "--quick", "--out", str(again)]) == 0
     repeated = json.loads((again / "ehr_summary.json").read_text())
     assert repeated.pop("settings")["out"] == str(again)
-    del summary["settings"]
+    del summary["settings"], summary["created"], repeated["created"]
     assert repeated == summary  # same seed, same numbers
 
 

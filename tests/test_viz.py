@@ -144,6 +144,11 @@ def test_builtin_colormaps_match_matplotlib() -> None:
         )
         expected = np.rint(matplotlib.colormaps[name](values)[:, :3] * 255).astype(np.uint8)
         np.testing.assert_array_equal(viz.colorize(values, name), expected)
+    for name in ("viridis", "RdBu_r"):  # built in as 16-bit tables
+        reference = matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3]
+        np.testing.assert_allclose(viz.colormap(name), reference, atol=1e-5)
+        expected = np.rint(matplotlib.colormaps[name](values)[:, :3] * 255).astype(int)
+        assert np.abs(viz.colorize(values, name).astype(int) - expected).max() <= 1
     plasma = np.rint(matplotlib.colormaps["plasma"](values)[:, :3] * 255).astype(np.uint8)
     np.testing.assert_array_equal(viz.colorize(values, "plasma"), plasma)
     with pytest.raises(ValueError, match="unknown cmap 'nope'"):
@@ -152,7 +157,11 @@ def test_builtin_colormaps_match_matplotlib() -> None:
 
 def test_colormaps_without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
     _without(monkeypatch, "matplotlib")
-    assert viz.colorize(np.array([0.0, 1.0])).tolist() == [[0, 0, 128], [128, 0, 0]]
+    assert viz.colorize(np.array([0.0, 1.0])).tolist() == [[68, 1, 84], [253, 231, 37]]
+    assert viz.colorize(np.array([0.0, 1.0]), "jet").tolist() == [[0, 0, 128], [128, 0, 0]]
+    # Signed: 0 is the diverging map's (near-)white centre, -1 blue, +1 red.
+    low, middle, high = viz.colorize(np.array([-1.0, 0.0, 1.0]), signed=True).astype(int)
+    assert low[2] > low[0] and high[0] > high[2] and middle.min() >= 240
     picture = viz.overlay(np.zeros((4, 4)), np.ones((4, 4)), cmap="gray", alpha=1.0)
     assert (picture == 255).all()
     with pytest.raises(ImportError, match=r"cmap 'plasma' needs matplotlib.*torchattr\[viz\]"):
@@ -190,7 +199,7 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
 
 def test_overlay_threshold_keeps_image_and_blends_the_top_colour() -> None:
     image, saliency = _scene()
-    out = viz.overlay(image, saliency, alpha=0.4, threshold=0.2)
+    out = viz.overlay(image, saliency, alpha=0.4, threshold=0.2, cmap="jet")
     rgb = np.repeat(image[..., None], 3, axis=-1)
     assert out.dtype == np.uint8 and out.shape == (8, 10, 3)
     hidden = saliency < 0.2
@@ -202,19 +211,20 @@ def test_overlay_threshold_keeps_image_and_blends_the_top_colour() -> None:
 
 def test_overlay_without_threshold_blends_everywhere() -> None:
     image, saliency = _scene()
-    out = viz.overlay(image, saliency, alpha=0.5)
+    out = viz.overlay(image, saliency, alpha=0.5, cmap="jet")
     rgb = np.repeat(image[..., None], 3, axis=-1)
     np.testing.assert_array_equal(out[0, 0], _blend(rgb[0, 0], JET_BOTTOM, 0.5))
     np.testing.assert_array_equal(viz.overlay(image, saliency, alpha=0.0), rgb)
     # A map outside [0, 1] is min-max scaled first.
-    np.testing.assert_array_equal(viz.overlay(image, 10 * saliency - 3), out)
+    np.testing.assert_array_equal(viz.overlay(image, 10 * saliency - 3, cmap="jet"), out)
     # A zero map with a threshold shows nothing.
     np.testing.assert_array_equal(viz.overlay(image, np.zeros((8, 10)), threshold=0.0), rgb)
 
 
 def test_overlay_boxes_are_one_pixel_outlines() -> None:
     image = np.full((8, 10), 100, dtype=np.uint8)
-    out = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, boxes=torch.tensor([[1, 2, 5, 6]]))
+    box = torch.tensor([[1, 2, 5, 6]])
+    out = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, boxes=box, outline="border")
     drawn = (out == [0, 255, 0]).all(axis=-1)
     expected = np.zeros((8, 10), dtype=bool)
     expected[2, 1:5] = expected[5, 1:5] = expected[2:6, 1] = expected[2:6, 4] = True
@@ -373,17 +383,24 @@ def test_plot_attributions_figure(tmp_path: Path) -> None:
 
     image = torch.rand(3, 12, 16)  # RGB, channels first
     maps = {
-        "a": torch.rand(12, 16),
-        "b": np.random.default_rng(0).random((12, 16)),
-        "c": torch.randn(3, 12, 16),
+        "saliency": torch.rand(12, 16),
+        "integrated_gradients": np.random.default_rng(0).random((12, 16)),
+        "c_d": torch.randn(3, 12, 16),
     }
     figure = viz.plot_attributions(image, maps, boxes=[[2, 2, 6, 6]], threshold=0.2, title="x")
     assert isinstance(figure, Figure)
-    assert len(figure.axes) == 4
-    assert [axes.get_title() for axes in figure.axes] == ["image", "a", "b", "c"]
+    panels = [axes for axes in figure.axes if axes.get_title()]
+    titles = [axes.get_title() for axes in panels]
+    assert titles == ["image", "Saliency", "Integrated Gradients", "c d"]
+    assert len(figure.axes) == 4 + 3  # one colour bar per map
+    assert "20 % of its maximum" in figure.get_supxlabel()
+    # Ten maps wrap into rows of at most 4 panels.
+    many = viz.plot_attributions(image, {f"m{i}": torch.rand(12, 16) for i in range(10)})
+    starts = {a.get_subplotspec().rowspan.start for a in many.axes if a.get_title()}
+    assert starts == {0, 1, 2}
     grid_figure = viz.plot_attributions(image.permute(1, 2, 0).numpy(), maps, ncols=3)
-    assert len(grid_figure.axes) == 4
-    assert grid_figure.axes[3].get_subplotspec().rowspan.start == 1  # second row
+    panels = [axes for axes in grid_figure.axes if axes.get_title()]
+    assert panels[3].get_subplotspec().rowspan.start == 1  # second row
     path = viz.save_png(tmp_path / "figure.png", figure, dpi=50)
     image_module = pytest.importorskip("PIL.Image")
     with image_module.open(path) as loaded:
@@ -394,3 +411,176 @@ def test_plot_attributions_figure(tmp_path: Path) -> None:
         viz.plot_attributions(image, {"a": torch.rand(12)})
     with pytest.raises(TypeError, match="maps must be a non-empty dict"):
         viz.plot_attributions(image, {})
+
+
+def test_plot_attributions_suptitle_does_not_overlap_panel_titles() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    maps = {"a": torch.rand(8, 8), "b": torch.rand(8, 8)}
+    figure = viz.plot_attributions(torch.rand(8, 8), maps, title="a long figure title")
+    _agg(figure).draw()
+    renderer = figure.canvas.get_renderer()
+    suptitle = figure._suptitle.get_window_extent(renderer)
+    for axes in figure.axes:
+        if axes.get_title():
+            assert not suptitle.overlaps(axes.title.get_window_extent(renderer))
+
+
+def _agg(figure: object) -> object:
+    """Attach an Agg canvas (figures made without pyplot have none that renders)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return FigureCanvasAgg(figure)
+
+
+def _figure_pixels(figure: object, dpi: int = 100) -> np.ndarray:
+    figure.set_dpi(dpi)
+    canvas = _agg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def _pixel_at(figure: object, axes: object, picture: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The figure's RGB at the centre of ``picture[row, col]`` shown in ``axes``."""
+    rendered = _figure_pixels(figure)
+    x, y = axes.transData.transform((col, row))  # imshow: pixel centres at integer coordinates
+    height = rendered.shape[0]
+    return rendered[round(height - y), round(x)].astype(int)
+
+
+def test_figure_pixels_where_the_map_is_zero_maximal_and_under_the_outline() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    image = np.full((16, 16), 0.5)
+    saliency = np.zeros((16, 16))
+    saliency[4:12, 4:12] = 0.3
+    saliency[4, 4] = 1.0  # the maximum, on the box's own border row and column
+    box = [[4, 4, 12, 12]]
+    figure = viz.plot_attributions(image, {"m": saliency}, boxes=box, threshold=0.2, alpha=0.5)
+    panel = next(a for a in figure.axes if a.get_title() == "m")
+    picture = viz.overlay(image, saliency, boxes=box, threshold=0.2, alpha=0.5, outline="outside")
+    grey = np.array([128, 128, 128])
+    top = np.rint(0.5 * 128 + 0.5 * 255 * viz.colormap()[-1]).astype(int)
+    # The picture: zero map -> the image; maximum -> the colormap's top, not hidden by the
+    # outline; the ring just outside the box -> the outline colour.
+    np.testing.assert_array_equal(picture[0, 0], grey)
+    np.testing.assert_array_equal(picture[4, 4], top)
+    np.testing.assert_array_equal(picture[3, 3], [0, 255, 0])
+    np.testing.assert_array_equal(picture[12, 8], [0, 255, 0])
+    assert not (picture[4:12, 4:12] == [0, 255, 0]).all(axis=-1).any()
+    # The same pixels in the rendered figure (nearest-neighbour, so colours survive).
+    for (row, col), expected in (((0, 0), grey), ((4, 4), top), ((3, 3), [0, 255, 0])):
+        found = _pixel_at(figure, panel, picture, row, col)
+        assert np.abs(found - np.asarray(expected)).max() <= 2, (row, col, found)
+
+
+def test_overlay_outline_outside_keeps_the_region_visible() -> None:
+    image = np.full((8, 10), 100, dtype=np.uint8)
+    out = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, boxes=[[2, 2, 5, 6]], outline="outside")
+    drawn = (out == [0, 255, 0]).all(axis=-1)
+    inside = np.zeros((8, 10), dtype=bool)
+    inside[2:6, 2:5] = True
+    ring = np.zeros((8, 10), dtype=bool)
+    ring[1:7, 1:6] = True
+    np.testing.assert_array_equal(drawn, ring & ~inside)
+    mask = np.zeros((8, 10))
+    mask[0:2, 0:2] = 1  # at the corner: the ring is clipped to the image
+    masked = viz.overlay(image, np.zeros((8, 10)), alpha=0.0, mask=mask)
+    expected = np.zeros((8, 10), dtype=bool)
+    expected[0:3, 0:3] = True
+    expected[0:2, 0:2] = False
+    np.testing.assert_array_equal((masked == [0, 255, 0]).all(axis=-1), expected)
+    with pytest.raises(ValueError, match="mask has shape"):
+        viz.overlay(image, np.zeros((8, 10)), mask=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="outline"):
+        viz.overlay(image, np.zeros((8, 10)), outline="thick")
+
+
+def test_overlay_signed_is_centred_at_zero() -> None:
+    image = np.zeros((2, 3), dtype=np.uint8)
+    saliency = np.array([[-4.0, 0.0, 4.0], [2.0, -0.5, 0.5]])
+    out = viz.overlay(image, saliency, alpha=1.0, signed=True).astype(int)
+    table = viz.colormap("RdBu_r") * 255
+    np.testing.assert_array_equal(out[0, 0], np.rint(table[0]))  # -max -> the blue end
+    np.testing.assert_array_equal(out[0, 2], np.rint(table[-1]))  # +max -> the red end
+    np.testing.assert_array_equal(out[0, 1], np.rint(table[128]))  # 0 -> the centre
+    # The threshold is on |S|: -0.5 and 0.5 (1/8 of the maximum 4) are hidden at 0.2.
+    thresholded = viz.overlay(image, saliency, alpha=1.0, signed=True, threshold=0.2)
+    assert not thresholded[1, 1:].any() and thresholded[1, 0].any()
+
+
+def test_volume_panels_slices_and_mips() -> None:
+    volume = np.random.default_rng(0).random((6, 8, 10))
+    saliency = np.zeros((6, 8, 10))
+    saliency[2, 3, 4] = 1.0
+    saliency[5, 0, 0] = 0.5
+    panels = viz.volume_panels(volume, saliency, alpha=1.0, threshold=0.1)
+    assert list(panels) == [
+        "axial z=2",
+        "coronal y=3",
+        "sagittal x=4",
+        "MIP axial",
+        "MIP coronal",
+        "MIP sagittal",
+    ]
+    shapes = [p.shape[:2] for p in panels.values()]
+    assert shapes == [(8, 10), (6, 10), (6, 8), (8, 10), (6, 10), (6, 8)]
+    top = np.rint(viz.colormap()[-1] * 255)
+    np.testing.assert_array_equal(panels["axial z=2"][3, 4], top)
+    np.testing.assert_array_equal(panels["MIP axial"][3, 4], top)
+    half = np.rint(viz.colormap()[128] * 255)
+    np.testing.assert_array_equal(panels["MIP axial"][0, 0], half)  # from slice 5
+    assert not (panels["axial z=2"][0, 0] == half).all()  # not in slice 2
+    with pytest.raises(ValueError, match="one volume"):
+        viz.volume_panels(volume, saliency[0])
+
+
+def test_save_figure_formats(tmp_path: Path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    image_module = pytest.importorskip("PIL.Image")
+    figure = viz.plot_attributions(torch.rand(8, 8), {"saliency": torch.rand(8, 8)})
+    assert viz.save_figure(tmp_path / "f.svg", figure).read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "f.pdf").exists() is False
+    assert viz.save_figure(tmp_path / "f.pdf", figure).read_bytes().startswith(b"%PDF")
+    small, large = (viz.save_figure(tmp_path / f"f{d}.png", figure, dpi=d) for d in (50, 100))
+    with image_module.open(small) as a, image_module.open(large) as b:
+        assert abs(b.size[0] - 2 * a.size[0]) <= 2
+    with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
+        viz.save_figure(tmp_path / "f.jpg", figure)
+
+
+def test_display_names() -> None:
+    assert viz.display_name("integrated_gradients") == "Integrated Gradients"
+    assert viz.display_name("gradcam++") == "Grad-CAM++"
+    assert viz.display_name("my_method") == "my method"
+
+
+def test_colour_bars_show_the_map_units_and_the_threshold() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    half = np.zeros((6, 6))
+    half[1, 1] = 0.5  # a map in [0, 1] is shown as it is: the threshold is 0.2 * 0.5
+    raw = np.linspace(-2, 6, 36).reshape(6, 6)  # min-max scaled: the bar spans [-2, 6]
+    signed = np.linspace(-4, 2, 36).reshape(6, 6)
+    expected = {"half": ((0, 1), [0.1]), "raw": ((-2, 6), [-2 + 0.2 * 8])}
+    figure = viz.plot_attributions(np.zeros((6, 6)), {"half": half, "raw": raw}, threshold=0.2)
+    signed_figure = viz.plot_attributions(
+        np.zeros((6, 6)), {"signed": signed}, threshold=0.2, signed=True
+    )
+    bars = [a for a in figure.axes if not a.get_title()]
+    bars += [a for a in signed_figure.axes if not a.get_title()]
+    expected["signed"] = ((-4, 4), [-0.8, 0.8])
+    for bar, (limits, levels) in zip(bars, expected.values(), strict=True):
+        np.testing.assert_allclose(bar.get_ylim(), limits)
+        np.testing.assert_allclose(sorted(line.get_ydata()[0] for line in bar.lines), levels)
+
+
+def test_plot_volume_figure() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    volume = np.random.default_rng(0).random((5, 6, 7))
+    figure = viz.plot_volume(volume, volume, threshold=0.5, title="CT")
+    titles = [a.get_title() for a in figure.axes if a.get_title()]
+    assert len(titles) == 6 and titles[3:] == ["MIP axial", "MIP coronal", "MIP sagittal"]
+    assert len(figure.axes) == 12  # a colour bar per panel

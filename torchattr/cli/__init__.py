@@ -10,7 +10,8 @@ Commands:
 * ``generate`` (:mod:`torchattr.cli.generate`): maps of a data set, ``OUT/<method>/<name>.npy``;
 * ``view`` (:mod:`torchattr.cli.view`): overlays of maps on their images, as PNG;
 * ``evaluate`` (:mod:`torchattr.cli.evaluate`): localisation and ROAD scores of maps;
-* ``compare`` (:mod:`torchattr.cli.compare`): one table and plot across evaluate results.
+* ``compare`` (:mod:`torchattr.cli.compare`): one table and plot across evaluate results;
+* ``report`` (:mod:`torchattr.cli.report`): a static HTML report of a demo, evaluate or compare run.
 
 Exit codes: 0 success; 1 bad input (a missing or unreadable file, a target the model does not
 have, an ``--out`` that is or holds an input, NaN in a map, ...), reported on stderr as one line
@@ -30,12 +31,12 @@ import sys
 from collections.abc import Sequence
 
 import torchattr
-from torchattr.cli import compare, demo, evaluate, generate, view
+from torchattr.cli import compare, demo, evaluate, generate, report, view
 from torchattr.cli._common import EXIT_ERROR, EXIT_OS_ERROR, CommandError, os_error_message
 
 __all__ = ["main"]
 
-COMMANDS = (demo, generate, view, evaluate, compare)
+COMMANDS = (demo, generate, view, evaluate, compare, report)
 EXIT_INTERRUPTED = 130
 
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchattr",
         description="Functional attribution kernels for PyTorch: demo, and maps of a data set "
         "(generate), overlays (view), scores against boxes (evaluate), tables across methods "
-        "(compare). `torchattr <command> --help` for each.",
+        "(compare), an HTML report (report). `torchattr <command> --help` for each.",
     )
     parser.add_argument("--version", action="version", version=f"torchattr {torchattr.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="command")

@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+from torchattr.cli import _runs
 from torchattr.cli._common import one_thread
 from torchattr.data import EHRData, EHRNet, derive_seed, make_ehr
 from torchattr.data.ehr import PAD, UNK
@@ -174,10 +177,22 @@ def _run_demo(config: EHRDemoConfig, log: Log) -> dict[str, Any]:
         delta,
         code_means,
     )
+    for patient, logit in zip(summary["patients"], logits[chosen].tolist(), strict=True):
+        patient["logit"] = logit  # the model's outcome logit, and its probability
+        patient["probability"] = 1 / (1 + math.exp(-logit))
+    summary["created"] = _runs.now()
+    summary["versions"] = {
+        "torchattr": ta.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     config.out.mkdir(parents=True, exist_ok=True)
     path = config.out / "ehr_summary.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"[5/5] wrote {path}")
+    from torchattr.cli.report import write_report
+
+    report = write_report(config.out, config.out / "report")
+    log(f"[5/5] wrote {path} and the report {report.resolve()}")
 
     log("")
     log(format_patients(ids, rankings, ranks, logits[chosen], config.n_show))
@@ -324,7 +339,7 @@ def build_summary(
     delta: Tensor,
     code_means: list[tuple[int, float, int]],
 ) -> dict[str, Any]:
-    """JSON-ready record: settings, accuracy, planted-code ranks and per patient the top 3.
+    """JSON-ready record: settings, accuracy, planted-code ranks and per patient the top 5.
 
     ``accuracy``: the model's held-out accuracy and that of the true risk model;
     ``code_means``: the output of :func:`mean_scores` (the first five are kept).
@@ -337,7 +352,7 @@ def build_summary(
             "id": patient,
             "planted_rank": int(rank),
             "known_condition_codes": int(n),
-            "top_conditions": [[name, score] for name, score in ranking[:3]],
+            "top_conditions": [[name, score] for name, score in ranking[:5]],
             "delta": d.item(),
         }
         for patient, ranking, rank, n, d in zip(ids, rankings, ranks, n_codes, delta)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from torchattr.io import save_map
 
-JET_TOP = np.array([0.5, 0.0, 0.0])  # matplotlib's jet at 1.0: dark red
+VIRIDIS_TOP = np.array([0.993248, 0.906157, 0.143936])  # matplotlib's viridis at 1.0: yellow
 
 
 @pytest.fixture
@@ -43,12 +43,13 @@ def test_overlay_pixels(data: dict, capsys) -> None:
         shown = np.zeros((16, 16), bool)
         shown[2:6, 3:7] = True
         framed = np.zeros((16, 16), bool)
-        if name == "img_01":  # the box's border pixels: rows 8 and 12, columns 8 and 13
-            framed[[8, 12], 8:14] = True
-            framed[8:13, [8, 13]] = True
+        if name == "img_01":  # the ring just outside the box [8:13, 8:14]: rows 7 and 13,
+            framed[[7, 13], 7:15] = True  # columns 7 and 14, corners included; the box's own
+            framed[7:14, [7, 14]] = True  # pixels keep the map
+            assert not (framed & shown).any()
         plain = ~shown & ~framed
         np.testing.assert_array_equal(picture[plain], image[plain])  # map zero or below 0.2
-        blended = np.rint(0.5 * image[shown] + 0.5 * 255 * JET_TOP)
+        blended = np.rint(0.5 * image[shown] + 0.5 * 255 * VIRIDIS_TOP)
         np.testing.assert_array_equal(picture[shown], blended)
         if framed.any():
             assert (picture[framed] == [0, 255, 0]).all()

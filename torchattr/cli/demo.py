@@ -68,7 +68,7 @@ import torchattr as ta
 from torchattr import metrics, viz
 from torchattr.cli import _runs, demo_ehr
 from torchattr.cli._common import CommandError, int_at_least, one_thread
-from torchattr.cli._data import _state_hash
+from torchattr.cli._data.models import state_hash
 from torchattr.data import PhantomNet, derive_seed, make_phantoms
 from torchattr.io import normalize_map, save_map
 from torchattr.metrics.perturbation import FRACTIONS
@@ -320,7 +320,7 @@ def _run_demo(config: DemoConfig, log: Log) -> dict[str, Any]:
     )
     manifest = build_manifest(config, accuracy, ids, boxes, area, scores, all_true, outputs)
     manifest["chance"] = {"accuracy": CHANCE, "p": p_value, "correct": correct}
-    manifest["model_sha256"] = _state_hash(model)  # of the trained weights, as generate records
+    manifest["model_sha256"] = state_hash(model)  # of the trained weights, as generate records
     for entry, probability in zip(manifest["images"], probabilities, strict=True):
         entry["score"] = probability
     (config.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

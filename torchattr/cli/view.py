@@ -84,7 +84,10 @@ def add_parser(subparsers: Any) -> None:
         "every non-zero pixel)",
     )
     parser.add_argument(
-        "--cmap", default="jet", help="colormap: jet, gray, or a matplotlib name (default: jet)"
+        "--cmap",
+        default="viridis",
+        help="colormap: viridis (perceptually uniform), RdBu_r, gray, jet (on request only: its "
+        "bright bands invent edges), or a matplotlib name (default: viridis)",
     )
     parser.add_argument(
         "--alpha", type=float_in(0, 1), default=0.5, help="weight of the colours (default: 0.5)"
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
                             alpha=args.alpha,
                             threshold=args.threshold,
                             boxes=xyxy or None,
+                            outline="outside",
                         )
                         if mask is not None:
                             picture = _volumes.draw_outline(picture, mask)

@@ -227,7 +227,7 @@ def _load_factory(spec: str) -> LoadedModel:
             f"MODEL {spec}: {attribute}() returned a {type(model).__name__}; expected an "
             "nn.Module (called with no arguments)"
         )
-    return LoadedModel(model, "factory", spec, _state_hash(model), hooks=True)
+    return LoadedModel(model, "factory", spec, state_hash(model), hooks=True)
 
 
 def _file_hash(path: Path) -> str:
@@ -238,7 +238,7 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _state_hash(model: nn.Module) -> str:
+def state_hash(model: nn.Module) -> str:
     """sha256 of the parameters and buffers (names, shapes, dtypes and values)."""
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):

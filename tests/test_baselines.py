@@ -70,3 +70,21 @@ def test_baselines_plug_into_the_methods():
     refs = torch.stack([ta.baselines.uniform_noise(x[0]) for _ in range(3)])
     out = ta.expected_gradients(model, x, 0, references=refs, samples=4)
     assert out.shape == x.shape
+
+
+def test_non_finite_values_and_aliasing_are_refused():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="value is nan"):
+        ta.baselines.black(x, value=float("nan"))
+    with pytest.raises(ValueError, match="finite low < high"):
+        ta.baselines.uniform_noise(x, 0.0, float("inf"))
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
+        ta.baselines.uniform_noise(x, generator=5)
+    base = ta.baselines.blurred(x, sigma=0)  # the inputs themselves, but a copy of them
+    base += 1
+    assert not torch.equal(base, x) and base.data_ptr() != x.data_ptr()
+
+
+def test_blurred_refuses_signals_whose_channels_it_would_mix():
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        ta.baselines.blurred(torch.rand(2, 3, 16), sigma=2)

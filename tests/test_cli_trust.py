@@ -329,3 +329,39 @@ def test_torchscript_channel_mismatch_names_both_counts(setup: dict, tmp_path, c
     code, _, err = run_cli([*argv, "--out", tmp_path / "out"], capsys)
     assert code == 1 and "TorchScript" in err
     assert "first convolution takes 1 channel(s) but the preprocessed images have 3" in err
+
+
+EDITED_MODULE = """
+import torch
+from cli_support.tiny import TinyNet
+
+
+class Edited(TinyNet):
+    def forward(self, x):
+        return super().forward(ACTIVATION(x))
+
+
+def factory():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Edited().eval()
+"""
+
+
+def test_an_edit_of_the_model_code_recomputes_the_maps(setup: dict, tmp_path, monkeypatch, capsys):
+    """Same weights, another forward: the factory's source is part of the model's hash."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "editedmodels.py"
+    out = tmp_path / "out"
+    argv = ["generate", "editedmodels:factory", setup["root"] / "a", "-m", "saliency"]
+    argv += ["--out", out]
+    module.write_text(EDITED_MODULE.replace("ACTIVATION", "torch.relu"))
+    assert run_cli(argv, capsys)[0] == 0
+    module.write_text(EDITED_MODULE.replace("ACTIVATION", "torch.nn.functional.gelu"))
+    sys.modules.pop("editedmodels", None)
+    code, _, err = run_cli(argv, capsys)  # the run's model changed: refused, never kept
+    assert code == 1 and "maps made with other settings: model editedmodels:factory" in err
+    code, printed, err = run_cli([*argv, "--overwrite"], capsys)
+    assert code == 0 and "(4 written, 0 already there)" in printed, err
+    code, printed, _ = run_cli(argv, capsys)  # unchanged code: every map kept
+    assert code == 0 and "(0 written, 4 already there)" in printed

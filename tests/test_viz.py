@@ -584,3 +584,18 @@ def test_plot_volume_figure() -> None:
     titles = [a.get_title() for a in figure.axes if a.get_title()]
     assert len(titles) == 6 and titles[3:] == ["MIP axial", "MIP coronal", "MIP sagittal"]
     assert len(figure.axes) == 12  # a colour bar per panel
+
+
+def test_volume_panels_threshold_is_a_fraction_of_the_whole_volume():
+    """A voxel at 5% of the volume's maximum stays uncoloured at threshold 0.5, even on a slice
+    where it is the slice's own maximum."""
+    heat = np.zeros((4, 8, 8))
+    heat[0, 2, 2] = 1.0
+    heat[3, 5, 5] = 0.05
+    image = np.random.default_rng(0).random((4, 8, 8))
+    panels = viz.volume_panels(image, heat, threshold=0.5, at=(3, 5, 5))
+    plain = viz.volume_panels(image, np.zeros_like(heat), threshold=0.5, at=(3, 5, 5))
+    np.testing.assert_array_equal(panels["axial z=3"], plain["axial z=3"])
+    coloured = viz.volume_panels(image, heat, threshold=0.5, at=(0, 2, 2))
+    unmarked = viz.volume_panels(image, np.zeros_like(heat), threshold=0.5, at=(0, 2, 2))
+    assert (coloured["axial z=0"] != unmarked["axial z=0"]).any()

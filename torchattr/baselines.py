@@ -9,6 +9,7 @@ Pass the result as ``baseline=`` (``integrated_gradients``, ``guided_integrated_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,6 +45,8 @@ def black(inputs: Tensor, value: float = 0.0) -> Tensor:
     x = _tensor(inputs, "inputs")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"value must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"value is {value}: expected a finite number")
     return torch.full_like(x, float(value))
 
 
@@ -57,12 +60,12 @@ def blurred(inputs: Tensor, sigma: float = 10.0) -> Tensor:
     """
     x = _tensor(inputs, "inputs")
     sigma = check_scale(sigma, "sigma")
-    if x.ndim < 3:
+    if x.ndim < 4:  # [B, C, L] signals would be blurred across their channels
         raise ValueError(
-            f"inputs has shape {list(x.shape)}: blurring needs two spatial dimensions last, "
-            "[B, ..., H, W]"
+            f"inputs has shape {list(x.shape)}: blurring needs images [B, C, H, W] (two spatial "
+            "dimensions after the channels)"
         )
-    return gaussian_blur(x.detach(), sigma)
+    return gaussian_blur(x.detach(), sigma).clone()  # never a view of the inputs (sigma = 0)
 
 
 def uniform_noise(
@@ -83,8 +86,8 @@ def uniform_noise(
     for name, v in (("low", low), ("high", high)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-    if not low < high:
-        raise ValueError(f"uniform_noise needs low < high, got low={low}, high={high}")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"uniform_noise needs finite low < high, got low={low}, high={high}")
     u = draw(torch.rand, tuple(x.shape), x.dtype, x.device, generator)
     return low + (high - low) * u
 

@@ -888,6 +888,8 @@ def volume_panels(
     ``"MIP axial"``, ``"MIP coronal"``, ``"MIP sagittal"``: the maximum along each axis of the
     image and of the map (signed maps: the value of largest magnitude). ``mask`` ``[D, H, W]``
     (ground truth) is outlined outside the region on each slice, and its projection on each MIP.
+    ``threshold`` is a fraction of the whole volume's maximum magnitude: a voxel below it is not
+    coloured on any panel, however weak the rest of its slice.
 
     Example::
 
@@ -908,6 +910,11 @@ def volume_panels(
     low, high = volume.min(), volume.max()
     volume = (volume - low) / (high - low) if high > low else np.zeros_like(volume)
     heat = display_values(heat, signed=signed)
+    if threshold is not None:  # one cut for the whole volume, not one per panel
+        threshold = _check_fraction(threshold, "threshold")
+        magnitude = np.abs(heat)
+        heat = np.where(magnitude >= threshold * magnitude.max(initial=0.0), heat, 0.0)
+        threshold = 0.0  # each panel then shows its non-zero voxels
     region = None if mask is None else _mask(mask)
     if region is not None and region.shape != heat.shape:
         raise ValueError(f"mask has shape {list(region.shape)}: expected {list(heat.shape)}")

@@ -71,6 +71,12 @@ def check_gradient_inputs(
     return batch
 
 
+def check_generator(generator: Any, name: str = "generator") -> None:
+    """A ``torch.Generator`` or None, else a TypeError naming the argument."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def check_finite(tensors: Sequence[Tensor], names: Sequence[str]) -> None:
     """Raise if any tensor holds NaN or inf (one device synchronisation for all of them)."""
     if tracing():

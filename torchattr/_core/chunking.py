@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from torchattr._core.checks import tracing
+from torchattr._core.checks import check_generator, tracing
 from torchattr._core.memory import PeakMeter, default_budget
 from torchattr._core.progress import Progress, reporting
 
@@ -83,6 +83,7 @@ def draw(
     The draws are made on the generator's device (``device`` without one) and moved, so a seeded
     CPU generator gives the same numbers whatever device the inputs live on.
     """
+    check_generator(generator)
     where = device if generator is None else generator.device
     return sampler(shape, generator=generator, device=where, dtype=dtype).to(device)
 

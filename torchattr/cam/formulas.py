@@ -43,6 +43,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from torchattr._core.checks import check_generator
+
 __all__ = [
     "GRADIENT_MAPS",
     "METHODS",
@@ -190,6 +192,7 @@ def randomcam_weights(
     shape: tuple[int, int, int], like: Tensor, generator: torch.Generator | None
 ) -> Tensor:
     """Random-CAM: ``w ~ U(-1, 1)`` of ``shape = (B, K, C)`` (drawn on the generator's device)."""
+    check_generator(generator)
     device = like.device if generator is None else generator.device
     draw = torch.rand(shape, generator=generator, device=device, dtype=like.dtype)
     return (2 * draw - 1).to(like.device)

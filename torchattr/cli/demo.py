@@ -320,7 +320,7 @@ def _run_demo(config: DemoConfig, log: Log) -> dict[str, Any]:
     )
     manifest = build_manifest(config, accuracy, ids, boxes, area, scores, all_true, outputs)
     manifest["chance"] = {"accuracy": CHANCE, "p": p_value, "correct": correct}
-    manifest["model_sha256"] = state_hash(model)  # of the trained weights, as generate records
+    manifest["model_sha256"] = state_hash(model)  # of the trained weights
     for entry, probability in zip(manifest["images"], probabilities, strict=True):
         entry["score"] = probability
     (config.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

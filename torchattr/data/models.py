@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from torchattr.data.ehr import PAD as EHR_PAD
 
-__all__ = ["EHRNet", "PhantomNet"]
+__all__ = ["EHRNet", "PhantomNet", "VolumeNet"]
 
 
 class PhantomNet(nn.Module):

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from torchattr._core.checks import check_choice, keywords
+from torchattr._core.checks import check_choice, check_generator, keywords
 from torchattr._core.state import untouched
 from torchattr._core.targets import Target, logits_of, normalize_target, resolve_target
 from torchattr._core.wrapped import strip_prefix, unwrap
@@ -378,6 +378,7 @@ def _seed(generator: torch.Generator | None) -> int:
 
 
 def _device(generator: torch.Generator | None) -> torch.device:
+    check_generator(generator)
     return torch.device("cpu") if generator is None else generator.device
 
 

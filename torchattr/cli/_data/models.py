@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -227,7 +228,30 @@ def _load_factory(spec: str) -> LoadedModel:
             f"MODEL {spec}: {attribute}() returned a {type(model).__name__}; expected an "
             "nn.Module (called with no arguments)"
         )
-    return LoadedModel(model, "factory", spec, state_hash(model), hooks=True)
+    return LoadedModel(model, "factory", spec, factory_hash(spec, owner, model), hooks=True)
+
+
+def factory_hash(spec: str, owner: Any, model: nn.Module) -> str:
+    """What a factory model is made of: sha256 of the spec, the weights (:func:`state_hash`) and
+    the source files that define it (the factory's module and the module of every class in
+    ``model.modules()`` outside torch itself), so that maps made before an edit of the model's
+    code (same weights, another forward) are not trusted."""
+    digest = hashlib.sha256(f"{spec}\n{state_hash(model)}\n".encode())
+    for source in sorted(_source_digests(owner, model)):
+        digest.update(source.encode())
+    return digest.hexdigest()
+
+
+def _source_digests(owner: Any, model: nn.Module) -> set[str]:
+    """sha256 of each source file of ``owner`` and of the classes of ``model``'s modules."""
+    files: set[str] = set()
+    for obj in (owner, *(type(m) for m in model.modules())):
+        module = inspect.getmodule(obj)
+        name = getattr(module, "__name__", "")
+        path = getattr(module, "__file__", None)
+        if path and name.split(".")[0] != "torch" and os.path.isfile(path):
+            files.add(path)
+    return {_file_hash(Path(path)) for path in files}
 
 
 def _file_hash(path: Path) -> str:

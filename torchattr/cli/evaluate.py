@@ -26,7 +26,13 @@ input's size (``--resize``, e.g. 512x512) are carried back to the image (resized
 square`` undone by cropping).
 Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
 mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
-``histograms.png`` (with matplotlib). Under ``torchrun`` each process scores the shard
+``histograms.png`` (with matplotlib). Each image's row records the explained class (``target``)
+and the model's score of it on the clean image (``score``, as ``--score``: softmax probability,
+sigmoid or logit, named in ``score_kind``; :func:`model_score`).
+``--on-error skip``: an image that cannot be scored (unreadable image, no map, an unreadable, NaN
+or wrongly sized map, a map whose record names another image) is left out, listed in
+``summary.json`` (``skipped``) and the summary, and the command exits with 3 (partial). ``--out``
+may not be, be inside or contain DATA or MAPS. Under ``torchrun`` each process scores the shard
 ``names[rank::world]``; rank 0 gathers the per-image results and writes everything.
 """
 

@@ -272,3 +272,54 @@ def test_per_image_score_equals_a_direct_model_call(
         assert row["score"] == pytest.approx(float(expected), abs=1e-6)
     table = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     assert float(table[0]["score"]) == pytest.approx(rows[0]["score"])
+
+
+NAN_MODULE = '''
+import torch
+from cli_support.tiny import TinyNet
+
+
+class NanNet(TinyNet):
+    """TinyNet times sqrt(x[0, 0, 0] - LEVEL): NaN where the top-left pixel is darker."""
+
+    def forward(self, x):
+        return super().forward(x) * torch.sqrt(x[:, :1, 0, 0] - LEVEL)
+
+
+def factory():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return NanNet().eval()
+'''
+
+
+def test_nan_model_scores_are_failures_not_statistics(
+    setup: dict, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose output is NaN on some images: stop names the image; skip leaves them out
+    (listed, exit 3) and the statistics stay finite."""
+    root = setup["root"]
+    corners = {n: float(_pixels(root, n)[0, 0, 0]) for n in setup["names"]}
+    level = sorted(corners.values())[2] - 1e-3  # the two darkest corners give NaN
+    (tmp_path / "nan_model.py").write_text(NAN_MODULE.replace("LEVEL", repr(level)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        save_map(maps / f"{name}.npy", np.random.default_rng(0).random((16, 16)))
+    argv = ["evaluate", "nan_model:factory", root / "images", maps, "--fractions", "50"]
+    dark = sorted(n for n, v in corners.items() if v < level)  # NaN on the clean image
+    assert len(dark) == 2
+    code, _, err = run_cli([*argv, "--out", tmp_path / "skip", "--on-error", "skip"], capsys)
+    assert code == 3, err
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    skipped = [s["image"] for s in summary["skipped"]]
+    assert set(dark) <= set(skipped) and len(skipped) < len(setup["names"])  # (ROAD's copies
+    # of other images may darken the corner too: those are failures as well)
+    rows = json.loads((tmp_path / "skip" / "per_image.json").read_text())["images"]
+    assert sorted([r["image"] for r in rows] + skipped) == setup["names"]
+    for row in rows:
+        assert np.isfinite([row["score"], row["road_score"], *row["road_morf"]]).all()
+    assert summary["metrics"]["road_score"]["n"] == len(rows)
+    assert np.isfinite(summary["metrics"]["road_score"]["mean"])
+    code, _, err = run_cli([*argv, "--out", tmp_path / "stop"], capsys)
+    assert code == 1 and f"error: {skipped[0]}: the model's scores are NaN" in err

@@ -305,6 +305,14 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                             pad=preprocess.pad,
                         )
                     )
+                    bad = nonfinite_scores(row)
+                    if bad is not None:
+                        message = f"{item.name}: {bad}"
+                        if args.on_error == "stop":
+                            raise CommandError(f"{message} (or pass --on-error skip)")
+                        report.warn(f"skipped {message}", local=True)
+                        failed[item.name] = message
+                        continue
                 results.append(row)
 
     everyone = dist.gather({"results": results, "failed": failed})
@@ -511,6 +519,20 @@ def model_score(output: Any, target: int, score: str) -> float:
     kind = check_score(score, stacklevel=3)
     index = torch.tensor([target], device=logits_of(output).device)
     return float(_scores(output, index, kind)[0])
+
+
+def nonfinite_scores(row: dict[str, Any]) -> str | None:
+    """Why an image's ROAD results are not usable (the model's score, a MoRF / LeRF point or the
+    ROAD score is NaN or inf: the model's output is not finite for this image or its imputed
+    copies), or ``None``: such an image is a failure, never a NaN in the statistics."""
+    values = [row.get("score"), *row.get("road_morf", []), *row.get("road_lerf", [])]
+    values.append(row.get("road_score"))
+    if all(v is None or math.isfinite(v) for v in values):
+        return None
+    return (
+        f"the model's scores are NaN or inf (clean score {row.get('score')}): its output is not "
+        "finite for this image or its ROAD copies; no ROAD score"
+    )
 
 
 # --------------------------------------------------------------------------------------------

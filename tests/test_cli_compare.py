@@ -80,6 +80,14 @@ def test_labels_warnings_and_errors(results: dict, tmp_path: Path, capsys) -> No
         code, _, err = run_cli([*argv, "--out", tmp_path / "e"], capsys)
         assert code == 1 and message in err
     assert not (tmp_path / "e").exists()
+    # an --out that is, is inside or contains an evaluate folder: refused, nothing written
+    before = {p: p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()}
+    for out, relation in ((first, "is"), (first / "cmp", "is inside"), (first.parent, "contains")):
+        code, _, err = run_cli(["compare", first, other, "--out", out], capsys)
+        assert code == 1 and f"{relation} RESULT_DIR 1" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert not (first / "cmp").exists()
+    assert {p: p.read_bytes() for p in sorted(first.rglob("*")) if p.is_file()} == before
 
 
 def test_without_matplotlib_plots_are_skipped_with_a_note(

@@ -83,3 +83,31 @@ def test_generate_and_evaluate_two_processes_equal_one(data: dict) -> None:
     for key in ("metrics", "road_curves", "counts"):
         assert summaries[0][key] == summaries[1][key]
     assert np.isfinite(summaries[0]["metrics"]["road_score"]["mean"])
+
+
+def test_volumes_two_processes_equal_one(tmp_path: Path) -> None:
+    """generate on a NIfTI folder of volumes under torchrun: byte-identical .npy and .nii.gz
+    maps and equal records (evaluate shards volumes as images: tested above on images)."""
+    pytest.importorskip("nibabel")
+    from cli_support import medical
+
+    names = sorted(medical.write_nifti_volumes(tmp_path / "vols", count=2))
+    factory = "cli_support.medical:volume_factory"
+    common = [factory, tmp_path / "vols", "-m", "saliency,integrated_gradients", "--steps", "3"]
+    common += ["--batch-size", "1", "--device", "cpu"]
+    run = _torchrun(["generate", *common, "--out", tmp_path / "two"], tmp_path)
+    assert "2 processes, 2 images" in run.stderr
+    _single(["generate", *common, "--out", tmp_path / "one"])
+    for method in ("saliency", "integrated_gradients"):
+        for suffix in (".npy", ".nii.gz"):
+            two = sorted((tmp_path / "two" / method).glob(f"*{suffix}"))
+            one = sorted((tmp_path / "one" / method).glob(f"*{suffix}"))
+            assert [p.name for p in two] == [p.name for p in one] == [n + suffix for n in names]
+            for a, b in zip(two, one):
+                assert a.read_bytes() == b.read_bytes(), (method, a.name)
+        records = [sorted((tmp_path / d / method / ".records").iterdir()) for d in ("two", "one")]
+        assert [p.name for p in records[0]] == [f"{n}.json" for n in names]
+        for a, b in zip(*records):
+            assert json.loads(a.read_text()) == json.loads(b.read_text()), (method, a.name)
+    runs = [json.loads((tmp_path / d / "run.json").read_text())["methods"] for d in ("two", "one")]
+    assert runs[0]["saliency"]["processes"] == 2 and runs[0]["saliency"]["maps"] == 2

@@ -185,6 +185,141 @@ def test_bad_inputs(setup: dict, tmp_path: Path, capsys) -> None:
     # with --on-error skip: warnings, the others evaluated
     argv = ["evaluate", model, images, partial, "--boxes", tmp_path / "unknown.json"]
     code, _, err = run_cli([*argv, "--out", tmp_path / "ok", "--on-error", "skip"], capsys)
-    assert code == 0 and "img_77" in err and "img_03" in err
+    assert code == 3 and "img_77" in err and "img_03" in err  # 3: partial (img_03 has no map)
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert summary["counts"]["images"] == 5 and summary["counts"]["with_boxes"] == 0
+    assert summary["counts"]["skipped"] == 1
+    assert [s["image"] for s in summary["skipped"]] == ["img_03"]
+    assert "no map" in summary["skipped"][0]["error"]
+
+
+def test_skip_counts_lists_and_exits_partial(setup: dict, tmp_path: Path, capsys) -> None:
+    """--on-error skip: an unreadable image, a NaN map and an unreadable map are left out,
+    counted, listed (summary.json, summary.md, stderr), and the exit code is 3; with stop the
+    first of them ends the run naming it."""
+    root = setup["root"]
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    (images / "img_01.png").write_bytes(b"not a png")
+    maps = tmp_path / "maps"
+    for k, name in enumerate(setup["names"]):
+        save_map(maps / f"{name}.npy", np.random.default_rng(k).random((16, 16)))
+    nan = np.random.default_rng(2).random((16, 16)).astype(np.float32)
+    nan[3, 4] = np.nan
+    np.save(maps / "img_02.npy", nan)  # save_map refuses NaN: written as a broken tool would
+    (maps / "img_04.npy").write_bytes(b"garbage")
+    argv = ["evaluate", setup["model"], images, maps, "--fractions", "50", "--no-road"]
+    argv += ["--boxes", root / "boxes.csv"]
+    code, _, err = run_cli([*argv, "--out", tmp_path / "stop"], capsys)
+    assert code == 1 and "img_01" in err and "--on-error skip" in err
+    out = tmp_path / "skip"
+    code, _, err = run_cli([*argv, "--out", out, "--on-error", "skip"], capsys)
+    assert code == 3, err
+    summary = json.loads((out / "summary.json").read_text())
+    skipped = {s["image"]: s["error"] for s in summary["skipped"]}
+    assert sorted(skipped) == ["img_01", "img_02", "img_04"]
+    assert "NaN" in skipped["img_02"] and "img_04.npy" in skipped["img_04"]
+    assert summary["counts"] == {"images": 3, "with_boxes": 2, "skipped": 3}
+    rows = json.loads((out / "per_image.json").read_text())["images"]
+    assert [r["image"] for r in rows] == ["img_00", "img_03", "img_05"]
+    assert "3 images skipped" in (out / "summary.md").read_text()
+    assert "3 images skipped" in err and "exit code 3" in err
+
+
+def test_out_overlapping_inputs_is_refused(setup: dict, tmp_path: Path, capsys) -> None:
+    root = setup["root"]
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        save_map(maps / f"{name}.npy", np.random.default_rng(0).random((16, 16)))
+    argv = ["evaluate", setup["model"], images, maps, "--no-road", "--boxes", root / "boxes.csv"]
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    for out, what in (
+        (maps, "is MAPS"),
+        (images / "eval", "is inside DATA"),
+        (tmp_path, "contains DATA"),
+    ):
+        code, _, err = run_cli([*argv, "--out", out], capsys)
+        assert code == 1 and what in err, err
+        assert len(err.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("score", ["softmax", "logit", "sigmoid"])
+def test_per_image_score_equals_a_direct_model_call(
+    setup: dict, tmp_path: Path, capsys, score: str
+) -> None:
+    root = setup["root"]
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        save_map(maps / f"{name}.npy", np.random.default_rng(0).random((16, 16)))
+    argv = ["evaluate", setup["model"], root / "images", maps, "--fractions", "50"]
+    argv += ["--score", score, "--target", "1", "--out", tmp_path / "eval"]
+    assert run_cli(argv, capsys)[0] == 0
+    rows = json.loads((tmp_path / "eval" / "per_image.json").read_text())["images"]
+    model = tiny.factory()
+    for row in rows:
+        with torch.no_grad():
+            logits = model(_pixels(root, row["image"])[None])[0].double()
+        expected = {
+            "softmax": logits.softmax(0)[1],
+            "logit": logits[1],
+            "sigmoid": logits[1].sigmoid(),
+        }[score]
+        assert row["target"] == 1 and row["score_kind"] == score
+        assert row["score"] == pytest.approx(float(expected), abs=1e-6)
+    table = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
+    assert float(table[0]["score"]) == pytest.approx(rows[0]["score"])
+
+
+NAN_MODULE = '''
+import torch
+from cli_support.tiny import TinyNet
+
+
+class NanNet(TinyNet):
+    """TinyNet times sqrt(x[0, 0, 0] - LEVEL): NaN where the top-left pixel is darker."""
+
+    def forward(self, x):
+        return super().forward(x) * torch.sqrt(x[:, :1, 0, 0] - LEVEL)
+
+
+def factory():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return NanNet().eval()
+'''
+
+
+def test_nan_model_scores_are_failures_not_statistics(
+    setup: dict, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose output is NaN on some images: stop names the image; skip leaves them out
+    (listed, exit 3) and the statistics stay finite."""
+    root = setup["root"]
+    corners = {n: float(_pixels(root, n)[0, 0, 0]) for n in setup["names"]}
+    level = sorted(corners.values())[2] - 1e-3  # the two darkest corners give NaN
+    (tmp_path / "nan_model.py").write_text(NAN_MODULE.replace("LEVEL", repr(level)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    maps = tmp_path / "maps"
+    for name in setup["names"]:
+        save_map(maps / f"{name}.npy", np.random.default_rng(0).random((16, 16)))
+    argv = ["evaluate", "nan_model:factory", root / "images", maps, "--fractions", "50"]
+    dark = sorted(n for n, v in corners.items() if v < level)  # NaN on the clean image
+    assert len(dark) == 2
+    code, _, err = run_cli([*argv, "--out", tmp_path / "skip", "--on-error", "skip"], capsys)
+    assert code == 3, err
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    skipped = [s["image"] for s in summary["skipped"]]
+    assert set(dark) <= set(skipped) and len(skipped) < len(setup["names"])  # (ROAD's copies
+    # of other images may darken the corner too: those are failures as well)
+    rows = json.loads((tmp_path / "skip" / "per_image.json").read_text())["images"]
+    assert sorted([r["image"] for r in rows] + skipped) == setup["names"]
+    for row in rows:
+        assert np.isfinite([row["score"], row["road_score"], *row["road_morf"]]).all()
+    assert summary["metrics"]["road_score"]["n"] == len(rows)
+    assert np.isfinite(summary["metrics"]["road_score"]["mean"])
+    code, _, err = run_cli([*argv, "--out", tmp_path / "stop"], capsys)
+    assert code == 1 and f"error: {skipped[0]}: the model's scores are NaN" in err

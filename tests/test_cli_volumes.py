@@ -13,7 +13,8 @@ from cli_support import medical
 from cli_support.tiny import run_cli
 
 import torchattr as ta
-from torchattr.cli._volumes import draw_outline, mask_localisation, squared_distances_3d
+from torchattr.cli._volumes import draw_outline, mask_localisation
+from torchattr.metrics.localisation import squared_distances
 
 nibabel = pytest.importorskip("nibabel")
 FACTORY = "cli_support.medical:volume_factory"
@@ -114,13 +115,14 @@ def test_mask_localisation_on_volumes_matches_brute_force(tolerance: float) -> N
     assert empty["boxes"] == 0 and empty["pointing_game"] is None
 
 
-def test_squared_distances_3d_brute_force() -> None:
+def test_squared_distances_in_3d_brute_force() -> None:
+    """The pointing game's voxel distances (the library's, which evaluate uses on volumes)."""
     mask = torch.zeros(4, 5, 6, dtype=torch.bool)
     mask[0, 1, 2] = mask[3, 4, 0] = True
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in mask.shape], indexing="ij"), -1)
     points = np.argwhere(mask.numpy())
     wanted = ((grid[..., None, :] - points) ** 2).sum(-1).min(-1)
-    np.testing.assert_array_equal(squared_distances_3d(mask).numpy(), wanted)
+    np.testing.assert_array_equal(squared_distances(mask[None])[0].numpy(), wanted)
 
 
 def test_evaluate_volumes_with_voxel_masks(run: dict, capsys) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from cli_support import tiny
 from cli_support.tiny import run_cli
+from PIL import Image
 
 from torchattr.cli.report import write_report
 from torchattr.metrics.directions import direction
@@ -131,6 +133,18 @@ def test_report_of_a_compare_run(compared: Path, capsys: pytest.CaptureFixture[s
         for k, metric in enumerate(data["metrics"]):
             value = by_id[row["image"]]["values"][0][k]
             assert value == pytest.approx(row[metric], rel=1e-5, abs=1e-12)
+    # The model's score of the explained class (softmax, evaluate's default): a direct call.
+    model = tiny.factory()
+    for row in rows:
+        pixels = np.asarray(Image.open(compared / "images" / f"{row['image']}.png"), np.float32)
+        x = torch.from_numpy(pixels / 255).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            probabilities = model(x)[0].double().softmax(0)
+        target = int(probabilities.argmax())
+        img = by_id[row["image"]]
+        assert img["target"] == str(target) and img["scoreKind"] == "softmax"
+        assert img["score"] == pytest.approx(float(probabilities[target]), rel=1e-5)
+    assert "' · model score' + kind" in text
     # Provenance: the model's hash, the data, the versions; the report's own date.
     run_record = json.loads((compared / "eval" / METHODS[0] / "summary.json").read_text())
     assert run_record["model"]["sha256"] in text

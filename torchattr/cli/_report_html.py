@@ -316,6 +316,7 @@ def _gallery_data(run: Any, pictures: Any, page_size: int) -> dict[str, Any]:
                 "id": entry.id,
                 "target": entry.target,
                 "score": value(entry.score),
+                "scoreKind": entry.score_kind,
                 "volume": entry.id in pictures.volumes,
                 "image": pictures.image[entry.id],
                 "maps": [maps.get(m) for m in run.methods],
@@ -485,7 +486,9 @@ SCRIPT = """
     c.dataset.image = img.id;
     c.appendChild(el('h3', '', img.id));
     const score = img.score === null ? 'not recorded' : fmt(img.score);
-    c.appendChild(el('p', 'meta', 'target: ' + img.target + ' · model score: ' + score));
+    const kind = img.scoreKind ? ' (' + img.scoreKind + ')' : '';
+    const meta = 'target: ' + img.target + ' · model score' + kind + ': ' + score;
+    c.appendChild(el('p', 'meta', meta));
     const row = el('div', 'panels');
     for (const p of img.image) row.appendChild(panel(p, p.name, false));
     const ks = state.method < 0 ? D.methods.map((_, k) => k) : [state.method];

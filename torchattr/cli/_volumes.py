@@ -74,52 +74,22 @@ def mask_localisation(saliency: Tensor, mask: Tensor, tolerance: float) -> dict[
     """The localisation metrics of one map against one mask (same shape, ``[H, W]`` or
     ``[D, H, W]``); ``boxes`` is 1 for a non-empty mask, and an empty one gives ``None``s.
 
-    For a volume, proportional energy, saliency focus and relevance rank accuracy depend only
-    on the sets of values inside and outside the mask, so they are computed by the 2-D metrics
-    on the voxels laid out as one ``[D * H, W]`` image (exact). The pointing game counts a
-    maximum as a hit when its Euclidean distance in voxels to the mask is at most
-    ``tolerance``: the mask is first widened to every voxel within ``tolerance``
-    (:func:`squared_distances_3d`), then the 2-D pointing game with tolerance 0 is the share of
-    maxima inside it.
+    The library's metrics take the voxel mask as they take a pixel mask
+    (:mod:`torchattr.metrics.localisation`): proportional energy, saliency focus and relevance
+    rank accuracy over the voxels, and the pointing game counts a maximum as a hit when its
+    Euclidean distance in voxels to the mask is at most ``tolerance``.
     """
     names = ("proportional_energy", "saliency_focus", "pointing_game", "relevance_rank_accuracy")
     if not bool(mask.any()):
         return {"boxes": 0, **{name: None for name in names}}
-    if saliency.ndim == 2:
-        maps, region = saliency[None], mask[None]
-        near = region
-        pointing = metrics.pointing_game(maps, region, tolerance=tolerance)
-    else:
-        depth, height, width = saliency.shape
-        maps = saliency.reshape(1, depth * height, width)
-        region = mask.reshape(1, depth * height, width)
-        near = region if tolerance == 0 else squared_distances_3d(mask) <= float(tolerance) ** 2
-        pointing = metrics.pointing_game(maps, near.reshape(1, depth * height, width))
+    maps, region = saliency[None], mask[None]
     return {
         "boxes": 1,
         "proportional_energy": float(metrics.proportional_energy(maps, region)[0]),
         "saliency_focus": float(metrics.saliency_focus(maps, region)[0]),
-        "pointing_game": float(pointing[0]),
+        "pointing_game": float(metrics.pointing_game(maps, region, tolerance=tolerance)[0]),
         "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, region)[0]),
     }
-
-
-def squared_distances_3d(mask: Tensor) -> Tensor:
-    """Squared Euclidean distance ``[D, H, W]`` (voxels) of every voxel to the nearest True
-    voxel of ``mask`` ``[D, H, W]``, exact, float64 (``inf`` for an empty mask).
-
-    Separable: the 2-D distances of each slice ``G_z`` (:func:`metrics.squared_distances`), then
-    ``D(z, y, x) = min_z' (z - z')^2 + G_z'(y, x)``.
-    """
-    from torchattr.metrics.localisation import squared_distances
-
-    planes = squared_distances(mask)  # [D, H, W], inf on empty slices
-    depth = mask.shape[0]
-    zs = torch.arange(depth, dtype=torch.float64)
-    out = torch.empty_like(planes)
-    for z in range(depth):
-        out[z] = ((zs - z) ** 2)[:, None, None].add(planes).amin(dim=0)
-    return out
 
 
 # --------------------------------------------------------------------------------------------

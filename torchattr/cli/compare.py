@@ -8,6 +8,7 @@ metrics and the ROAD score; each metric's direction, higher or lower is better, 
 Written to ``--out``: ``compare.md``, ``compare.json`` and (with matplotlib) ``compare.png``
 (bars of the means with std error bars, and the mean MoRF / LeRF curves); the Markdown table is
 also printed. Results of different data, boxes or ROAD settings are compared with a warning.
+``--out`` may not be, be inside or contain a RESULT_DIR (refused, exit code 1).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from torchattr.cli._common import CommandError, Reporter
+from torchattr.cli._common import CommandError, Reporter, refuse_overlap
 from torchattr.cli.evaluate import LOCALISATION
 from torchattr.io import save_json, write_atomic
 from torchattr.metrics.directions import direction
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """``torchattr compare``: returns the exit code."""
     report = Reporter("compare")
     summaries = [_read(path) for path in args.results]
+    refuse_overlap(args.out, {f"RESULT_DIR {k + 1}": p for k, p in enumerate(args.results)})
     labels = _labels(args.results, summaries, args.labels)
     warnings = _comparability(summaries, labels)
     metrics = [m for m in METRICS if any(m in s.get("metrics", {}) for s in summaries)]

@@ -26,7 +26,13 @@ input's size (``--resize``, e.g. 512x512) are carried back to the image (resized
 square`` undone by cropping).
 Outputs in OUT: ``per_image.json`` / ``per_image.csv``, ``summary.json`` / ``summary.md`` (n,
 mean, sample std, min, quartiles, max of every metric, and the mean ROAD curves), and
-``histograms.png`` (with matplotlib). Under ``torchrun`` each process scores the shard
+``histograms.png`` (with matplotlib). Each image's row records the explained class (``target``)
+and the model's score of it on the clean image (``score``, as ``--score``: softmax probability,
+sigmoid or logit, named in ``score_kind``; :func:`model_score`).
+``--on-error skip``: an image that cannot be scored (unreadable image, no map, an unreadable, NaN
+or wrongly sized map, a map whose record names another image) is left out, listed in
+``summary.json`` (``skipped``) and the summary, and the command exits with 3 (partial). ``--out``
+may not be, be inside or contain DATA or MAPS. Under ``torchrun`` each process scores the shard
 ``names[rank::world]``; rank 0 gathers the per-image results and writes everything.
 """
 
@@ -45,15 +51,19 @@ import torch
 from torch import Tensor
 
 from torchattr import metrics
+from torchattr._core.targets import logits_of
 from torchattr.cli import _dist, _volumes
 from torchattr.cli._common import (
+    EXIT_PARTIAL,
     CommandError,
     Reporter,
     add_common_options,
     add_preprocessing_options,
     float_in,
     int_at_least,
+    plural,
     read_map,
+    refuse_overlap,
     shorten,
     target_arg,
 )
@@ -77,6 +87,7 @@ from torchattr.cli._records import input_digest, read_record
 from torchattr.cli._runs import method_record, now
 from torchattr.data.seeding import derive_seed
 from torchattr.io import map_names, save_json, write_atomic
+from torchattr.metrics._shared import _scores, check_score
 from torchattr.metrics.directions import Direction, direction
 
 __all__ = ["add_parser", "run"]
@@ -100,6 +111,13 @@ def add_parser(subparsers: Any) -> None:
         "accuracy) and by ROAD with MODEL; write OUT/per_image.json and .csv, "
         "OUT/summary.json and .md (mean, std, quartiles) and OUT/histograms.png. Runs "
         "unchanged under torchrun.",
+        epilog="Each image's row in per_image.json records the explained class (target) and "
+        "the model's score of it on the clean image (score, as --score; score_kind names it). "
+        "--on-error skip: an image that cannot be scored (unreadable image, no map, an "
+        "unreadable, NaN or wrongly sized map, a map of another image) is left out, listed "
+        "in summary.json ('skipped') and the summary, and the exit code is 3. --out may not "
+        "be, be inside or contain DATA or MAPS. Exit codes: 0 done, 1 bad input, 2 bad "
+        "options, 3 partial (--on-error skip left images out), 4 a file could not be written.",
     )
     parser.add_argument("model", metavar="MODEL", help="model file or package.module:factory")
     parser.add_argument("data", metavar="DATA", help="folder of images or tensor file")
@@ -196,6 +214,7 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         raise CommandError("--boxes and --masks: give one ground truth")
     if not maps_dir.is_dir():
         raise CommandError(f"MAPS {maps_dir}: no such folder")
+    refuse_overlap(args.out, {"DATA": Path(args.data), "MAPS": maps_dir})
     record = method_record(maps_dir) or {}
     preprocess = Preprocess.from_args(args, record.get("preprocessing"))
     target = _target(args, record)
@@ -217,6 +236,9 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
         names_file = saved_names if Path(saved_names).is_file() else None  # as generate read it
     images = open_images(args.data, names_file, preprocess.window)
     names = _evaluated_names(images.names, map_names(maps_dir), maps_dir, args.on_error, report)
+    unmapped = {
+        n: f"{n}: no map {n}.npy in {maps_dir}" for n in images.names if n not in set(names)
+    }
     boxes: dict[str, list[Box]] = {}
     if args.boxes is not None:
         boxes = check_box_names(
@@ -254,8 +276,16 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                     failed[item.name] = item.error
                     continue
                 path = maps_dir / f"{item.name}.npy"
-                _check_map_record(path, loaded, images, item.name, args.allow_model_mismatch)
-                saliency = read_map(path, item.size, preprocess.as_dict())
+                try:
+                    _check_map_input(path, images, item.name)
+                    saliency = read_map(path, item.size, preprocess.as_dict())
+                except CommandError as error:
+                    if args.on_error == "stop":
+                        raise CommandError(f"{error} (or pass --on-error skip)") from None
+                    report.warn(f"skipped {item.name}: {error}", local=True)
+                    failed[item.name] = str(error)
+                    continue
+                _check_map_model(path, loaded, args.allow_model_mismatch)
                 row: dict[str, Any] = {"image": item.name}
                 if args.boxes is not None:
                     row.update(localisation(saliency, boxes.get(item.name, []), args.tolerance))
@@ -275,12 +305,20 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
                             pad=preprocess.pad,
                         )
                     )
+                    bad = nonfinite_scores(row)
+                    if bad is not None:
+                        message = f"{item.name}: {bad}"
+                        if args.on_error == "stop":
+                            raise CommandError(f"{message} (or pass --on-error skip)")
+                        report.warn(f"skipped {message}", local=True)
+                        failed[item.name] = message
+                        continue
                 results.append(row)
 
     everyone = dist.gather({"results": results, "failed": failed})
     if dist.rank == 0:
         rows = sorted((r for part in everyone for r in part["results"]), key=lambda r: r["image"])
-        failures: dict[str, str] = {}
+        failures: dict[str, str] = dict(unmapped)
         for part in everyone:
             failures.update(part["failed"])
         config = {
@@ -304,6 +342,8 @@ def _evaluate(args: argparse.Namespace, dist: _dist.Distributed) -> int:
             "processes": dist.world,
         }
         _write(args.out, config, rows, failures, fractions, report, time.perf_counter() - start)
+        if failures:
+            return EXIT_PARTIAL
     return 0
 
 
@@ -332,17 +372,12 @@ def _check_model(
     report.warn(message.split(": ROAD")[0] + "; scoring anyway (--allow-model-mismatch)")
 
 
-def _check_map_record(
-    path: Path, loaded: LoadedModel | None, images: Any, name: str, allow: bool
-) -> None:
+def _check_map_input(path: Path, images: Any, name: str) -> None:
     """A map's own record (written by generate), where there is one, must name this image's
-    content (sha256 of its file or tensor row: maps of other images under the same names are
-    refused) and the model (a folder mixing maps of several models is refused even when
-    run.json names the right one; ``allow``: not checked)."""
+    content (sha256 of its file or tensor row): maps of other images under the same names are
+    refused."""
     record = read_record(path)
-    if not record:
-        return
-    saved_input = record.get("input")
+    saved_input = record.get("input") if record else None
     if saved_input is not None:
         digest = input_digest(images, name)
         if digest is not None and digest != saved_input:
@@ -351,7 +386,14 @@ def _check_map_record(
                 f"{saved_input[:12]}... in its record, {digest[:12]}... now): the maps belong to "
                 "other data; regenerate them (generate recomputes maps whose input changed)"
             )
-    saved = record.get("model")
+
+
+def _check_map_model(path: Path, loaded: LoadedModel | None, allow: bool) -> None:
+    """A map's own record, where there is one, must name the model: a folder mixing maps of
+    several models is refused even when run.json names the right one (``allow``: not
+    checked)."""
+    record = read_record(path)
+    saved = record.get("model") if record else None
     if loaded is None or allow or saved is None or saved == loaded.fingerprint:
         return
     raise CommandError(_mismatch(loaded, saved, f"{path} (its record)"))
@@ -434,6 +476,7 @@ def road_scores(
                 f"class(es), so the target must be 0..{classes - 1}"
             )
         explained = int(output.argmax(dim=1)[0]) if target is None and classes > 1 else target or 0
+        clean = model_score(output, explained, args.score)
         curves = {}
         seed = derive_seed(args.seed, f"road/{name}")
         for order in ("morf", "lerf"):  # the same draws for both: one tie-breaking order
@@ -459,10 +502,37 @@ def road_scores(
     summary = metrics.road_summary(curves["morf"], curves["lerf"], fractions)
     return {
         "target": explained,
+        "score": clean,
+        "score_kind": check_score(args.score, stacklevel=2),
         "road_morf": [float(v) for v in curves["morf"][0]],
         "road_lerf": [float(v) for v in curves["lerf"][0]],
         "road_score": float(summary.per_image[0]),
     }
+
+
+def model_score(output: Any, target: int, score: str) -> float:
+    """The model's score of class ``target`` for one image, from its output ``[1, C]`` (or a
+    dict / tuple head, :func:`~torchattr._core.targets.logits_of`): ``"softmax"``
+    ``exp(z_t) / sum_k exp(z_k)`` (a single logit: ``sigmoid(z)``), ``"sigmoid"``
+    ``1 / (1 + exp(-z_t))``, ``"logit"`` ``z_t``; the same score ROAD's curves follow
+    (:func:`torchattr.metrics.road`)."""
+    kind = check_score(score, stacklevel=3)
+    index = torch.tensor([target], device=logits_of(output).device)
+    return float(_scores(output, index, kind)[0])
+
+
+def nonfinite_scores(row: dict[str, Any]) -> str | None:
+    """Why an image's ROAD results are not usable (the model's score, a MoRF / LeRF point or the
+    ROAD score is NaN or inf: the model's output is not finite for this image or its imputed
+    copies), or ``None``: such an image is a failure, never a NaN in the statistics."""
+    values = [row.get("score"), *row.get("road_morf", []), *row.get("road_lerf", [])]
+    values.append(row.get("road_score"))
+    if all(v is None or math.isfinite(v) for v in values):
+        return None
+    return (
+        f"the model's scores are NaN or inf (clean score {row.get('score')}): its output is not "
+        "finite for this image or its ROAD copies; no ROAD score"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,7 +613,10 @@ def _write(
             "them and left out of their statistics"
         )
     if failures:
-        notes.append(f"{len(failures)} image(s) skipped (unreadable): {shorten(sorted(failures))}")
+        notes.append(
+            f"{plural(len(failures), 'image')} skipped (not scored; listed in summary.json "
+            f"'skipped'): {shorten(sorted(failures))}; exit code 3 (partial)"
+        )
     histogram = _histograms(out / "histograms.png", rows, table)
     if histogram is None and _has_matplotlib():
         notes.append("histograms.png not written: no metric has a value")
@@ -578,7 +651,7 @@ def _write(
 def _csv(rows: list[dict[str, Any]], fractions: tuple[float, ...] | None) -> str:
     columns = ["image", "boxes", *LOCALISATION]
     if fractions is not None:
-        columns += ["target", "road_score"]
+        columns += ["target", "score", "score_kind", "road_score"]
         columns += [f"road_morf_{_percent(p)}" for p in fractions]
         columns += [f"road_lerf_{_percent(p)}" for p in fractions]
     buffer = io.StringIO()

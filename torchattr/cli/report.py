@@ -74,6 +74,7 @@ class ImageEntry:
     boxes: list[list[float]] = field(default_factory=list)  # XYXY, ends exclusive
     target: str = ""
     score: float | None = None
+    score_kind: str = ""  # softmax, sigmoid or logit: what ``score`` is ("" not recorded)
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)  # method -> metric
 
 
@@ -368,6 +369,7 @@ def _read_evaluate(paths: list[Path], labels: list[str] | None) -> Run:
                     boxes=boxes.get(name, []),
                     target=str(row.get("target", s.get("target", ""))),
                     score=row.get("score"),
+                    score_kind=str(row.get("score_kind") or ""),
                 )
             entry.maps[label] = _npy_loader(maps_dir / f"{name}.npy")
             entry.values[label] = {m: row.get(m) for m in metrics}

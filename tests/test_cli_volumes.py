@@ -257,3 +257,21 @@ def test_resume_keeps_volume_maps_and_clears_stale_nifti_temporaries(run: dict, 
     assert "removed 2 leftover temporary files" in err
     assert not any(path.exists() for path in stale)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_volume_view_threshold_is_a_fraction_of_the_whole_volume() -> None:
+    """A voxel at 5% of the volume's maximum is not coloured at threshold 0.5, even where it is
+    the maximum of its own slice (the axial mid-slice) or of its projection."""
+    from torchattr import viz
+    from torchattr.cli import _volumes
+
+    pixels = torch.rand(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    heat = np.zeros((4, 8, 8), np.float32)
+    heat[0, 1, 1] = 1.0
+    weak = heat.copy()
+    weak[2, 5, 5] = 0.05  # z = D // 2: on the axial mid-slice, alone there
+    options = {"cmap": "viridis", "alpha": 0.5, "threshold": 0.5}
+    shown = _volumes.volume_view(viz, pixels, weak, None, **options)
+    np.testing.assert_array_equal(shown, _volumes.volume_view(viz, pixels, heat, None, **options))
+    low = _volumes.volume_view(viz, pixels, weak, None, **{**options, "threshold": 0.01})
+    assert (low != shown).any()  # below 5% the voxel is coloured: the test can fail

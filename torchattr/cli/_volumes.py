@@ -123,6 +123,10 @@ def volume_view(
     if low < 0 or high > 1:
         volume = (volume - low) / (high - low) if high > low else torch.zeros_like(volume)
     heat = torch.as_tensor(np.asarray(saliency), dtype=torch.float32)
+    # One cut for the whole volume: a voxel below threshold * the volume's maximum is not
+    # coloured on any panel, however weak the rest of its slice (maps are in [0, 1]).
+    heat = torch.where(heat >= threshold * float(heat.max()), heat, torch.zeros_like(heat))
+    threshold = 0.0
     depth, height, width = heat.shape
     planes = [
         (volume[:, depth // 2], heat[depth // 2], None if mask is None else mask[depth // 2]),

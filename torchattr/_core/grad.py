@@ -178,17 +178,22 @@ def input_gradients(
         grads, target, multi = score_gradients(problem, primals, target)
         return primals, grads, target, multi
 
+    leaves: dict[int, Tensor] = {}
+
     def leaf(slot: int, output: Tensor) -> Tensor:
-        return output.detach().clone().requires_grad_(True)
+        leaves[slot] = output.detach().clone().requires_grad_(True)
+        # the model continues on a copy: an in-place op after the layer (ReLU(inplace=True))
+        # may rewrite it, never the leaf that holds the primal
+        return leaves[slot].clone()
 
     with torch.enable_grad():
         args = tuple(
             t if layer is not None else t.detach().requires_grad_(True)
             for t, layer in zip(problem.tensors, problem.layers)
         )
-        with hooked(problem.model, problem.layers, leaf) as captured:
+        with hooked(problem.model, problem.layers, leaf):
             output = call_model(problem.model, args, problem.spec, problem.kwargs_for(None))
-        primals = tuple(a if c is None else c for a, c in zip(args, captured))
+        primals = tuple(leaves.get(slot, a) for slot, a in enumerate(args))
         grads, target, multi, _ = _autograd_pullback(
             output, primals, target, problem.target_range, None
         )

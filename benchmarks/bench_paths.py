@@ -7,9 +7,12 @@ For one image model and batch, with ``n`` points per sample (``--points``):
   at once: the work every method below cannot avoid;
 * ``expected_gradients`` (``n`` reference draws) and Captum's ``GradientShap``
   (``n_samples=n``, ``stdevs=0``: the same estimator) over a reference set of 16 images;
-* ``blur_integrated_gradients`` (``n`` steps), ``idgi`` on the straight path (``n`` steps, plus
-  ``(n + 1) x B`` forward-only rows for the knots' scores) and ``guided_integrated_gradients``
-  (``n`` sequential steps of B rows).
+* ``blur_integrated_gradients`` (``n`` steps), ``integrated_gradients`` (``n`` midpoints),
+  ``idgi`` on the straight path (``n`` steps: ``n x B`` gradient rows whose forwards also give
+  the knots' scores, and B forward rows at the inputs), and ``guided_integrated_gradients``
+  (``n`` sequential steps of B rows) with its ``idgi``;
+* ``idgi (ig) + knot pass``: ``idgi`` plus the ``(n + 1) x B`` forward-only rows of the knots'
+  scores that it evaluated before they came from its gradient pass (the previous cost).
 
 All calls send every row at once (``chunk_size=None``, ``internal_batch_size`` unset) and are
 timed interleaved (:func:`benchmarks.timing.time_interleaved`); the table gives the median per
@@ -43,6 +46,14 @@ def bare(model: torch.nn.Module, x: Tensor, t: Tensor, points: int) -> Tensor:
     rows = x.repeat(points, *([1] * (x.ndim - 1))).detach().requires_grad_()
     score = model(rows).gather(1, t.repeat(points)[:, None]).sum()
     return torch.autograd.grad(score, rows)[0]
+
+
+def knot_pass(model: torch.nn.Module, x: Tensor, t: Tensor, points: int) -> Tensor:
+    """The scores of ``(n + 1) x B`` straight-path rows, forward only (IDGI's former extra pass)."""
+    alphas = torch.linspace(0, 1, points + 1, device=x.device)
+    rows = (alphas.view(-1, 1, 1, 1, 1) * x).reshape(-1, *x.shape[1:])
+    with torch.no_grad():
+        return model(rows).gather(1, t.repeat(points + 1)[:, None])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,25 +93,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         "blur_integrated_gradients": lambda: ta.blur_integrated_gradients(
             model, x, t, max_sigma=args.size / 4, steps=n, chunk_size=None
         ),
+        "integrated_gradients": lambda: ta.integrated_gradients(
+            model, x, t, steps=n, method="riemann_middle", chunk_size=None
+        ),
         "idgi (ig)": lambda: ta.idgi(model, x, t, steps=n, chunk_size=None),
+        "idgi (ig) + knot pass": lambda: (
+            ta.idgi(model, x, t, steps=n, chunk_size=None),
+            knot_pass(model, x, t, n),
+        ),
         "guided_integrated_gradients": lambda: ta.guided_integrated_gradients(
             model, x, t, steps=n, chunk_size=None
         ),
+        "idgi (guided)": lambda: ta.idgi(model, x, t, method="guided", steps=n, chunk_size=None),
     }
     times = time_interleaved(fns, device, args.repeats, args.warmup)
     median = {k: statistics.median(v) for k, v in times.items()}
     head = ["method", "ms / call", "x bare", "x Captum GradientShap"]
     rows = []
     for name, sec in median.items():
-        vs_captum = sec / median["captum GradientShap"] if "gradient" in name.lower() else None
+        vs_captum = (
+            sec / median["captum GradientShap"]
+            if name in ("expected_gradients", "captum GradientShap")
+            else None
+        )
         rows.append(
             [
                 name,
                 f"{1000 * sec:.1f}",
                 f"{sec / median['bare']:.2f}",
-                ""
-                if vs_captum is None or "guided" in name or "blur" in name
-                else f"{vs_captum:.2f}",
+                "" if vs_captum is None else f"{vs_captum:.2f}",
             ]
         )
     title = (

@@ -6,6 +6,9 @@ and method the script times, interleaved round by round:
 * ``torchattr [B,K]``: one call with the ``[B, K]`` target;
 * ``vmap``: the same call on the previous path (``torch.func.vjp``, ``vmap`` over the K
   cotangents), for comparison;
+* ``capture``: for ``layer=`` (saliency, input x gradient), the same call on the previous
+  ``layer=`` path: one forward capturing the layer's output, then the pull-back's forward
+  (now the output is captured inside the forward that is differentiated);
 * ``K calls``: K torchattr calls, one class each;
 * ``limit``: plain autograd, one forward of the B rows (B * steps for IG) and K
   ``torch.autograd.grad(..., retain_graph=True)`` pull-backs of one-hot cotangents over it;
@@ -14,7 +17,8 @@ and method the script times, interleaved round by round:
 
 Models: ``small`` (CNN of ``benchmarks.models``, 3x32x32), ``transformer`` (the
 ``nn.TransformerEncoder`` text classifier, ids ``[B, 64]``, attributed through its embedding:
-the embedding's output is captured by one extra forward of B rows, as for every ``layer=``) and
+saliency and input x gradient capture the embedding's output inside their one forward; IG
+captures it by one forward of B rows before its ``steps x B`` rows) and
 ``encoder`` (its encoder and head on float features ``[B, 64, 128]``, no layer).
 Columns: median ms, and the ratios to the limit (target: torchattr within 1.1x) and to K calls.
 
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import torchattr as ta
+import torchattr.gradient as gradient_module
 from benchmarks.models import build, token_batch, unk_baseline
 from benchmarks.timing import device_name, time_interleaved
 from torchattr._core import grad as core_grad
@@ -81,6 +86,26 @@ def vmap_path(fn: Callable) -> Callable:
             return fn()
         finally:
             core_grad._pull_each = current
+
+    return run
+
+
+def capture_path(fn: Callable) -> Callable:
+    """``fn`` on the previous ``layer=`` path of saliency / input x gradient: a forward that
+    captures the layer's output, then :func:`score_gradients` (a second forward) at it."""
+    current = gradient_module.input_gradients
+
+    def two_forwards(problem: Any, target: Any) -> tuple[Any, ...]:
+        primals, _ = problem.primals()
+        grads, target, multi = core_grad.score_gradients(problem, primals, target)
+        return primals, grads, target, multi
+
+    def run() -> Any:
+        gradient_module.input_gradients = two_forwards
+        try:
+            return fn()
+        finally:
+            gradient_module.input_gradients = current
 
     return run
 
@@ -172,6 +197,8 @@ def run(args: argparse.Namespace) -> list[list[str]]:
                 "K calls": lambda separate=separate: [f() for f in separate],
                 "limit": limit_call(work, method, targets, args.steps),
             }
+            if work["layer"] is not None and method != "integrated_gradients":
+                fns["capture"] = capture_path(ours)
             if not args.no_captum:
                 fns["captum"] = captum_call(work, method, targets, args.steps)
             times = time_interleaved(fns, torch.device("cpu"), args.repeats, warmup=1)
@@ -187,6 +214,7 @@ def run(args: argparse.Namespace) -> list[list[str]]:
                     f"{ms['captum']:.0f}" if "captum" in ms else "-",
                     f"{ms['multi'] / ms['limit']:.2f}",
                     f"{ms['vmap'] / ms['limit']:.2f}",
+                    f"{ms['capture'] / ms['limit']:.2f}" if "capture" in ms else "-",
                     f"{ms['multi'] / ms['K calls']:.2f}",
                     f"{ms['multi'] / ms['captum']:.2f}" if "captum" in ms else "-",
                 ]
@@ -228,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "captum ms",
         "/limit",
         "vmap/limit",
+        "capture/limit",
         "/K calls",
         "/captum",
     ]

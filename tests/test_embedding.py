@@ -293,3 +293,60 @@ def test_top_codes_bad_input():
         ta.top_codes(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="k must be a positive int"):
         ta.top_codes(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), k=0)
+
+
+class _Counting(torch.nn.Module):
+    """Counts the forward calls and rows of the wrapped model; an in-place ReLU follows the
+    embedding, so that the captured primal must not be rewritten by the model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(12, 5)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(5, 3)
+        self.calls = 0
+
+    def rest(self, e):
+        return self.head(torch.tanh(e).mean(1)) + self.head(e.relu().square().mean(1))
+
+    def forward(self, ids):
+        self.calls += 1
+        return self.rest(self.relu(self.embedding(ids)))
+
+
+@pytest.mark.parametrize(
+    "target", [torch.tensor([0, 2, 1]), torch.tensor([[0, 2], [1, 1], [2, 0]])]
+)
+def test_layer_gradients_take_one_forward_and_match_autograd(target):
+    model = _Counting().double().eval()
+    ids = torch.tensor([[1, 4, 7, 0], [3, 3, 9, 11], [5, 2, 8, 6]])
+    with torch.no_grad():
+        e = model.embedding(ids)
+    # reference: the embedding's output as a leaf, K plain autograd pull-backs
+    leaf = e.clone().requires_grad_(True)
+    out = model.rest(torch.relu(leaf))
+    columns = target[:, None] if target.ndim == 1 else target
+    grads = torch.stack(
+        [
+            torch.autograd.grad(
+                out.gather(1, columns[:, k : k + 1]).sum(), leaf, retain_graph=True
+            )[0]
+            for k in range(columns.shape[1])
+        ],
+        1,
+    )
+    grads = grads[:, 0] if target.ndim == 1 else grads
+    lead = e if target.ndim == 1 else e[:, None]
+    model.calls = 0
+    ixg = ta.input_x_gradient(model, ids, target, layer=model.embedding)
+    assert model.calls == 1  # the layer's output is captured inside the differentiated forward
+    close(ixg, (lead * grads).sum(-1), rtol=1e-12)
+    model.calls = 0
+    sal = ta.saliency(model, ids, target, layer=model.embedding, abs=False, reduce="sum")
+    assert model.calls == 1
+    close(sal, grads.sum(-1), rtol=1e-12)
+    # inference mode keeps the torch.func path (a capture forward, then the vjp): same values
+    with torch.inference_mode():
+        close(ta.input_x_gradient(model, ids, target, layer=model.embedding), ixg, rtol=1e-12)
+    assert all(p.grad is None for p in model.parameters())

@@ -443,7 +443,7 @@ def test_idgi_closed_form_on_a_model_with_known_gradients():
 
             expected = torch.zeros(5, dtype=torch.float64)
             for s in range(steps):
-                g = 2 * w[c] * point((s + 0.5) / steps) + v[c]
+                g = 2 * w[c] * point(s / steps) + v[c]  # at the left knot (Yang et al.)
                 change = f(point((s + 1) / steps)) - f(point(s / steps))
                 expected += g * g / (g * g).sum() * change
             close(ours[b, k], expected, rtol=1e-10)
@@ -554,3 +554,29 @@ def test_blur_ig_tuple_inputs_and_callable_target():
     end = model(x, y).softmax(1)[:, 3]
     close(delta, (ax.sum((1, 2, 3)) + ay.sum((1, 2, 3))) - (end - start).detach(), rtol=1e-9)
     assert delta.abs().max() < 1e-4 * (end - start).abs().max()
+
+
+class _RowCounter(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+@pytest.mark.parametrize("method", ["ig", "guided"])
+def test_idgi_evaluates_no_forward_only_rows(method):
+    model, x = small_cnn()
+    counter = _RowCounter(model).eval()
+    steps, batch = 6, x.shape[0]
+    plain = {"ig": ta.integrated_gradients, "guided": ta.guided_integrated_gradients}[method]
+    kwargs = {"method": "riemann_middle"} if method == "ig" else {}
+    plain(counter, x, TARGETS, steps=steps, chunk_size=4, **kwargs)
+    method_rows = counter.rows
+    counter.rows = 0
+    ta.idgi(counter, x, TARGETS, method=method, steps=steps, chunk_size=4)
+    # n x B gradient rows, plus the B rows at the inputs whose scores are s(x)
+    assert counter.rows == steps * batch + batch
+    assert counter.rows <= method_rows + batch

@@ -34,6 +34,7 @@ from torchattr._core.grad import (
     Problem,
     accumulation_dtype,
     forward_scores,
+    input_gradients,
     prepare,
     score_gradients,
 )
@@ -92,7 +93,8 @@ def saliency(
     integer ``attention_mask``); tensors with leading dimension B follow their samples.
     Results are detached, in at least float32.
 
-    Cost: one forward and one backward (plus one forward capturing the layer's output).
+    Cost: one forward and one backward (K backward passes for a ``[B, K]`` target), also with
+    ``layer=``: the layer's output is captured inside the forward that is differentiated.
 
     Example::
 
@@ -156,12 +158,14 @@ def _gradients_once(
     mask: Any,
     forward_kwargs: Mapping[str, Any] | None,
 ) -> tuple[Problem, tuple[Tensor, ...], tuple[Tensor, ...], bool, tuple[Tensor | None, ...]]:
-    """One forward and backward at the inputs: (problem, primals, gradients, multi, masks)."""
+    """One forward and backward at the inputs: (problem, primals, gradients, multi, masks).
+
+    With ``layer=`` the primals (the layer's outputs) come from that same forward
+    (:func:`~torchattr._core.grad.input_gradients`)."""
     problem, target = prepare(model, inputs, target, layer, forward_kwargs)
     masks = problem.masks(mask)
     with untouched(model, problem.layers), buffers_kept(model):
-        primals, _ = problem.primals()
-        grads, _, multi = score_gradients(problem, primals, target)
+        primals, grads, _, multi = input_gradients(problem, target)
     return problem, primals, grads, multi, masks
 
 

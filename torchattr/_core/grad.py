@@ -127,31 +127,77 @@ def score_gradients(
     target: Target,
     sample: Tensor | None = None,
     scale: Tensor | None = None,
-) -> tuple[tuple[Tensor, ...], Target, bool]:
+    return_scores: bool = False,
+) -> tuple[Any, ...]:
     """``d s_n / d p_n`` for every row n and primal (input or layer output).
 
     ``primals`` are rows of the samples ``sample`` (None: one row per sample, in order). With
     ``scale`` [N] the result is ``scale_n * d s_n / d p_n``: the output cotangent is scaled
     before the (linear) backward, which costs nothing. Returns (gradients, resolved target,
-    multi). Each gradient has its primal's shape ``[N, ...]``, or ``[N, K, ...]`` when the
-    target explains K classes per row.
+    multi), and with ``return_scores`` also the explained scores ``s_n`` ``[N]`` (``[N, K]``)
+    that the same forward computed (unscaled, detached): no second forward for them. Each
+    gradient has its primal's shape ``[N, ...]``, or ``[N, K, ...]`` when the target explains
+    K classes per row.
     """
     forward = problem.forward(sample)
-    if tracing():
-        return _func_gradients(forward, primals, target, problem.target_range, scale)
     args = (forward, primals, target, problem.target_range, scale)
-    if use_autograd(problem, primals, target):
-        return _autograd_gradients(*args)
-    try:
-        # torch.func refuses an in-place write to a buffer before it happens, so a refused
-        # attempt leaves the buffers as they were; the methods put back what autograd changes
-        # (core.fallback.buffers_kept around the whole call).
-        return _func_gradients(*args)
-    except RuntimeError as error:
-        if not is_func_failure(error):
-            raise
-        remember_autograd(problem.model, str(error))
-    return _autograd_gradients(*args)
+    if tracing():
+        out = _func_gradients(*args)
+    elif use_autograd(problem, primals, target):
+        out = _autograd_gradients(*args)
+    else:
+        try:
+            # torch.func refuses an in-place write to a buffer before it happens, so a refused
+            # attempt leaves the buffers as they were; the methods put back what autograd
+            # changes (core.fallback.buffers_kept around the whole call).
+            out = _func_gradients(*args)
+        except RuntimeError as error:
+            if not is_func_failure(error):
+                raise
+            remember_autograd(problem.model, str(error))
+            out = _autograd_gradients(*args)
+    return out if return_scores else out[:3]
+
+
+def input_gradients(
+    problem: Problem, target: Target
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Target, bool]:
+    """Gradients at the inputs themselves: (primals, gradients, resolved target, multi).
+
+    Without a layer this is :func:`score_gradients` at the inputs. With layers, the layers'
+    outputs (the primals) are captured inside the one forward that is differentiated: each
+    layer's output is replaced by a detached copy that requires grad, and plain autograd pulls
+    the cotangents back to those leaves (K backward passes over that forward for ``[B, K]``).
+    One forward in all, where :meth:`Problem.primals` followed by :func:`score_gradients` costs
+    a capture forward more. The leaves hold exactly the values the capture forward records, so
+    the results are the same. Under ``torch.compile`` tracing or inference mode (``torch.func``
+    is used there, see :func:`use_autograd`) the capture forward is kept.
+    """
+    if not problem.layered or tracing() or torch.is_inference_mode_enabled():
+        primals, _ = problem.primals()
+        grads, target, multi = score_gradients(problem, primals, target)
+        return primals, grads, target, multi
+
+    leaves: dict[int, Tensor] = {}
+
+    def leaf(slot: int, output: Tensor) -> Tensor:
+        leaves[slot] = output.detach().clone().requires_grad_(True)
+        # the model continues on a copy: an in-place op after the layer (ReLU(inplace=True))
+        # may rewrite it, never the leaf that holds the primal
+        return leaves[slot].clone()
+
+    with torch.enable_grad():
+        args = tuple(
+            t if layer is not None else t.detach().requires_grad_(True)
+            for t, layer in zip(problem.tensors, problem.layers)
+        )
+        with hooked(problem.model, problem.layers, leaf):
+            output = call_model(problem.model, args, problem.spec, problem.kwargs_for(None))
+        primals = tuple(leaves.get(slot, a) for slot, a in enumerate(args))
+        grads, target, multi, _ = _autograd_pullback(
+            output, primals, target, problem.target_range, None
+        )
+    return tuple(p.detach() for p in primals), grads, target, multi
 
 
 def use_autograd(problem: Problem, primals: tuple[Tensor, ...], target: Target) -> bool:
@@ -178,7 +224,7 @@ def _func_gradients(
     target: Target,
     target_range: tuple[int, int] | None,
     scale: Tensor | None,
-) -> tuple[tuple[Tensor, ...], Target, bool]:
+) -> tuple[tuple[Tensor, ...], Target, bool, Tensor]:
     """The pull-back through ``torch.func.vjp`` (``vmap`` over K cotangents when multi)."""
     # The enclosing no_grad stops autograd from recording a graph towards the parameters
     # (attributions are detached, and no memory is kept for a second backward); the
@@ -195,7 +241,8 @@ def _func_gradients(
             grads = _pull_each(pullback, cotangent)
         else:
             grads = tuple(pullback(cotangent, retain_graph=False))
-    return grads, target, multi
+        scores = row_scores(output, target)
+    return grads, target, multi, scores
 
 
 def _pull_each(pullback: Callable[..., Any], cotangent: Any) -> tuple[Tensor, ...]:
@@ -224,35 +271,49 @@ def _autograd_gradients(
     target: Target,
     target_range: tuple[int, int] | None,
     scale: Tensor | None,
-) -> tuple[tuple[Tensor, ...], Target, bool]:
+) -> tuple[tuple[Tensor, ...], Target, bool, Tensor]:
     """The same pull-back through plain autograd.
 
     Used for models in training mode (``torch.func`` refuses batch norm's in-place statistics
     update), for models ``torch.func`` cannot run (see :mod:`torchattr._core.fallback`), and for
-    one cotangent per row, where it is faster. ``[K, N, ...]`` cotangents go through one batched
-    backward (``is_grads_batched``), or K backwards over one graph where the model's backward has
-    no batching rule (RNN kernels).
+    one cotangent per row, where it is faster (see :func:`_autograd_pullback`).
     """
     with torch.inference_mode(False), torch.enable_grad():
         # inference tensors cannot require grad: a normal copy of them enters the graph
         xs = tuple(
             (t.clone() if t.is_inference() else t).detach().requires_grad_(True) for t in tensors
         )
-        output = forward(*xs)
-        target = resolve_target(target, output, target_range)
-        cotangent, multi = output_cotangent(output, target, scale)
-        pairs = [
-            (leaf, seed)
-            for leaf, seed in zip(
-                torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(cotangent)
-            )
-            if isinstance(leaf, Tensor) and leaf.requires_grad
-        ]
-        grads = _pull([p for p, _ in pairs], xs, [s for _, s in pairs], multi)
+        return _autograd_pullback(forward(*xs), xs, target, target_range, scale)
+
+
+def _autograd_pullback(
+    output: Any,
+    xs: tuple[Tensor, ...],
+    target: Target,
+    target_range: tuple[int, int] | None,
+    scale: Tensor | None,
+) -> tuple[tuple[Tensor, ...], Target, bool, Tensor]:
+    """Pull the target's cotangent of ``output`` back to the leaves ``xs`` (grad enabled).
+
+    ``[K, N, ...]`` cotangents go through K backward passes over the one graph (:func:`_pull`).
+    Returns (gradients, resolved target, multi, detached scores).
+    """
+    target = resolve_target(target, output, target_range)
+    cotangent, multi = output_cotangent(output, target, scale)
+    pairs = [
+        (leaf, seed)
+        for leaf, seed in zip(
+            torch.utils._pytree.tree_leaves(output), torch.utils._pytree.tree_leaves(cotangent)
+        )
+        if isinstance(leaf, Tensor) and leaf.requires_grad
+    ]
+    grads = _pull([p for p, _ in pairs], xs, [s for _, s in pairs], multi)
+    with torch.no_grad():
+        scores = row_scores(output, target).detach()
     grads = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads))
     if multi:
         grads = tuple(g.movedim(0, 1) for g in grads)
-    return grads, target, multi
+    return grads, target, multi, scores
 
 
 def _pull(

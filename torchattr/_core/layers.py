@@ -96,13 +96,18 @@ def layer_name(model: Any, layer: nn.Module) -> str:
 
 @contextmanager
 def hooked(
-    model: Any, layers: Layers, outputs: Sequence[Tensor | None] | None = None
+    model: Any,
+    layers: Layers,
+    outputs: Sequence[Tensor | None] | Callable[[int, Tensor], Tensor] | None = None,
 ) -> Iterator[list[Tensor | None]]:
     """Run the body with layer outputs captured (``outputs=None``) or replaced by ``outputs``.
 
-    Yields the list that receives the captured outputs (detached). The hooks act only in this
-    call (:func:`~torchattr._core.contexts.call_hooks`); on exit they are removed and each layer
-    must have run exactly once.
+    Yields the list that receives the captured outputs (detached). ``outputs`` may also be a
+    function ``(slot, output) -> replacement``: the layer's output is replaced by what it returns,
+    which the list receives (e.g. a detached leaf that requires grad: the primal is captured in
+    the very forward that is differentiated). The hooks act only in this call
+    (:func:`~torchattr._core.contexts.call_hooks`); on exit they are removed and each layer must
+    have run exactly once.
     """
     captured: list[Tensor | None] = [None] * len(layers)
     calls = [0] * len(layers)
@@ -120,6 +125,14 @@ def hooked(
                 # a copy: an in-place op after the layer (ReLU(inplace=True)) must not rewrite it
                 captured[slot] = output.detach().clone() if isinstance(output, Tensor) else output
                 return None
+            if callable(outputs):
+                if not isinstance(output, Tensor):
+                    raise TypeError(
+                        f"layer {layer_name(model, module)} returns a {type(output).__name__}: "
+                        "attribute a layer whose output is one tensor"
+                    )
+                captured[slot] = outputs(slot, output)
+                return captured[slot]
             replacement = outputs[slot]
             if isinstance(output, Tensor) and replacement.shape != output.shape:
                 raise ValueError(

@@ -9,7 +9,8 @@ start ``p(0)`` (a baseline) to the inputs ``p(1) = x``:
 ``sum(A) ~ s(x) - s(p(0))`` (completeness) with an error O(1/n^2) for smooth models. All
 ``n x B`` gradient points of a fixed path go through the model in ``chunk_size`` rows, copy-major
 (:mod:`torchattr._core.chunking`). The IDGI correction (:func:`idgi_correction`) replaces
-``g_k * dp_k`` by ``g_k^2 / |g_k|^2 * (s(p_{k+1}) - s(p_k))``.
+``g_k * dp_k`` by ``g_k^2 / |g_k|^2 * (s(p_{k+1}) - s(p_k))``, with ``g_k`` at the knot ``p_k``
+(Yang et al.): gradients and scores then come from the same ``n x B`` forwards.
 
 Paths are functions ``point(slot, alphas, samples) -> [n, b, ...]``: the primal of input slot
 ``slot`` at path positions ``alphas`` (floats in [0, 1]) for the samples ``samples``. This module
@@ -66,13 +67,16 @@ def integrate(
     memory_budget: int | None,
     progress: Progress,
     description: str,
+    with_scores: bool = False,
 ) -> tuple[list[Tensor], bool]:
     """``sum_c weigh(rows of copy c)`` per sample: ``[B, ...]`` per primal (``[B, K, ...]``).
 
     ``rows_of(start, stop)`` gives the primal rows ``start..stop-1`` of the ``copies x B``
     copy-major layout; their gradients ``g`` (one forward, one backward per chunk) go to
     ``weigh(start, stop, g, multi)``, whose rows are summed into their samples in at least
-    float32. Returns (sums, multi).
+    float32. With ``with_scores`` the rows' explained scores, computed by the same forward,
+    are passed too: ``weigh(start, stop, g, multi, scores)``. Chunks come in row order.
+    Returns (sums, multi).
     """
     batch, device = problem.batch, problem.tensors[0].device
     sums: list[Tensor] = []
@@ -82,8 +86,14 @@ def integrate(
         nonlocal multi
         _, sample = row_index(start, stop, batch, device)
         rows_target = target[sample] if isinstance(target, Tensor) else target
-        grads, _, multi = score_gradients(problem, rows_of(start, stop), rows_target, sample)
-        parts = weigh(start, stop, grads, multi)
+        grads, _, multi, scores = score_gradients(
+            problem, rows_of(start, stop), rows_target, sample, return_scores=True
+        )
+        parts = (
+            weigh(start, stop, grads, multi, scores)
+            if with_scores
+            else weigh(start, stop, grads, multi)
+        )
         if not sums:
             sums.extend(
                 p.new_zeros((batch, *p.shape[1:]), dtype=accumulation_dtype(p)) for p in parts
@@ -146,32 +156,43 @@ def fixed_path(
     progress: Progress,
     description: str,
     masks: Sequence[Tensor | None] = (),
-) -> tuple[list[Tensor], bool, Tensor | None]:
+    end_scores: Tensor | None = None,
+) -> tuple[list[Tensor], bool]:
     """Attributions along ``point`` with ``steps`` chords (see the module docstring).
 
-    Gradients at the chord midpoints ``(k + 1/2) / n``; with ``idgi`` the scores at the knots
-    ``k / n`` (``n + 1`` more forward-only rows per sample) give each chord's score change.
-    ``masks`` (per slot, None or bool ``[B, L]``): padded positions of layered slots, left out
-    of the IDGI correction (they do not move, and get zero). Returns (sums per primal, multi,
-    knot scores ``[n + 1, B(, K)]`` or None).
+    Gradients at the chord midpoints ``(k + 1/2) / n``. With ``idgi``, IDGI as Yang et al.
+    define it (Algorithm 1, and their reference code): gradients and scores at the same path
+    points, the knots ``a_k = k / n``, and on each chord the gradient of its left knot,
+
+        ``A = sum_{k<n} g(p_k)^2 / |g(p_k)|^2 * (s(p_{k+1}) - s(p_k))``;
+
+    the scores ``s(p_k)`` (k < n) come from the forward of the gradient pass itself and
+    ``s(p_n) = s(x)`` is ``end_scores`` ``[B(, K)]``: ``n x B`` rows of forward and backward in
+    all, no forward-only pass. ``masks`` (per slot, None or bool ``[B, L]``): padded positions
+    of layered slots, left out of the IDGI correction (they do not move, and get zero).
+    Returns (sums per primal, multi).
     """
     n_slots, batch = len(problem.tensors), problem.batch
+    if idgi:
+        if end_scores is None:
+            raise ValueError("fixed_path(idgi=True) needs end_scores, the scores at the inputs")
+        return _idgi_path(
+            problem,
+            target,
+            point_rows(point, [k / steps for k in range(steps)], n_slots, batch),
+            steps,
+            end_scores,
+            masks,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            progress=progress,
+            description=description,
+        )
     knots = [k / steps for k in range(steps + 1)]
     mids = [(k + 0.5) / steps for k in range(steps)]
-    # forward-only knot rows: B per call under "auto" (no saved activations to measure)
-    rows = batch if chunk_size == "auto" else chunk_size
-    scores = None
-    if idgi:
-        scores = score_rows(
-            problem, target, steps + 1, point_rows(point, knots, n_slots, batch), rows
-        )
     starts, ends = knots[:-1], knots[1:]
 
     def weigh(start: int, stop: int, grads: tuple[Tensor, ...], multi: bool) -> tuple[Tensor, ...]:
-        if scores is not None:
-            step, sample = row_index(start, stop, batch, scores.device)
-            change = scores[step + 1, sample] - scores[step, sample]
-            return idgi_correction(unmasked(grads, masks, sample, multi), change, multi)
         chords = tuple(
             build_rows(
                 start,
@@ -183,7 +204,7 @@ def fixed_path(
         )
         return tuple(chord_times(d, g, multi) for d, g in zip(chords, grads))
 
-    sums, multi = integrate(
+    return integrate(
         problem,
         target,
         steps,
@@ -194,7 +215,63 @@ def fixed_path(
         progress=progress,
         description=description,
     )
-    return sums, multi, scores
+
+
+def _idgi_path(
+    problem: Problem,
+    target: Target,
+    rows_of: Rows,
+    steps: int,
+    end_scores: Tensor,
+    masks: Sequence[Tensor | None],
+    **run: Any,
+) -> tuple[list[Tensor], bool]:
+    """IDGI over the knot rows ``rows_of`` (copy k at ``p_k``, k < n) in one gradient pass.
+
+    Row ``(k, b)`` carries ``u_k = g_k^2 / |g_k|^2`` (:func:`important_directions`) and
+    ``s_k``; the chord k - 1 of sample b is credited ``u_{k-1} (s_k - s_{k-1})`` when row
+    ``(k, b)`` arrives (the rows come in order; a chunk's first rows find their predecessor in
+    a ``[B, ...]`` buffer of each sample's last row), and the last chord
+    ``u_{n-1} (s(x) - s_{n-1})`` after the pass.
+    """
+    batch = problem.batch
+    pending: list[Tensor] = []  # per primal: u of each sample's last row; then its score
+
+    def weigh(
+        start: int, stop: int, grads: tuple[Tensor, ...], multi: bool, scores: Tensor
+    ) -> tuple[Tensor, ...]:
+        step, sample = row_index(start, stop, batch, scores.device)
+        units = important_directions(unmasked(grads, masks, sample, multi), multi)
+        scores = scores.to(units[0].dtype)
+        if not pending:
+            pending.extend(u.new_zeros((batch, *u.shape[1:])) for u in units)
+            pending.append(scores.new_zeros((batch, *scores.shape[1:])))
+        n = stop - start
+        m = min(batch, n)
+        *previous, before = (
+            torch.cat([p[sample[:m]], q[: n - m]]) for p, q in zip(pending, (*units, scores))
+        )
+        change = torch.where((step == 0).reshape(-1, *(1,) * (scores.ndim - 1)), 0, scores - before)
+        lead = scores.ndim
+        parts = tuple(
+            torch.where(
+                (step == 0).reshape(-1, *(1,) * (u.ndim - 1)),
+                0,
+                u * change.reshape(change.shape + (1,) * (u.ndim - lead)),
+            )
+            for u in previous
+        )
+        for p, q in zip(pending, (*units, scores)):
+            p[sample[n - m :]] = q[n - m :]
+        return parts
+
+    sums, multi = integrate(problem, target, steps, rows_of, weigh, with_scores=True, **run)
+    *last, before = pending
+    change = end_scores.to(before.dtype) - before
+    lead = change.ndim
+    for acc, u in zip(sums, last):
+        acc += u * change.reshape(change.shape + (1,) * (u.ndim - lead))
+    return sums, multi
 
 
 def chord_times(diff: Tensor, grad: Tensor, multi: bool) -> Tensor:
@@ -218,24 +295,36 @@ def unmasked(
     return tuple(out)
 
 
-def idgi_correction(
-    grads: Sequence[Tensor], change: Tensor, multi: bool = False
-) -> tuple[Tensor, ...]:
-    """IDGI (Yang, Wang, Bilen 2023): each path segment's score change along its gradient.
+def important_directions(grads: Sequence[Tensor], multi: bool = False) -> tuple[Tensor, ...]:
+    """IDGI's weights ``u = g^2 / sum(g^2)`` per row, the sum over every feature of every primal.
 
-    ``A_k = g_k^2 / sum(g_k^2) * (s(p_{k+1}) - s(p_k))`` per row, with the sum over every feature
-    of every primal (all slots). Shapes: ``grads`` [N, ...] each (``[N, K, ...]`` when
-    ``multi``), ``change`` [N] (``[N, K]``); results shaped like ``grads``, in at least float32.
-    The features of a row sum to its ``change`` exactly; a row whose gradient is zero everywhere
-    gets zero (its score change then shows in the completeness delta).
+    Shapes: ``grads`` [N, ...] each (``[N, K, ...]`` when ``multi``); results shaped like
+    ``grads``, in at least float32, summing to 1 per row. A row whose gradient is zero everywhere
+    gets zero weights; NaN stays NaN.
     """
     lead = 2 if multi else 1
     dtype = accumulation_dtype(grads[0])
     squares = [g.to(dtype).square() for g in grads]
     norm = sum(s.flatten(lead).sum(-1) for s in squares)
     # NaN stays NaN: only an exactly zero gradient gets the factor 0
-    factor = torch.where(norm == 0, 0, change.to(dtype) / torch.where(norm == 0, 1, norm))
+    factor = torch.where(norm == 0, 0, 1 / torch.where(norm == 0, 1, norm))
     return tuple(s * factor.reshape(factor.shape + (1,) * (s.ndim - lead)) for s in squares)
+
+
+def idgi_correction(
+    grads: Sequence[Tensor], change: Tensor, multi: bool = False
+) -> tuple[Tensor, ...]:
+    """IDGI (Yang, Wang, Bilen 2023): each path segment's score change along its gradient.
+
+    ``A_k = g_k^2 / sum(g_k^2) * (s(p_{k+1}) - s(p_k))`` per row, with the sum over every feature
+    of every primal (all slots; :func:`important_directions`). Shapes: ``grads`` [N, ...] each
+    (``[N, K, ...]`` when ``multi``), ``change`` [N] (``[N, K]``); results shaped like ``grads``,
+    in at least float32. The features of a row sum to its ``change`` up to rounding; a row whose
+    gradient is zero everywhere gets zero (its score change then shows in the completeness delta).
+    """
+    units = important_directions(grads, multi)
+    change = change.to(units[0].dtype)
+    return tuple(u * change.reshape(change.shape + (1,) * (u.ndim - change.ndim)) for u in units)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +413,7 @@ def guided_path(
     chunk_size: int | None,
     progress: Progress = False,
     masks: Sequence[Tensor | None] = (),
+    end_scores: Tensor | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Guided IG (Kapishnikov et al. 2021) for all samples at once.
 
@@ -331,8 +421,10 @@ def guided_path(
     ``g = d s / d p`` is taken once at the current state, then :func:`guided_step` moves the
     features with the smallest ``|g|`` first until the L1 distance to the input is
     ``(1 - a) |x - x'|_1``; the move ``dp`` is credited ``g * dp``, or with ``idgi``
-    :func:`idgi_correction` of ``g`` and the score change ``s(p_{k+1}) - s(p_k)`` (one more
-    forward-only B-row pass per step). The last step ends at the input. Bookkeeping is per
+    :func:`idgi_correction` of ``g`` and the score change ``s(p_{k+1}) - s(p_k)``: ``s(p_k)``
+    comes from the forward of step k's gradient pass, and ``s(p_n) = s(x)`` is ``end_scores``
+    ``[B]`` (the scores at the inputs), so IDGI adds no forward pass. The last step ends at the
+    input. Bookkeeping is per
     sample in float64 over the features of all slots; each step's gradient is one B-row forward
     and backward (``chunk_size`` rows per call). ``target`` is resolved (one class per row).
     ``masks``: padded positions, left out of the IDGI correction (see :func:`fixed_path`).
@@ -348,16 +440,12 @@ def guided_path(
     def primals(flat: Tensor) -> tuple[Tensor, ...]:
         return _unflat(flat, shapes, dtypes)
 
-    def scores_at(flat: Tensor) -> Tensor:
-        rows = primals(flat)
-        return score_rows(problem, target, 1, lambda a, b: tuple(p[a:b] for p in rows), chunk_size)[
-            0
-        ]
-
-    previous = scores_at(state) if idgi else None
+    if idgi and end_scores is None:
+        raise ValueError("guided_path(idgi=True) needs end_scores, the scores at the inputs")
+    previous, before_score = attribution, base.new_zeros(batch)  # the last step's g and s(p_k)
     with reporting(progress, steps * batch, "guided integrated gradients") as report:
         for step in range(steps):
-            grads = _state_gradients(problem, target, primals(state), chunk_size)
+            grads, scores = _state_gradients(problem, target, primals(state), chunk_size)
             if idgi:
                 grads = unmasked(grads, masks, torch.arange(batch, device=base.device), False)
             g = torch.cat([t.reshape(batch, -1).double() for t in grads], 1)
@@ -366,12 +454,17 @@ def guided_path(
             if step == steps - 1:
                 state = inputs.clone()
             if idgi:
-                now = scores_at(state)
-                attribution += idgi_correction((g,), (now - previous).double())[0]
-                previous = now
+                # the chord from p_step to p_{step+1}: its end's score is the next pass's
+                if step > 0:
+                    change = (scores - before_score).double()
+                    attribution += idgi_correction((previous,), change)[0]
+                previous, before_score = g, scores
             else:
                 attribution += (state - before) * g
             report((step + 1) * batch)
+    if idgi:
+        change = end_scores.to(before_score.dtype) - before_score
+        attribution += idgi_correction((previous,), change.double())[0]
     doubles = [torch.float64] * len(shapes)
     return list(_unflat(attribution, shapes, doubles)), list(primals(state))
 
@@ -430,14 +523,16 @@ def guided_step(
 
 def _state_gradients(
     problem: Problem, target: Target, state: tuple[Tensor, ...], chunk_size: int | None
-) -> tuple[Tensor, ...]:
-    """``d s / d p`` at one row per sample, ``chunk_size`` rows per call; one class per row."""
-    parts = []
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """``d s / d p`` at one row per sample, ``chunk_size`` rows per call; one class per row.
+
+    Returns (gradients per primal, the scores ``[B]`` of the same forward)."""
+    parts, scores = [], []
     for start, stop in row_ranges(problem.batch, chunk_size):
         sample = torch.arange(start, stop, device=state[0].device)
         rows_target = target[start:stop] if isinstance(target, Tensor) else target
-        grads, _, multi = score_gradients(
-            problem, tuple(p[start:stop] for p in state), rows_target, sample
+        grads, _, multi, part = score_gradients(
+            problem, tuple(p[start:stop] for p in state), rows_target, sample, return_scores=True
         )
         if multi:
             raise ValueError(
@@ -446,7 +541,8 @@ def _state_gradients(
                 "once per class"
             )
         parts.append(grads)
-    return tuple(torch.cat(g) for g in zip(*parts))
+        scores.append(part)
+    return tuple(torch.cat(g) for g in zip(*parts)), torch.cat(scores)
 
 
 def _flat(tensors: Sequence[Tensor]) -> Tensor:
@@ -528,8 +624,9 @@ def run_path(
                     chunk_size=rows,
                     progress=progress,
                     masks=masks,
+                    end_scores=end_scores[:, k],
                 )[0]
-                for t in target.unbind(1)
+                for k, t in enumerate(target.unbind(1))
             ]
             sums, multi = [torch.stack(c, 1) for c in zip(*per_class)], True
         elif path == "guided":
@@ -545,10 +642,11 @@ def run_path(
                 chunk_size=rows,
                 progress=progress,
                 masks=masks,
+                end_scores=end_scores,
             )
             multi = False
         else:
-            sums, multi, _ = fixed_path(
+            sums, multi = fixed_path(
                 problem,
                 target,
                 point,
@@ -559,6 +657,7 @@ def run_path(
                 progress=progress,
                 description="blur integrated gradients" if path == "blur" else "idgi",
                 masks=masks,
+                end_scores=end_scores,
             )
         if return_delta:
             start_scores, _ = forward_scores(problem, starts, target, rows)

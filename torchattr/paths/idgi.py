@@ -45,20 +45,22 @@ def idgi(
 ) -> Any:
     """IDGI on a path method: each segment's score change, along its gradient's direction only.
 
-    For the path points ``p_0 = x' .. p_n = x`` of ``method`` and the gradient ``g_k`` that the
-    method uses on segment k (``"ig"``: the straight line, ``g_k`` at the chord's midpoint;
-    ``"blur"``: Blur IG's scale space, midpoint; ``"guided"``: Guided IG's adaptive path, ``g_k``
-    at ``p_k``):
+    For the path points ``p_0 = x' .. p_n = x`` of ``method`` (``"ig"``: the straight line at
+    ``a_k = k / n``; ``"blur"``: Blur IG's scale space at the same ``a_k``; ``"guided"``: Guided
+    IG's adaptive path) and ``g_k = d s / d p`` at the knot ``p_k``, as Yang et al. define it
+    (their Algorithm 1 and reference code take gradients and scores at the same path points, the
+    gradient of each segment at its left end):
 
-        ``A = sum_k g_k^2 / |g_k|^2 * (s(p_{k+1}) - s(p_k))``
+        ``A = sum_{k<n} g_k^2 / |g_k|^2 * (s(p_{k+1}) - s(p_k))``
 
     (:func:`torchattr._core.paths.idgi_correction`; ``|g_k|^2`` sums over every feature of every
     input). Each segment contributes exactly its score change, so ``sum(A) = s(x) - s(x')`` up
     to float rounding, whatever ``steps``; the correction removes the gradient components
     orthogonal to the score's change (noise that IG multiplies by the path direction). A segment
     whose gradient is zero everywhere gets zero (its score change then shows in the delta). Cost:
-    the method's, plus ``(n + 1) x B`` forward-only rows for the knots' scores (``n x B`` for
-    guided).
+    ``n x B`` rows of forward and backward, as the method's own: the scores ``s(p_k)`` come from
+    the forwards of the gradient pass, and ``s(x)`` from the one forward at the inputs that
+    resolves the target.
 
     ``steps``: default 64 (ig, blur) and 128 (guided). ``max_sigma`` (blur, default 50),
     ``fraction`` and ``max_dist`` (guided, defaults 0.25 and 0.02) are the options of

@@ -15,7 +15,7 @@ from models import ImageAndTabular, SmoothMLP, build
 import torchattr as ta
 import torchattr.paths.expected as expected_module
 from torchattr._core.grad import prepare
-from torchattr._core.paths import gaussian_blur, guided_path, idgi_correction
+from torchattr._core.paths import blur_path, gaussian_blur, guided_path, idgi_correction
 
 TARGETS = torch.tensor([0, 2, 1])
 
@@ -171,9 +171,10 @@ def test_expected_gradients_refusals():
 # --------------------------------------------------------------------------------------------
 
 
-def blur_reference(x, sigma):
-    """scipy.ndimage.gaussian_filter (mode 'reflect', truncate 4) over the last two axes, by
-    numpy's symmetric padding and an explicit sum over the kernel."""
+def blur_reference(x, sigma, mode="symmetric"):
+    """scipy.ndimage.gaussian_filter (truncate 4) over the last two axes, by numpy padding and
+    an explicit sum over the kernel: numpy's "symmetric" is scipy's 'reflect', numpy's
+    "constant" (zeros) scipy's 'constant' (Blur IG's path, as the authors' reference)."""
     if sigma == 0:
         return x.clone()
     r = int(4 * sigma + 0.5)
@@ -183,16 +184,26 @@ def blur_reference(x, sigma):
     for axis in (-2, -1):
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
-        padded = np.pad(out, pad, mode="symmetric")
+        padded = np.pad(out, pad, mode=mode)
         size = out.shape[axis]
         out = sum(w[j] * np.take(padded, range(j, j + size), axis=axis) for j in range(2 * r + 1))
     return torch.from_numpy(out)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.7, 2.5, 9.0])
-def test_gaussian_blur_matches_reflecting_filter(sigma):
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_gaussian_blur_matches_scipy_style_filter(sigma, mode):
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
-    close(gaussian_blur(x, sigma), blur_reference(x, sigma), rtol=1e-12, atol=1e-13)
+    want = blur_reference(x, sigma, "symmetric" if mode == "reflect" else "constant")
+    close(gaussian_blur(x, sigma, mode=mode), want, rtol=1e-12, atol=1e-13)
+
+
+def test_blur_ig_path_starts_near_black_as_the_reference():
+    """Zero outside the image (the authors' gaussian_filter(mode="constant")): a strong blur
+    fades the image towards 0, it does not converge to the image's mean."""
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    start = blur_path([x], 50.0)(0, [0.0], slice(None))[0]
+    assert start.abs().max() < 0.1 * x.mean()
 
 
 def test_blur_ig_loop_reference_endpoints_and_completeness():
@@ -203,7 +214,8 @@ def test_blur_ig_loop_reference_endpoints_and_completeness():
     )
 
     def path(xb, a):
-        return blur_reference(xb.unsqueeze(0), max_sigma * math.sqrt(1 - a))[0]
+        sigma = max_sigma * math.sqrt(1 - a)
+        return blur_reference(xb.unsqueeze(0), sigma, "constant")[0]
 
     for b in range(3):
         t = TARGETS[b].item()
@@ -231,6 +243,8 @@ def test_blur_ig_multi_target_and_refusals():
     mlp = SmoothMLP().double().eval()
     with pytest.raises(ValueError, match="two spatial dimensions"):
         ta.blur_integrated_gradients(mlp, torch.rand(2, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):  # channels would be mixed
+        ta.blur_integrated_gradients(mlp, torch.rand(2, 2, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="max_sigma must be > 0"):
         ta.blur_integrated_gradients(model, x, max_sigma=0)
 
@@ -550,7 +564,8 @@ def test_blur_ig_tuple_inputs_and_callable_target():
         model, (x, y), target, max_sigma=2.0, steps=48, return_delta=True
     )
     assert ax.shape == x.shape and ay.shape == y.shape
-    start = model(gaussian_blur(x, 2.0), gaussian_blur(y, 2.0)).softmax(1)[:, 3]
+    blur = lambda t: gaussian_blur(t, 2.0, mode="constant")  # noqa: E731
+    start = model(blur(x), blur(y)).softmax(1)[:, 3]
     end = model(x, y).softmax(1)[:, 3]
     close(delta, (ax.sum((1, 2, 3)) + ay.sum((1, 2, 3))) - (end - start).detach(), rtol=1e-9)
     assert delta.abs().max() < 1e-4 * (end - start).abs().max()

@@ -350,48 +350,63 @@ def blur_sigmas(alphas: Sequence[float], max_sigma: float) -> list[float]:
 
 
 def blur_path(ends: Sequence[Tensor], max_sigma: float) -> Point:
-    """``p(a) = G_{sigma(a)} * x``: the inputs blurred over their last two dimensions."""
+    """``p(a) = G_{sigma(a)} * x``: the inputs blurred over their last two dimensions, zero
+    outside the image (as the authors' reference, ``gaussian_filter(mode="constant")``), so
+    that the path starts near black: the blur takes the information away."""
 
     def point(slot: int, alphas: Sequence[float], samples: slice) -> Tensor:
         x = ends[slot][samples]
-        return torch.stack([gaussian_blur(x, s) for s in blur_sigmas(alphas, max_sigma)])
+        sigmas = blur_sigmas(alphas, max_sigma)
+        return torch.stack([gaussian_blur(x, s, mode="constant") for s in sigmas])
 
     return point
 
 
-def gaussian_blur(x: Tensor, sigma: float, dims: tuple[int, int] = (-2, -1)) -> Tensor:
+def gaussian_blur(
+    x: Tensor, sigma: float, dims: tuple[int, int] = (-2, -1), mode: str = "reflect"
+) -> Tensor:
     """``x`` convolved with a Gaussian of standard deviation ``sigma`` (pixels) over ``dims``.
 
-    Separable: ``M_H x M_W^T`` with :func:`blur_matrix` (kernel truncated at 4 sigma, reflecting
-    boundary as ``scipy.ndimage.gaussian_filter``'s default ``mode="reflect"``, any radius).
-    Every row of ``M`` sums to 1, so a constant image is unchanged. ``sigma = 0``: ``x`` itself.
+    Separable: ``M_H x M_W^T`` with :func:`blur_matrix` (kernel truncated at 4 sigma, any
+    radius), the boundary as ``scipy.ndimage.gaussian_filter``'s ``mode``: ``"reflect"`` (every
+    row of ``M`` sums to 1, so a constant image is unchanged) or ``"constant"`` (zero outside,
+    so a strong blur fades to 0). ``sigma = 0``: ``x`` itself.
     """
     if sigma == 0:
         return x
     out = x
     for dim in dims:
-        matrix = blur_matrix(x.shape[dim], sigma).to(device=x.device, dtype=x.dtype)
+        matrix = blur_matrix(x.shape[dim], sigma, mode).to(device=x.device, dtype=x.dtype)
         out = torch.movedim(torch.movedim(out, dim, -1) @ matrix.T, -1, dim)
     return out
 
 
 @lru_cache(maxsize=256)
-def blur_matrix(size: int, sigma: float) -> Tensor:
-    """``[size, size]`` float64 matrix of a 1-D Gaussian filter with reflecting boundaries.
+def blur_matrix(size: int, sigma: float, mode: str = "reflect") -> Tensor:
+    """``[size, size]`` float64 matrix of a 1-D Gaussian filter.
 
     ``M[i, r(i + j)] += w_j``, ``w_j ~ exp(-j^2 / (2 sigma^2))`` for ``|j| <= int(4 sigma + 0.5)``
-    normalised to sum 1, and ``r`` reflecting about the half-sample edges
-    (``d c b a | a b c d | d c b a``).
+    normalised to sum 1; ``mode="reflect"``: ``r`` reflects about the half-sample edges
+    (``d c b a | a b c d | d c b a``); ``mode="constant"``: taps outside ``[0, size)`` read 0
+    and are dropped.
     """
+    if mode not in ("reflect", "constant"):
+        raise ValueError(f"mode must be 'reflect' or 'constant', got {mode!r}")
     radius = int(4 * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-(offsets**2) / (2 * sigma * sigma))
     weights = weights / weights.sum()
     rows = torch.arange(size).unsqueeze(1)
-    columns = (rows + torch.arange(-radius, radius + 1)) % (2 * size)
-    columns = torch.where(columns >= size, 2 * size - 1 - columns, columns)
+    taps = rows + torch.arange(-radius, radius + 1)
+    tap_weights = weights.expand(size, -1).contiguous()
+    if mode == "constant":
+        tap_weights = torch.where((taps >= 0) & (taps < size), tap_weights, 0.0)
+        columns = taps.clamp(0, size - 1)
+    else:
+        columns = taps % (2 * size)
+        columns = torch.where(columns >= size, 2 * size - 1 - columns, columns)
     matrix = torch.zeros(size, size, dtype=torch.float64)
-    matrix.scatter_add_(1, columns, weights.expand(size, -1).contiguous())
+    matrix.scatter_add_(1, columns, tap_weights)
     return matrix
 
 
@@ -697,10 +712,10 @@ def _check_blurrable(problem: Problem) -> None:
                 f"blur integrated gradients blurs images: {name} has a layer, and blurring an "
                 "embedding has no meaning; use idgi(method='ig') or integrated_gradients"
             )
-        if t.ndim < 3:
+        if t.ndim < 4:  # [B, C, L] signals would be blurred across their channels
             raise ValueError(
-                f"{name} has shape {list(t.shape)}: blur integrated gradients needs inputs with "
-                "two spatial dimensions last, [B, ..., H, W]"
+                f"{name} has shape {list(t.shape)}: blur integrated gradients needs images with "
+                "two spatial dimensions after the channels, [B, C, H, W]"
             )
 
 

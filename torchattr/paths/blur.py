@@ -41,11 +41,13 @@ def blur_integrated_gradients(
         ``A = sum_k d s / d x (p((a_k + a_{k+1}) / 2)) * (p(a_{k+1}) - p(a_k))``
 
     so ``sum(A) ~ s(x) - s(G_{max_sigma} * x)`` (completeness for the path's endpoints, error
-    O(1/n^2) for smooth models). The blur acts on the last two dimensions (``[B, C, H, W]``,
-    reflecting edges as ``scipy.ndimage.gaussian_filter``); inputs with fewer than 3 dimensions
-    and ``layer=`` are refused. Shapes: like the inputs (``[B, K, ...]`` for a ``[B, K]``
-    target), in at least float32. The ``n x B`` midpoints go through the model in ``chunk_size``
-    rows. ``return_delta=True`` also returns ``sum(A) - (s(x) - s(p(0)))`` ``[B]`` (``[B, K]``).
+    O(1/n^2) for smooth models). The blur acts on the last two dimensions of ``[B, C, H, W]``
+    images, zero outside the image as the authors' reference (``scipy.ndimage.gaussian_filter``
+    with ``mode="constant"``), so ``p(0)`` is near black; inputs with fewer than 4 dimensions
+    (a ``[B, C, L]`` signal would be blurred across its channels) and ``layer=`` are refused.
+    Shapes: like the inputs (``[B, K, ...]`` for a ``[B, K]`` target), in at least float32.
+    The ``n x B`` midpoints go through the model in ``chunk_size`` rows. ``return_delta=True``
+    also returns ``sum(A) - (s(x) - s(p(0)))`` ``[B]`` (``[B, K]``).
 
     Example::
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchattr._core.checks import (
     check_chunk_size,
     check_finite,
+    check_generator,
     check_positive_int,
     keywords,
 )
@@ -142,6 +143,7 @@ def draw_references(
     count: int, samples: int, batch: int, generator: torch.Generator | None, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """(reference index ``[n, B]`` uniform in ``0..R-1``, ``a`` ``[n, B]`` float64 in [0, 1))."""
+    check_generator(generator)
     where = device if generator is None else generator.device
     index = torch.randint(count, (samples, batch), generator=generator, device=where)
     alphas = draw(torch.rand, (samples, batch), torch.float64, device, generator)

@@ -625,11 +625,12 @@ def run_path(
         end_scores = None
         if target is None or return_delta or idgi or path == "guided":
             end_scores, target = forward_scores(problem, ends, target, rows, end_outputs)
-        if path == "guided" and isinstance(target, Tensor) and target.ndim == 2:
-            per_class = [
-                guided_path(
+        if path == "guided":
+
+            def walk(explained: Target, scores: Any) -> list[Tensor]:
+                return guided_path(
                     problem,
-                    t,
+                    explained,
                     starts,
                     ends,
                     steps=steps,
@@ -639,27 +640,14 @@ def run_path(
                     chunk_size=rows,
                     progress=progress,
                     masks=masks,
-                    end_scores=end_scores[:, k],
+                    end_scores=scores,
                 )[0]
-                for k, t in enumerate(target.unbind(1))
-            ]
-            sums, multi = [torch.stack(c, 1) for c in zip(*per_class)], True
-        elif path == "guided":
-            sums, _ = guided_path(
-                problem,
-                target,
-                starts,
-                ends,
-                steps=steps,
-                fraction=fraction,
-                max_dist=max_dist,
-                idgi=idgi,
-                chunk_size=rows,
-                progress=progress,
-                masks=masks,
-                end_scores=end_scores,
-            )
-            multi = False
+
+            if isinstance(target, Tensor) and target.ndim == 2:  # K classes: K paths
+                per_class = [walk(t, end_scores[:, k]) for k, t in enumerate(target.unbind(1))]
+                sums, multi = [torch.stack(c, 1) for c in zip(*per_class)], True
+            else:
+                sums, multi = walk(target, end_scores), False
         else:
             sums, multi = fixed_path(
                 problem,

@@ -595,3 +595,34 @@ def test_idgi_evaluates_no_forward_only_rows(method):
     # n x B gradient rows, plus the B rows at the inputs whose scores are s(x)
     assert counter.rows == steps * batch + batch
     assert counter.rows <= method_rows + batch
+
+
+def test_expected_gradients_delta_forward_is_chunked_under_auto():
+    """The references' scores for the delta go through the model in B-row calls, not in one
+    call of samples x B rows, when chunk_size is "auto" (memory_budget applies)."""
+    sizes = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+
+        def forward(self, x):
+            if not torch.is_grad_enabled():  # the forward-only calls (scores)
+                sizes.append(x.shape[0])
+            return self.inner(x)
+
+    model = Counting().eval()
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    refs = torch.rand(5, 3, 2, 2, dtype=torch.float64)
+    ta.expected_gradients(
+        model, x, 1, references=refs, samples=8, chunk_size="auto", memory_budget=1,
+        return_delta=True, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert sizes and max(sizes) <= 2
+
+
+def test_idgi_guided_refuses_a_memory_budget_it_cannot_use():
+    model, x = small_cnn()
+    with pytest.raises(ValueError, match="memory_budget does not apply to method='guided'"):
+        ta.idgi(model, x, TARGETS, method="guided", steps=4, memory_budget=1 << 20)

@@ -132,7 +132,11 @@ def expected_gradients(
             description="expected gradients",
         )
         if return_delta:
-            start_scores = score_rows(problem, target, samples, reference_rows, rows).mean(0)
+            # forward-only rows: B per call under "auto" (a B-row forward never needs more
+            # memory than the gradient chunks measured against memory_budget)
+            forward_rows = batch if chunk_size == "auto" else chunk_size
+            start_scores = score_rows(problem, target, samples, reference_rows, forward_rows)
+            start_scores = start_scores.mean(0)
     result = finish(problem, sums, multi)
     if not return_delta:
         return result

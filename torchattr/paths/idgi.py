@@ -66,7 +66,8 @@ def idgi(
     ``fraction`` and ``max_dist`` (guided, defaults 0.25 and 0.02) are the options of
     :func:`torchattr.blur_integrated_gradients` and :func:`torchattr.guided_integrated_gradients`
     and are refused for other methods; ``baseline``, ``layer`` and ``mask`` apply to "ig" and
-    "guided" (see :func:`torchattr.integrated_gradients`). Shapes as the method's;
+    "guided" (see :func:`torchattr.integrated_gradients`); ``memory_budget`` to "ig" and "blur"
+    (Guided IG runs B rows per step). Shapes as the method's;
     ``return_delta=True`` also returns ``sum(A) - (s(x) - s(p_0))`` ``[B]`` (``[B, K]``).
 
     Example::
@@ -81,6 +82,11 @@ def idgi(
     ):
         if value is not None and method != owner:
             raise ValueError(f"{name} is an option of method={owner!r}, not of method={method!r}")
+    if method == "guided" and memory_budget is not None:
+        raise ValueError(
+            "memory_budget does not apply to method='guided': its path takes B rows per step, "
+            "one step after another (guided_integrated_gradients has no memory_budget either)"
+        )
     if method == "blur" and (baseline is not None or layer is not None or mask is not None):
         raise ValueError(
             "method='blur' starts from the blurred input: baseline, layer and mask do not apply"

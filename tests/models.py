@@ -116,6 +116,19 @@ ARCHITECTURES = {
 }
 
 
+class RowCounter(nn.Module):
+    """Wraps a model and counts the rows of every forward in ``self.rows``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
 def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, Tensor]:
     """An eval-mode model of the named architecture and a batch of 3 inputs for it."""
     cls, shape = ARCHITECTURES[name]

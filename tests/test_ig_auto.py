@@ -12,26 +12,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from models import SmoothMLP
+from models import RowCounter, SmoothMLP
 from torch import Tensor, nn
 
 import torchattr as ta
 from torchattr.integrated import Convergence, NotConvergedWarning, max_level, nested_rule
 
 torch.manual_seed(0)
-
-
-class Counting(nn.Module):
-    """Wraps a model and counts the rows of every forward."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.rows += x.shape[0]
-        return self.inner(x)
 
 
 class Power(nn.Module):
@@ -104,7 +91,7 @@ def test_polynomials_along_the_path_are_exact_at_the_right_level(p, points):
 def test_refinement_skips_converged_samples():
     # Sample 0 has x_0 = 0: s is linear along its path, the midpoint is exact. The others carry
     # (a x_0)^8, degree 7 in f: exact at level 2 (7 points), not before.
-    model = Counting(Power(4, 1, c=0.0, q=8)).eval()
+    model = RowCounter(Power(4, 1, c=0.0, q=8)).eval()
     x = torch.randn(5, 4, dtype=torch.float64)
     x[:, 0] = torch.tensor([0.0, 1.0, -1.0, 0.8, 1.2])
     _, report = ta.integrated_gradients(

@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import build
+from models import RowCounter, build
 from torch import Tensor, nn
 
 import torchattr as ta
 
 K_TARGET = torch.tensor([[0, 2], [1, 0], [2, 1]])
-
-
-class Counting(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.rows = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.rows += x.shape[0]
-        return self.inner(x)
 
 
 class Encoder(nn.Module):
@@ -91,7 +80,7 @@ def test_k_targets_equal_k_separate_calls(name):
 
 def test_k_targets_cost_one_forward():
     model, x = build("conv_bn")
-    counted = Counting(model).eval()
+    counted = RowCounter(model).eval()
     ta.saliency(counted, x, K_TARGET)
     assert counted.rows == x.shape[0]
     counted.rows = 0

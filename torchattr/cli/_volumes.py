@@ -79,16 +79,28 @@ def mask_localisation(saliency: Tensor, mask: Tensor, tolerance: float) -> dict[
     rank accuracy over the voxels, and the pointing game counts a maximum as a hit when its
     Euclidean distance in voxels to the mask is at most ``tolerance``.
     """
-    names = ("proportional_energy", "saliency_focus", "pointing_game", "relevance_rank_accuracy")
     if not bool(mask.any()):
+        return localisation_scores(saliency, None, tolerance, 0)
+    return localisation_scores(saliency, mask[None], tolerance, 1)
+
+
+def localisation_scores(
+    saliency: Tensor, truth: Any, tolerance: float, count: int
+) -> dict[str, Any]:
+    """``{"boxes": count, metric: value}`` of the four localisation metrics of one map
+    (``[H, W]`` or ``[D, H, W]``) against ``truth`` (a ``[1, ...]`` mask or a list of one box
+    tensor, as :mod:`torchattr.metrics.localisation` takes it); ``None`` values when
+    ``count`` is 0 (no ground truth)."""
+    names = ("proportional_energy", "saliency_focus", "pointing_game", "relevance_rank_accuracy")
+    if count == 0:
         return {"boxes": 0, **{name: None for name in names}}
-    maps, region = saliency[None], mask[None]
+    maps = saliency[None]
     return {
-        "boxes": 1,
-        "proportional_energy": float(metrics.proportional_energy(maps, region)[0]),
-        "saliency_focus": float(metrics.saliency_focus(maps, region)[0]),
-        "pointing_game": float(metrics.pointing_game(maps, region, tolerance=tolerance)[0]),
-        "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, region)[0]),
+        "boxes": count,
+        "proportional_energy": float(metrics.proportional_energy(maps, truth)[0]),
+        "saliency_focus": float(metrics.saliency_focus(maps, truth)[0]),
+        "pointing_game": float(metrics.pointing_game(maps, truth, tolerance=tolerance)[0]),
+        "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, truth)[0]),
     }
 
 

@@ -435,17 +435,8 @@ def _evaluated_names(
 
 def localisation(saliency: Tensor, boxes: list[Box], tolerance: float) -> dict[str, Any]:
     """The four localisation metrics of one map ``[H, W]`` (``None`` without boxes)."""
-    if not boxes:
-        return {"boxes": 0, **{name: None for name in LOCALISATION}}
-    maps = saliency[None]
-    xyxy = [torch.tensor([list(b[:4]) for b in boxes], dtype=torch.long)]
-    return {
-        "boxes": len(boxes),
-        "proportional_energy": float(metrics.proportional_energy(maps, xyxy)[0]),
-        "saliency_focus": float(metrics.saliency_focus(maps, xyxy)[0]),
-        "pointing_game": float(metrics.pointing_game(maps, xyxy, tolerance=tolerance)[0]),
-        "relevance_rank_accuracy": float(metrics.relevance_rank_accuracy(maps, xyxy)[0]),
-    }
+    xyxy = [torch.tensor([list(b[:4]) for b in boxes], dtype=torch.long)] if boxes else None
+    return _volumes.localisation_scores(saliency, xyxy, tolerance, len(boxes))
 
 
 def road_scores(

@@ -109,6 +109,10 @@ def test_report_of_a_compare_run(compared: Path, capsys: pytest.CaptureFixture[s
     for img in data["images"]:  # every method's overlay of every image
         assert all(img["maps"]) and len(img["maps"]) == len(METHODS)
         assert img["target"] != ""
+    # A metric that misleads says so where it is shown (saliency focus rewards diffuse maps).
+    assert "saliency_focus" in data["metrics"]
+    table = text[text.index('id="methods"') :]
+    assert "⚠ rewards diffuse maps" in table and "uniform noise in [0, 1] scores 0.5" in table
     # The table's values are the summaries' numbers, exactly; the best mean is marked.
     cells = {
         (row, a["data-metric"]): a

@@ -101,7 +101,9 @@ def _methods_table(run: Any) -> str:
         note = f"{way.word} is better" + (f"; {way.note}" if way.note else "")
         head.append(
             f'<th data-col="{k}" data-metric="{_e(metric)}" title="{_e(note)}; click to sort">'
-            f"{_e(display_name(metric))} {arrow}<br><small>{way.word} is better</small></th>"
+            f"{_e(display_name(metric))} {arrow}<br><small>{way.word} is better</small>"
+            + (f'<br><small class="caveat">⚠ {_e(way.caveat)}</small>' if way.caveat else "")
+            + "</th>"
         )
     rows = [
         _table_row(name, run.summary[name], run.metrics, best, reference=False)
@@ -120,6 +122,9 @@ def _methods_table(run: Any) -> str:
         f"Mean ± {run.std_kind} standard deviation over the images (n). ★ marks the best mean "
         "of each column in its direction (↑ higher is better, ↓ lower is better)."
     )
+    for metric in run.metrics:  # where a metric misleads, say so under the table
+        if direction(metric).note:
+            caption += f" ⚠ {display_name(metric)} {direction(metric).note}."
     return (
         '<div class="controls"><label>Filter methods <input id="method-filter" type="search" '
         f'placeholder="e.g. cam"></label> <span class="toggles">Metrics: {toggles}</span></div>'

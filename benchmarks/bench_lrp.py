@@ -76,7 +76,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `torchat
 import torchattr as ta
 from benchmarks._common import comma_list, parse, parser
 from benchmarks.compare import bare_input_gradient, max_relative_error
-from benchmarks.models import _randomize_batchnorm, build, parameter_count
+from benchmarks.models import ViT, _randomize_batchnorm, build, parameter_count
 from benchmarks.timing import device_name, peak_mib, synchronize, time_interleaved
 
 Fn = Callable[[], Tensor]
@@ -154,26 +154,6 @@ VIT_IMAGE = 64
 VIT_LAYERS = 4
 
 
-class ViT(nn.Module):
-    """A ViT-B/16 (Hugging Face ``ViTForImageClassification``: hidden 768, 12 heads, MLP 3072,
-    eager attention) with :data:`VIT_LAYERS` layers instead of 12 (CPU), returning the logits;
-    random weights from the config, nothing downloaded. LRP gives it the AttnLRP rules."""
-
-    def __init__(self, num_classes: int = 1000, image_size: int = VIT_IMAGE) -> None:
-        super().__init__()
-        from transformers import ViTConfig, ViTForImageClassification
-
-        config = ViTConfig(
-            image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=VIT_LAYERS,
-            num_attention_heads=12, intermediate_size=3072, num_labels=num_classes,
-            attn_implementation="eager",
-        )  # fmt: skip
-        self.vit = ViTForImageClassification(config)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.vit(pixel_values=x).logits
-
-
 def build_model(
     name: str, device: str | torch.device = "cpu", *, num_classes: int = 1000, seed: int = 0
 ) -> nn.Module:
@@ -187,7 +167,8 @@ def build_model(
         return build("resnet18", device, num_classes=num_classes, seed=seed)
     if name == "vit":
         torch.manual_seed(seed)
-        return ViT(num_classes, image_size=VIT_IMAGE).to(device).eval()
+        # ViT-B/16 with VIT_LAYERS layers instead of 12 (CPU); AttnLRP's rules
+        return ViT(VIT_IMAGE, layers=VIT_LAYERS, num_classes=num_classes).to(device).eval()
     if name not in ("vgg16", "vgg16_bn"):
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
     torch.manual_seed(seed)

@@ -74,7 +74,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `torchat
 
 import torchattr as ta
 from benchmarks.compare import bare_input_gradient, cuda_graphed, max_relative_error
-from benchmarks.models import build
+from benchmarks.models import ViT, build
 from benchmarks.timing import device_name, peak_mib, synchronize, time_interleaved
 
 Fn = Callable[[], object]
@@ -88,42 +88,6 @@ ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-
-
-class ViT(nn.Module):
-    """A ViT-B/16 (Hugging Face ``ViTForImageClassification``, eager attention) returning logits.
-
-    ``hidden``/``layers``/``heads``/``mlp`` default to ViT-B/16's 768/12/12/3072; random weights
-    from the config. ``self.cam_layer`` is the last encoder layer (its tokens, less the class
-    token, form the 14x14 grid that Grad-CAM weighs).
-    """
-
-    def __init__(
-        self,
-        image_size: int = 224,
-        hidden: int = 768,
-        layers: int = 12,
-        heads: int = 12,
-        mlp: int = 3072,
-        num_classes: int = 1000,
-    ) -> None:
-        super().__init__()
-        from transformers import ViTConfig, ViTForImageClassification
-
-        config = ViTConfig(
-            image_size=image_size, patch_size=16, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, intermediate_size=mlp, num_labels=num_classes,
-            attn_implementation="eager",
-        )  # fmt: skip
-        self.vit = ViTForImageClassification(config)
-        body = self.vit.vit
-        # transformers 5 names the blocks `layers`, 4 `encoder.layer`
-        blocks = body.layers if hasattr(body, "layers") else body.encoder.layer
-        self.cam_layer = blocks[-1]
-        self.grid = image_size // 16
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.vit(pixel_values=x).logits
 
 
 def build_model(name: str, quick: bool, size: int, device: torch.device) -> nn.Module:

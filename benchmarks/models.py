@@ -163,6 +163,47 @@ class ResNet50(nn.Module):
         return self.fc(self.stages(self.stem(x)).mean(dim=(2, 3)))
 
 
+class ViT(nn.Module):
+    """A ViT-B/16 (Hugging Face ``ViTForImageClassification``, eager attention) returning logits.
+
+    ``hidden``/``layers``/``heads``/``mlp`` default to ViT-B/16's 768/12/12/3072; random weights
+    from the config, nothing downloaded (``transformers`` is needed). :attr:`cam_layer` is the
+    last encoder block (its tokens, less the class token, form the ``grid x grid`` map that
+    Grad-CAM weighs).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        hidden: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        mlp: int = 3072,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(
+            image_size=image_size, patch_size=16, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, intermediate_size=mlp, num_labels=num_classes,
+            attn_implementation="eager",
+        )  # fmt: skip
+        self.vit = ViTForImageClassification(config)
+        self.grid = image_size // 16
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The last encoder block (transformers 5 names the blocks ``layers``, 4 ``encoder.layer``;
+        a property, so that the block is not registered twice under two names)."""
+        body = self.vit.vit
+        return (body.layers if hasattr(body, "layers") else body.encoder.layer)[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of images ``[B, 3, S, S]``."""
+        return self.vit(pixel_values=x).logits
+
+
 class TransformerClassifier(nn.Module):
     """Tokens ``[B, L]`` -> logits ``[B, num_classes]``: embedding + positions, encoder, pooling.
 

@@ -289,7 +289,7 @@ def average_drop(
 
     Example::
 
-        drop = average_drop(model, images, ta.grad_cam(model, images, layer="layer4")).mean()
+        drop = average_drop(model, images, ta.cam(model, images, layer="layer4")).mean()
     """
     clean, masked, dtype = _masked_scores(
         model, inputs, saliency, target, score, chunk_size, forward_kwargs

@@ -866,6 +866,17 @@ def plot_attributions(
     )
 
 
+def cut_volume(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``values`` with every entry of magnitude below ``threshold * max |values|`` set to 0.
+
+    One cut for a whole volume, before it is shown slice by slice, so that a weak voxel is not
+    coloured because its own slice is weak (``overlay``'s threshold is per picture).
+    """
+    threshold = _check_fraction(threshold, "threshold")
+    magnitude = np.abs(values)
+    return np.where(magnitude >= threshold * magnitude.max(initial=0.0), values, 0.0)
+
+
 def volume_panels(
     image: Array,
     saliency: Array,
@@ -911,9 +922,7 @@ def volume_panels(
     volume = (volume - low) / (high - low) if high > low else np.zeros_like(volume)
     heat = display_values(heat, signed=signed)
     if threshold is not None:  # one cut for the whole volume, not one per panel
-        threshold = _check_fraction(threshold, "threshold")
-        magnitude = np.abs(heat)
-        heat = np.where(magnitude >= threshold * magnitude.max(initial=0.0), heat, 0.0)
+        heat = cut_volume(heat, threshold)
         threshold = 0.0  # each panel then shows its non-zero voxels
     region = None if mask is None else _mask(mask)
     if region is not None and region.shape != heat.shape:

@@ -134,10 +134,8 @@ def volume_view(
     low, high = float(volume.min()), float(volume.max())
     if low < 0 or high > 1:
         volume = (volume - low) / (high - low) if high > low else torch.zeros_like(volume)
-    heat = torch.as_tensor(np.asarray(saliency), dtype=torch.float32)
-    # One cut for the whole volume: a voxel below threshold * the volume's maximum is not
-    # coloured on any panel, however weak the rest of its slice (maps are in [0, 1]).
-    heat = torch.where(heat >= threshold * float(heat.max()), heat, torch.zeros_like(heat))
+    # One cut for the whole volume (viz.cut_volume), then every panel shows its non-zero voxels.
+    heat = torch.as_tensor(viz.cut_volume(np.asarray(saliency), threshold), dtype=torch.float32)
     threshold = 0.0
     depth, height, width = heat.shape
     planes = [
